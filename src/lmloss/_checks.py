@@ -1,0 +1,82 @@
+"""Argument checks shared by every layer.
+
+Each helper raises a ``ValueError`` or ``TypeError`` whose message names the argument,
+what it got and what was expected, so that bad input fails loudly before any math runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+import torch
+
+
+def require_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def require_floating(name: str, value: object) -> torch.Tensor:
+    tensor = require_tensor(name, value)
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+    return tensor
+
+
+def require_integer(name: str, value: object) -> torch.Tensor:
+    tensor = require_tensor(name, value)
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got dtype {tensor.dtype}")
+    return tensor
+
+
+def require_ndim(name: str, tensor: torch.Tensor, allowed: Iterable[int]) -> None:
+    allowed = tuple(allowed)
+    if tensor.dim() not in allowed:
+        want = " or ".join(f"{d}-D" for d in allowed)
+        raise ValueError(f"{name} must be {want}, got shape {tuple(tensor.shape)}")
+
+
+def require_shape(name: str, tensor: torch.Tensor, shape: Sequence[int], like: str) -> None:
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} must have shape {tuple(shape)} (matching {like}), got {tuple(tensor.shape)}"
+        )
+
+
+def require_nonempty(name: str, tensor: torch.Tensor) -> None:
+    if tensor.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}); expected at least one element")
+
+
+def require_positive(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return float(value)
+
+
+def require_in_range(
+    name: str, value: float, low: float, high: float, *, low_open=False, high_open=False
+) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value}")
+    return float(value)
+
+
+def require_choice(name: str, value: str, choices: Iterable[str]) -> str:
+    choices = sorted(choices)
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown {name} {value!r}{hint} (choose from {', '.join(choices)})")
+    return value

@@ -1,0 +1,202 @@
+"""Public entry points of the engine: ``token_stats`` and ``token_stats_from_logits``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+
+import torch
+
+from lmloss import _checks
+from lmloss.stats.chunking import plan_chunks
+from lmloss.stats.engine import compute_dtype, token_stats_autograd
+from lmloss.stats.reference import stats_of_logits
+from lmloss.stats.statistics import STATISTICS
+from lmloss.stats.transform import LogitTransform
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class TokenStats:
+    """Per-token statistics; a field is ``None`` unless it was asked for in ``want``.
+
+    Every tensor has the shape of ``targets`` and the compute dtype (float32, or float64
+    for float64 inputs). Positions whose target is ``ignore_index`` hold exact zeros and
+    pass no gradient.
+
+    Attributes:
+        logp: log-probability of the target token.
+        entropy: entropy of the predictive distribution.
+        lse: log-sum-exp of the logits (the log partition function).
+        sum_sq_probs: ``log Σ_v p_v²`` (the log collision probability).
+        mean_logit: mean of the logits over the vocabulary.
+        is_argmax: 1.0 where the target is a top-1 token (ties count), else 0; no gradient.
+    """
+
+    logp: Tensor | None = None
+    entropy: Tensor | None = None
+    lse: Tensor | None = None
+    sum_sq_probs: Tensor | None = None
+    mean_logit: Tensor | None = None
+    is_argmax: Tensor | None = None
+
+    def __getitem__(self, name: str) -> Tensor:
+        value = getattr(self, name, None)
+        if value is None:
+            raise KeyError(f"statistic {name!r} was not computed; add it to want=")
+        return value
+
+    def asdict(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+assert {f.name for f in fields(TokenStats)} == set(STATISTICS), "TokenStats must list every statistic"
+
+
+def _parse_want(want: str | Iterable[str]) -> tuple[str, ...]:
+    names = (want,) if isinstance(want, str) else tuple(want)
+    if not names:
+        raise ValueError(f"want must name at least one statistic from {sorted(STATISTICS)}")
+    for name in names:
+        _checks.require_choice("statistic in want", name, STATISTICS)
+    return tuple(dict.fromkeys(names))
+
+
+def _check_targets(targets: object, leading: tuple[int, ...], vocab: int, ignore_index: int) -> Tensor:
+    targets = _checks.require_integer("targets", targets)
+    _checks.require_shape("targets", targets, leading, "the leading dimensions of hidden/logits")
+    valid = targets != ignore_index
+    bad = valid & ((targets < 0) | (targets >= vocab))
+    if bool(bad.any()):
+        example = int(targets[bad].flatten()[0])
+        raise ValueError(
+            f"targets must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found {example}"
+        )
+    return targets
+
+
+def _scatter_rows(values: dict[str, Tensor], rows: Tensor, shape: tuple[int, ...], anchor: Tensor) -> TokenStats:
+    """Put the statistics of the valid rows back at their positions, zeros elsewhere."""
+    n = int(torch.tensor(shape).prod()) if shape else 1
+    out = {}
+    for name, value in values.items():
+        full = anchor.new_zeros(n, dtype=value.dtype).index_put((rows,), value)
+        out[name] = full.reshape(shape)
+    return TokenStats(**out)
+
+
+def _zeros_connected(names: tuple[str, ...], shape, dtype, *inputs: Tensor | None) -> TokenStats:
+    """All targets ignored: zeros that still belong to the graph, with zero gradients."""
+    zero = sum(t.reshape(-1)[:0].sum().to(dtype) for t in inputs if t is not None)
+    return TokenStats(**{name: torch.zeros(shape, dtype=dtype) + zero for name in names})
+
+
+def token_stats(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    bias: Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    want: str | Iterable[str] = ("logp",),
+    memory_budget: int | None = None,
+) -> TokenStats:
+    """Per-token statistics of the LM head's predictive distribution, without the logits.
+
+    The logits are ``z = (hidden @ weight.T + bias) * logit_scale``, then
+    ``softcap * tanh(z / softcap)`` when ``softcap`` is given, then ``z / temperature`` — the
+    order Hugging Face models apply them. The engine walks tiles of tokens × vocabulary
+    with an online log-sum-exp, never holding an ``[N, V]`` tensor, accumulating in float32
+    (float64 inputs stay float64). Gradients w.r.t. ``hidden``, ``weight`` and ``bias`` are
+    exact; the backward recomputes each tile and skips statistics that received no gradient.
+
+    Args:
+        hidden: ``[N, H]`` or ``[B, T, H]`` final hidden states.
+        weight: ``[V, H]`` LM-head weight.
+        targets: ``[N]`` or ``[B, T]`` token ids in ``[0, V)`` or ``ignore_index``.
+        bias: optional ``[V]`` head bias.
+        ignore_index: targets with this value yield zeros and no gradient.
+        temperature, softcap, logit_scale: the logit transform above.
+        want: names of the statistics to compute: ``logp``, ``entropy``, ``lse``,
+            ``sum_sq_probs``, ``mean_logit``, ``is_argmax``.
+        memory_budget: bytes for the logit tiles (default 128 MiB, or
+            ``LMLOSS_MEMORY_BUDGET_MB``).
+
+    Returns:
+        :class:`TokenStats` with the asked-for fields, each shaped like ``targets``.
+
+    Example:
+        >>> h, w = torch.randn(6, 8), torch.randn(50, 8)
+        >>> y = torch.tensor([1, 2, 3, -100, 4, 5])
+        >>> s = token_stats(h, w, y, want=("logp", "entropy"))
+        >>> ref = torch.log_softmax(h @ w.T, -1)[torch.arange(6), y.clamp(min=0)]
+        >>> bool(torch.allclose(s.logp[y != -100], ref[y != -100], atol=1e-5))
+        True
+    """
+    hidden = _checks.require_floating("hidden", hidden)
+    weight = _checks.require_floating("weight", weight)
+    _checks.require_ndim("hidden", hidden, (2, 3))
+    _checks.require_ndim("weight", weight, (2,))
+    _checks.require_nonempty("hidden", hidden)
+    _checks.require_nonempty("weight", weight)
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight must be [V, H] with H = hidden.shape[-1] = {hidden.shape[-1]}, "
+            f"got {tuple(weight.shape)}"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}")
+    if bias is not None:
+        _checks.require_floating("bias", bias)
+        _checks.require_shape("bias", bias, (weight.shape[0],), "weight.shape[0]")
+    names = _parse_want(want)
+    transform = LogitTransform(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
+    leading = tuple(hidden.shape[:-1])
+    targets = _check_targets(targets, leading, weight.shape[0], ignore_index)
+
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_targets = targets.reshape(-1)
+    rows = (flat_targets != ignore_index).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return _zeros_connected(names, leading, compute_dtype(hidden.dtype), hidden, weight, bias)
+    plan = plan_chunks(rows.numel(), weight.shape[0], compute_dtype(hidden.dtype).itemsize, memory_budget)
+    values = token_stats_autograd(
+        flat_hidden.index_select(0, rows), weight, bias, flat_targets[rows], transform, names, plan
+    )
+    return _scatter_rows(values, rows, leading, flat_hidden)
+
+
+def token_stats_from_logits(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    want: str | Iterable[str] = ("logp",),
+) -> TokenStats:
+    """The statistics of :func:`token_stats` from raw logits ``hidden @ weight.T + bias``.
+
+    ``logits`` is ``[N, V]`` or ``[B, T, V]``; the same scale, soft cap and temperature are
+    applied. This path materializes the full distribution and is the engine's test oracle.
+    """
+    logits = _checks.require_floating("logits", logits)
+    _checks.require_ndim("logits", logits, (2, 3))
+    _checks.require_nonempty("logits", logits)
+    names = _parse_want(want)
+    transform = LogitTransform(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
+    leading = tuple(logits.shape[:-1])
+    targets = _check_targets(targets, leading, logits.shape[-1], ignore_index)
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_targets = targets.reshape(-1)
+    rows = (flat_targets != ignore_index).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return _zeros_connected(names, leading, compute_dtype(logits.dtype), logits)
+    z = transform.apply(flat_logits.index_select(0, rows).to(compute_dtype(logits.dtype)))
+    values = stats_of_logits(z, flat_targets[rows], names)
+    return _scatter_rows(values, rows, leading, flat_logits)

@@ -1,0 +1,146 @@
+"""The per-token statistics the engine can compute, each a small local definition.
+
+A statistic is read off *moments*: running sums over vocabulary tiles, kept in an online
+(rescaled) form so the full row of logits is never needed at once. With ``m`` the running
+maximum of the logits ``z`` and ``e = exp(z - m)``:
+
+======== ======================= ===========================================
+moment   running value           rescale when ``m`` grows by ``d``
+======== ======================= ===========================================
+``s``    Σ e                     × exp(-d)
+``ez``   Σ e·z                   × exp(-d)
+``s2``   Σ e²                    × exp(-2d)
+``zsum`` Σ z                     none
+``zy``   z of the target token   none
+======== ======================= ===========================================
+
+A statistic names the moments it needs, how to finalize its value from them, and — if
+differentiable — its gradient w.r.t. one tile of logits given the upstream gradient ``g``.
+With ``p = softmax(z)``:
+
+* ``logp = z_y - lse``;          d/dz_v = 1[v = y] - p_v
+* ``lse = m + log s``;           d/dz_v = p_v
+* ``entropy = lse - E_p[z]``;    d/dz_v = p_v (E_p[z] - z_v)
+* ``sum_sq_probs = log Σ p²``;   d/dz_v = 2 (q_v - p_v), q = softmax(2z)
+* ``mean_logit = Σ z / V``;      d/dz_v = 1 / V
+* ``is_argmax = [z_y = max z]``; no gradient
+
+Adding a statistic means adding one :class:`Statistic` (and a moment if a new running sum
+is needed) to this file; the engine, the reference path and the API pick it up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A running per-token sum over vocabulary tiles."""
+
+    name: str
+    # (previous value, tile logits z, tile e = exp(z - m_new), rescale r = exp(m_old - m_new))
+    update: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+MOMENTS: dict[str, Moment] = {
+    m.name: m
+    for m in (
+        Moment("s", lambda acc, z, e, r: acc * r + e.sum(1)),
+        Moment("ez", lambda acc, z, e, r: acc * r + (e * z).sum(1)),
+        Moment("s2", lambda acc, z, e, r: acc * r * r + (e * e).sum(1)),
+        Moment("zsum", lambda acc, z, e, r: acc + z.sum(1)),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Final:
+    """Per-token quantities known once every tile was seen (saved for the backward)."""
+
+    m: Tensor  # max logit
+    lse: Tensor
+    zy: Tensor  # target logit
+    moments: dict[str, Tensor]
+    vocab: int
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One [tokens, vocab-slice] tile of logits in the compute dtype, with its softmax."""
+
+    z: Tensor
+    p: Tensor  # softmax(z) restricted to the tile, using the final lse
+    final: Final  # rows restricted to the tile's tokens
+    target_col: Tensor  # column of the target in this tile, -1 where it lies outside
+
+
+@dataclass(frozen=True)
+class Statistic:
+    name: str
+    moments: tuple[str, ...]
+    value: Callable[[Final], Tensor]
+    # add the gradient contribution g * d(stat)/dz to ``dz`` in place; None: not differentiable
+    add_grad: Callable[[Tensor, Tile, Tensor], None] | None = None
+
+
+def _add_logp_grad(dz: Tensor, tile: Tile, g: Tensor) -> None:
+    dz.addcmul_(tile.p, g[:, None], value=-1.0)
+    rows = (tile.target_col >= 0).nonzero().squeeze(1)
+    if rows.numel():
+        dz[rows, tile.target_col[rows]] += g[rows]
+
+
+def _add_lse_grad(dz: Tensor, tile: Tile, g: Tensor) -> None:
+    dz.addcmul_(tile.p, g[:, None])
+
+
+def _expected_logit(final: Final) -> Tensor:
+    return final.moments["ez"] / final.moments["s"]
+
+
+def _add_entropy_grad(dz: Tensor, tile: Tile, g: Tensor) -> None:
+    centered = _expected_logit(tile.final)[:, None] - tile.z
+    dz.addcmul_(tile.p, centered.mul_(g[:, None]))
+
+
+def _log_sum_exp2(final: Final) -> Tensor:
+    """log Σ exp(2z)."""
+    return 2 * final.m + final.moments["s2"].log()
+
+
+def _add_sum_sq_grad(dz: Tensor, tile: Tile, g: Tensor) -> None:
+    q = (2 * tile.z - _log_sum_exp2(tile.final)[:, None]).exp_()
+    dz.add_(q.sub_(tile.p).mul_(2 * g[:, None]))
+
+
+def _add_mean_logit_grad(dz: Tensor, tile: Tile, g: Tensor) -> None:
+    dz.add_((g / tile.final.vocab)[:, None])
+
+
+STATISTICS: dict[str, Statistic] = {
+    s.name: s
+    for s in (
+        Statistic("logp", ("s",), lambda f: f.zy - f.lse, _add_logp_grad),
+        Statistic("lse", ("s",), lambda f: f.lse, _add_lse_grad),
+        Statistic("entropy", ("s", "ez"), lambda f: f.lse - _expected_logit(f), _add_entropy_grad),
+        Statistic(
+            "sum_sq_probs", ("s", "s2"), lambda f: _log_sum_exp2(f) - 2 * f.lse, _add_sum_sq_grad
+        ),
+        Statistic("mean_logit", ("zsum",), lambda f: f.moments["zsum"] / f.vocab, _add_mean_logit_grad),
+        Statistic("is_argmax", ("s",), lambda f: (f.zy >= f.m).to(f.m.dtype)),
+    )
+}
+
+
+def moments_for(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The moments the statistics ``names`` need, always including ``s`` (for the lse)."""
+    needed = {"s"}
+    for name in names:
+        needed.update(STATISTICS[name].moments)
+    return tuple(sorted(needed))
