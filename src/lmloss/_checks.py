@@ -48,7 +48,9 @@ def require_shape(name: str, tensor: torch.Tensor, shape: Sequence[int], like: s
 
 def require_nonempty(name: str, tensor: torch.Tensor) -> None:
     if tensor.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}); expected at least one element")
+        raise ValueError(
+            f"{name} is empty (shape {tuple(tensor.shape)}); expected at least one element"
+        )
 
 
 def require_positive(name: str, value: float) -> float:

@@ -91,9 +91,7 @@ def list_objectives(family: str | None = None) -> list[str]:
     """Registered names (aliases excluded), sorted, optionally of one family."""
     if family is not None:
         require_choice("family", family, _spec.FAMILIES)
-    return sorted(
-        {e.name for e in _table().values() if family is None or e.family == family}
-    )
+    return sorted({e.name for e in _table().values() if family is None or e.family == family})
 
 
 def describe(name: str) -> dict[str, Any]:

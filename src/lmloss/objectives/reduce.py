@@ -17,9 +17,8 @@ def as_mask(name: str, mask: object, like: Tensor, like_name: str) -> Tensor:
     """Check a 0/1 or bool ``mask`` has ``like``'s shape; return it in ``like``'s dtype."""
     mask = _checks.require_tensor(name, mask)
     _checks.require_shape(name, mask, like.shape, like_name)
-    if mask.dtype != torch.bool:
-        if bool(((mask != 0) & (mask != 1)).any()):
-            raise ValueError(f"{name} must hold only 0 and 1 (or be bool)")
+    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError(f"{name} must hold only 0 and 1 (or be bool)")
     return mask.to(like.dtype)
 
 

@@ -48,10 +48,14 @@ class TokenStats:
         return value
 
     def asdict(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
 
 
-assert {f.name for f in fields(TokenStats)} == set(STATISTICS), "TokenStats must list every statistic"
+assert {f.name for f in fields(TokenStats)} == set(STATISTICS), (
+    "TokenStats must list every statistic"
+)
 
 
 def _parse_want(want: str | Iterable[str]) -> tuple[str, ...]:
@@ -63,7 +67,9 @@ def _parse_want(want: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _check_targets(targets: object, leading: tuple[int, ...], vocab: int, ignore_index: int) -> Tensor:
+def _check_targets(
+    targets: object, leading: tuple[int, ...], vocab: int, ignore_index: int
+) -> Tensor:
     targets = _checks.require_integer("targets", targets)
     _checks.require_shape("targets", targets, leading, "the leading dimensions of hidden/logits")
     valid = targets != ignore_index
@@ -71,12 +77,15 @@ def _check_targets(targets: object, leading: tuple[int, ...], vocab: int, ignore
     if bool(bad.any()):
         example = int(targets[bad].flatten()[0])
         raise ValueError(
-            f"targets must lie in [0, {vocab}) or equal ignore_index={ignore_index}; found {example}"
+            f"targets must lie in [0, {vocab}) or equal ignore_index={ignore_index}; "
+            f"found {example}"
         )
     return targets
 
 
-def _scatter_rows(values: dict[str, Tensor], rows: Tensor, shape: tuple[int, ...], anchor: Tensor) -> TokenStats:
+def _scatter_rows(
+    values: dict[str, Tensor], rows: Tensor, shape: tuple[int, ...], anchor: Tensor
+) -> TokenStats:
     """Put the statistics of the valid rows back at their positions, zeros elsewhere."""
     n = int(torch.tensor(shape).prod()) if shape else 1
     out = {}
@@ -163,7 +172,9 @@ def token_stats(
     rows = (flat_targets != ignore_index).nonzero().squeeze(1)
     if rows.numel() == 0:
         return _zeros_connected(names, leading, compute_dtype(hidden.dtype), hidden, weight, bias)
-    plan = plan_chunks(rows.numel(), weight.shape[0], compute_dtype(hidden.dtype).itemsize, memory_budget)
+    plan = plan_chunks(
+        rows.numel(), weight.shape[0], compute_dtype(hidden.dtype).itemsize, memory_budget
+    )
     values = token_stats_autograd(
         flat_hidden.index_select(0, rows), weight, bias, flat_targets[rows], transform, names, plan
     )

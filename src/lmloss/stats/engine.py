@@ -115,7 +115,9 @@ class _Grads:
         dtype = compute_dtype(hidden.dtype)
         self.hidden = torch.zeros(hidden.shape, dtype=dtype) if need[0] else None
         self.weight = torch.zeros(weight.shape, dtype=dtype) if need[1] else None
-        self.bias = torch.zeros(weight.shape[0], dtype=dtype) if need[2] and bias is not None else None
+        self.bias = (
+            torch.zeros(weight.shape[0], dtype=dtype) if need[2] and bias is not None else None
+        )
 
     def add(self, da: Tensor, hidden: Tensor, weight: Tensor, t0: int, t1: int, v0: int, v1: int):
         da_in = da.to(hidden.dtype)
@@ -183,7 +185,9 @@ def backward_stats(
             h = hidden[t0:t1]
             z = _tile_logits(h, weight[v0:v1], None if bias is None else bias[v0:v1], transform)
             g = {name: u[t0:t1] for name, u in upstream.items()}
-            dz = _logit_grad(z, _slice_final(final, t0, t1), _target_columns(targets[t0:t1], v0, v1), g)
+            dz = _logit_grad(
+                z, _slice_final(final, t0, t1), _target_columns(targets[t0:t1], v0, v1), g
+            )
             grads.add(transform.backward_(dz, z), hidden, weight, t0, t1, v0, v1)
     return grads.out(hidden, weight, bias)
 
@@ -196,7 +200,9 @@ class _TokenStatsFunction(torch.autograd.Function):
         ctx.final, ctx.transform, ctx.names, ctx.plan = final, transform, names, plan
         ctx.set_materialize_grads(False)
         outputs = tuple(values[n] for n in names)
-        ctx.mark_non_differentiable(*(o for n, o in zip(names, outputs) if STATISTICS[n].add_grad is None))
+        ctx.mark_non_differentiable(
+            *(o for n, o in zip(names, outputs) if STATISTICS[n].add_grad is None)
+        )
         return outputs
 
     @staticmethod
@@ -246,7 +252,10 @@ def _eager_pass(hidden, weight, bias, targets, transform, names, token_loss, pla
         z = _tile_logits(h, weight, bias, transform)
         final = _finalize_tile(z, y, moment_names, vocab)
         leaves = {
-            name: STATISTICS[name].value(final).detach().requires_grad_(STATISTICS[name].add_grad is not None)
+            name: STATISTICS[name]
+            .value(final)
+            .detach()
+            .requires_grad_(STATISTICS[name].add_grad is not None)
             for name in names
         }
         with torch.enable_grad():
@@ -267,7 +276,10 @@ def _eager_pass(hidden, weight, bias, targets, transform, names, token_loss, pla
 def _finalize_tile(z: Tensor, targets: Tensor, moment_names: tuple[str, ...], vocab: int) -> Final:
     m = z.amax(1)
     e = (z - m[:, None]).exp_()
-    acc = {name: MOMENTS[name].update(torch.zeros_like(m), z, e, torch.zeros_like(m)) for name in moment_names}
+    acc = {
+        name: MOMENTS[name].update(torch.zeros_like(m), z, e, torch.zeros_like(m))
+        for name in moment_names
+    }
     zy = z.gather(1, targets[:, None]).squeeze(1)
     return Final(m=m, lse=m + acc["s"].log(), zy=zy, moments=acc, vocab=vocab)
 

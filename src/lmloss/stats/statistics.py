@@ -132,7 +132,9 @@ STATISTICS: dict[str, Statistic] = {
         Statistic(
             "sum_sq_probs", ("s", "s2"), lambda f: _log_sum_exp2(f) - 2 * f.lse, _add_sum_sq_grad
         ),
-        Statistic("mean_logit", ("zsum",), lambda f: f.moments["zsum"] / f.vocab, _add_mean_logit_grad),
+        Statistic(
+            "mean_logit", ("zsum",), lambda f: f.moments["zsum"] / f.vocab, _add_mean_logit_grad
+        ),
         Statistic("is_argmax", ("s",), lambda f: (f.zy >= f.m).to(f.m.dtype)),
     )
 }

@@ -1,0 +1,5 @@
+import sys
+
+from lmloss.cli import main
+
+sys.exit(main())
