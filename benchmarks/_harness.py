@@ -5,8 +5,9 @@ where ``fn`` runs one forward + backward, and ``CASES`` (dicts of shape paramete
 calls :func:`main`. Timing runs every method of a case in one process, interleaved over
 repeats (medians), so the ratios are side by side on this noisy shared machine. Peak
 memory runs each method in its own child process: the resident-set peak minus the
-resident set after the inputs were built and the libraries imported (so the figure is
-memory above the inputs; the gradients the method returns are included). Methods listed in
+resident set after the inputs were built and the libraries imported, less the bytes of the
+gradients left on the inputs (so the figure is the working memory above inputs and
+gradients). Methods listed in
 ``WARM_UP_IN_CHILD`` (torch.compile users) run once before the measured call.
 """
 
@@ -64,7 +65,11 @@ def child(script_globals: dict, method: str, case: dict) -> None:
     start = time.perf_counter()
     script_globals["METHODS"][method](inputs)
     elapsed = time.perf_counter() - start
-    print(json.dumps({"peak_above_inputs_mb": _vm_hwm_mb() - base, "seconds": elapsed}))
+    grads = sum(
+        t.grad.nbytes for t in inputs.values() if isinstance(t, torch.Tensor) and t.grad is not None
+    )
+    peak = _vm_hwm_mb() - base - grads / 2**20
+    print(json.dumps({"peak_above_inputs_and_grads_mb": peak, "seconds": elapsed}))
 
 
 def time_case(
@@ -89,7 +94,7 @@ def memory_case(script: str, case: dict, method: str) -> float | None:
     if result.returncode != 0:
         sys.stderr.write(f"[{method} {case}] child failed:\n{result.stderr[-2000:]}\n")
         return None
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_above_inputs_mb"]
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_above_inputs_and_grads_mb"]
 
 
 def main(script_globals: dict) -> None:
@@ -114,7 +119,7 @@ def main(script_globals: dict) -> None:
     available = script_globals.get("available", lambda name, case: True)
     baseline = script_globals.get("BASELINE", "naive")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {args.repeats}\n")
-    print("| case | method | time (s) | time / " + baseline + " | peak above inputs (MB) |")
+    print(f"| case | method | time (s) | time / {baseline} | peak above inputs+grads (MB) |")
     print("|---|---|---|---|---|")
     for case in cases:
         names = [m for m in methods if available(m, case)]

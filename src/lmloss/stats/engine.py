@@ -24,6 +24,7 @@ import torch
 from lmloss.stats.chunking import ChunkPlan
 from lmloss.stats.statistics import MOMENTS, STATISTICS, Final, Tile, moments_for
 from lmloss.stats.transform import LogitTransform
+from lmloss.stats.workspace import Workspace
 
 Tensor = torch.Tensor
 
@@ -34,13 +35,23 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _tile_logits(
-    hidden: Tensor, weight: Tensor, bias: Tensor | None, transform: LogitTransform
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    transform: LogitTransform,
+    ws: Workspace,
 ) -> Tensor:
-    raw = hidden @ weight.T
-    raw = raw.to(compute_dtype(hidden.dtype))
+    """Logits of one tile in the compute dtype, written into the workspace's ``z`` buffer."""
+    n, vc = hidden.shape[0], weight.shape[0]
+    dtype = compute_dtype(hidden.dtype)
+    z = ws.get("z", n, vc, dtype)
+    if hidden.dtype == dtype:
+        torch.mm(hidden, weight.T, out=z)
+    else:  # low-precision matmul (fast on CPU and GPU), upcast before any reduction
+        z.copy_(torch.mm(hidden, weight.T, out=ws.get("z_low", n, vc, hidden.dtype)))
     if bias is not None:
-        raw += bias.to(raw.dtype)
-    return transform.apply_(raw)
+        z += bias.to(dtype)
+    return transform.apply_(z)
 
 
 def _target_columns(targets: Tensor, v0: int, v1: int) -> Tensor:
@@ -56,6 +67,7 @@ def _finalize_rows(
     transform: LogitTransform,
     moment_names: tuple[str, ...],
     vocab_tile: int,
+    ws: Workspace,
 ) -> Final:
     """Online pass over the vocabulary for one block of tokens."""
     n, vocab = hidden.shape[0], weight.shape[0]
@@ -65,10 +77,12 @@ def _finalize_rows(
     acc = {name: hidden.new_zeros(n, dtype=dtype) for name in moment_names}
     for v0 in range(0, vocab, vocab_tile):
         v1 = min(v0 + vocab_tile, vocab)
-        z = _tile_logits(hidden, weight[v0:v1], None if bias is None else bias[v0:v1], transform)
+        z = _tile_logits(
+            hidden, weight[v0:v1], None if bias is None else bias[v0:v1], transform, ws
+        )
         m_new = torch.maximum(m, z.amax(1))
         rescale = (m - m_new).exp_()
-        e = (z - m_new[:, None]).exp_()
+        e = torch.sub(z, m_new[:, None], out=ws.get("e", *z.shape, dtype)).exp_()
         for name in moment_names:
             acc[name] = MOMENTS[name].update(acc[name], z, e, rescale)
         m = m_new
@@ -98,14 +112,23 @@ def _cat_finals(parts: list[Final]) -> Final:
     )
 
 
-def _logit_grad(z: Tensor, final: Final, cols: Tensor, upstream: dict[str, Tensor]) -> Tensor:
-    """Σ_stat g_stat · d(stat)/dz for one tile, then through the logit transform's chain."""
-    p = (z - final.lse[:, None]).exp_()
-    tile = Tile(z=z, p=p, final=final, target_col=cols)
-    dz = torch.zeros_like(z)
+def _raw_grad(
+    z: Tensor,
+    final: Final,
+    cols: Tensor,
+    upstream: dict[str, Tensor],
+    transform: LogitTransform,
+    ws: Workspace,
+) -> Tensor:
+    """Gradient w.r.t. one tile's raw head outputs: Σ_stat g_stat · d(stat)/dz, chained
+    through the logit transform."""
+    p = torch.sub(z, final.lse[:, None], out=ws.get("p", *z.shape, z.dtype)).exp_()
+    scratch = ws.get("scratch", *z.shape, z.dtype)
+    tile = Tile(z=z, p=p, final=final, target_col=cols, scratch=scratch)
+    dz = ws.get("dz", *z.shape, z.dtype).zero_()
     for name, g in upstream.items():
         STATISTICS[name].add_grad(dz, tile, g.to(z.dtype))
-    return dz
+    return transform.backward_(dz, z, scratch)
 
 
 class _Grads:
@@ -119,14 +142,22 @@ class _Grads:
             torch.zeros(weight.shape[0], dtype=dtype) if need[2] and bias is not None else None
         )
 
-    def add(self, da: Tensor, hidden: Tensor, weight: Tensor, t0: int, t1: int, v0: int, v1: int):
-        da_in = da.to(hidden.dtype)
+    def add(self, da: Tensor, hidden: Tensor, weight: Tensor, rows: slice, cols: slice, ws):
+        """Accumulate one tile's contribution ``da`` (gradient w.r.t. raw outputs)."""
+        same = da.dtype == hidden.dtype
+        da_in = da if same else ws.get("da_low", *da.shape, hidden.dtype).copy_(da)
         if self.hidden is not None:
-            self.hidden[t0:t1] += da_in @ weight[v0:v1]
+            if same:
+                self.hidden[rows].addmm_(da_in, weight[cols])
+            else:
+                self.hidden[rows] += da_in @ weight[cols]
         if self.weight is not None:
-            self.weight[v0:v1] += da_in.T @ hidden[t0:t1]
+            if same:
+                self.weight[cols].addmm_(da_in.T, hidden[rows])
+            else:
+                self.weight[cols] += da_in.T @ hidden[rows]
         if self.bias is not None:
-            self.bias[v0:v1] += da.sum(0)
+            self.bias[cols] += da.sum(0)
 
     def out(self, hidden: Tensor, weight: Tensor, bias: Tensor | None):
         cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
@@ -144,6 +175,7 @@ def forward_stats(
 ) -> tuple[dict[str, Tensor], Final]:
     """Values of the statistics ``names`` for every row, and the per-row finals."""
     moment_names = moments_for(names)
+    ws = Workspace(hidden.device)
     parts = [
         _finalize_rows(
             hidden[t0 : t0 + plan.tokens],
@@ -153,6 +185,7 @@ def forward_stats(
             transform,
             moment_names,
             plan.vocab,
+            ws,
         )
         for t0 in range(0, hidden.shape[0], plan.tokens)
     ]
@@ -177,18 +210,19 @@ def backward_stats(
     before the next begins.
     """
     grads = _Grads(hidden, weight, bias, need)
+    ws = Workspace(hidden.device)
     n, vocab = hidden.shape[0], weight.shape[0]
     for v0 in range(0, vocab, plan.vocab):
         v1 = min(v0 + plan.vocab, vocab)
         for t0 in range(0, n, plan.tokens):
             t1 = min(t0 + plan.tokens, n)
-            h = hidden[t0:t1]
-            z = _tile_logits(h, weight[v0:v1], None if bias is None else bias[v0:v1], transform)
-            g = {name: u[t0:t1] for name, u in upstream.items()}
-            dz = _logit_grad(
-                z, _slice_final(final, t0, t1), _target_columns(targets[t0:t1], v0, v1), g
+            z = _tile_logits(
+                hidden[t0:t1], weight[v0:v1], None if bias is None else bias[v0:v1], transform, ws
             )
-            grads.add(transform.backward_(dz, z), hidden, weight, t0, t1, v0, v1)
+            g = {name: u[t0:t1] for name, u in upstream.items()}
+            cols = _target_columns(targets[t0:t1], v0, v1)
+            da = _raw_grad(z, _slice_final(final, t0, t1), cols, g, transform, ws)
+            grads.add(da, hidden, weight, slice(t0, t1), slice(v0, v1), ws)
     return grads.out(hidden, weight, bias)
 
 
@@ -242,15 +276,18 @@ TokenLoss = Callable[[dict[str, Tensor], slice], Tensor]
 
 def _eager_pass(hidden, weight, bias, targets, transform, names, token_loss, plan, need):
     grads = _Grads(hidden, weight, bias, need)
+    ws = Workspace(hidden.device)
     moment_names = moments_for(names)
-    total = hidden.new_zeros((), dtype=compute_dtype(hidden.dtype))
+    dtype = compute_dtype(hidden.dtype)
+    total = hidden.new_zeros((), dtype=dtype)
     values_out: dict[str, list[Tensor]] = {name: [] for name in names}
     vocab = weight.shape[0]
     for t0 in range(0, hidden.shape[0], plan.tokens):
         t1 = min(t0 + plan.tokens, hidden.shape[0])
-        h, y = hidden[t0:t1], targets[t0:t1]
-        z = _tile_logits(h, weight, bias, transform)
-        final = _finalize_tile(z, y, moment_names, vocab)
+        y = targets[t0:t1]
+        final = _finalize_rows(hidden[t0:t1], weight, bias, y, transform, moment_names, vocab, ws)
+        # One tile spans the vocabulary, so its logits are still in the workspace.
+        z = ws.get("z", t1 - t0, vocab, dtype)
         leaves = {
             name: STATISTICS[name]
             .value(final)
@@ -267,21 +304,10 @@ def _eager_pass(hidden, weight, bias, targets, transform, names, token_loss, pla
             values_out[name].append(leaves[name].detach())
         upstream = {n: gi for n, gi in zip(diff, g) if gi is not None}
         if upstream and any(need):
-            dz = _logit_grad(z, final, _target_columns(y, 0, vocab), upstream)
-            grads.add(transform.backward_(dz, z), hidden, weight, t0, t1, 0, vocab)
+            da = _raw_grad(z, final, _target_columns(y, 0, vocab), upstream, transform, ws)
+            grads.add(da, hidden, weight, slice(t0, t1), slice(0, vocab), ws)
     values = {name: torch.cat(parts) for name, parts in values_out.items()}
     return total, values, grads.out(hidden, weight, bias)
-
-
-def _finalize_tile(z: Tensor, targets: Tensor, moment_names: tuple[str, ...], vocab: int) -> Final:
-    m = z.amax(1)
-    e = (z - m[:, None]).exp_()
-    acc = {
-        name: MOMENTS[name].update(torch.zeros_like(m), z, e, torch.zeros_like(m))
-        for name in moment_names
-    }
-    zy = z.gather(1, targets[:, None]).squeeze(1)
-    return Final(m=m, lse=m + acc["s"].log(), zy=zy, moments=acc, vocab=vocab)
 
 
 class _WithPrecomputedGrads(torch.autograd.Function):
@@ -295,7 +321,11 @@ class _WithPrecomputedGrads(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total):
-        scaled = tuple(None if g is None else g * grad_total.to(g.dtype) for g in ctx.grads)
+        if ctx.grads is None:
+            raise RuntimeError("the gradients of a one-pass loss can be taken only once")
+        # Scaled in place and released: a copy would double the weight-gradient memory.
+        scaled = tuple(None if g is None else g.mul_(grad_total.to(g.dtype)) for g in ctx.grads)
+        ctx.grads = None
         return (None, *scaled, None)
 
 

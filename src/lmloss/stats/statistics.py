@@ -39,6 +39,11 @@ import torch
 Tensor = torch.Tensor
 
 
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Σ_v a·b per row, without a temporary tile (einsum lowers it to a batched dot)."""
+    return torch.einsum("nv,nv->n", a, b)
+
+
 @dataclass(frozen=True)
 class Moment:
     """A running per-token sum over vocabulary tiles."""
@@ -52,8 +57,8 @@ MOMENTS: dict[str, Moment] = {
     m.name: m
     for m in (
         Moment("s", lambda acc, z, e, r: acc * r + e.sum(1)),
-        Moment("ez", lambda acc, z, e, r: acc * r + (e * z).sum(1)),
-        Moment("s2", lambda acc, z, e, r: acc * r * r + (e * e).sum(1)),
+        Moment("ez", lambda acc, z, e, r: acc * r + _row_dot(e, z)),
+        Moment("s2", lambda acc, z, e, r: acc * r * r + _row_dot(e, e)),
         Moment("zsum", lambda acc, z, e, r: acc + z.sum(1)),
     )
 }
@@ -78,6 +83,7 @@ class Tile:
     p: Tensor  # softmax(z) restricted to the tile, using the final lse
     final: Final  # rows restricted to the tile's tokens
     target_col: Tensor  # column of the target in this tile, -1 where it lies outside
+    scratch: Tensor  # a free buffer of z's shape for temporaries
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ def _expected_logit(final: Final) -> Tensor:
 
 
 def _add_entropy_grad(dz: Tensor, tile: Tile, g: Tensor) -> None:
-    centered = _expected_logit(tile.final)[:, None] - tile.z
+    centered = torch.sub(_expected_logit(tile.final)[:, None], tile.z, out=tile.scratch)
     dz.addcmul_(tile.p, centered.mul_(g[:, None]))
 
 
@@ -115,7 +121,7 @@ def _log_sum_exp2(final: Final) -> Tensor:
 
 
 def _add_sum_sq_grad(dz: Tensor, tile: Tile, g: Tensor) -> None:
-    q = (2 * tile.z - _log_sum_exp2(tile.final)[:, None]).exp_()
+    q = torch.mul(tile.z, 2, out=tile.scratch).sub_(_log_sum_exp2(tile.final)[:, None]).exp_()
     dz.add_(q.sub_(tile.p).mul_(2 * g[:, None]))
 
 

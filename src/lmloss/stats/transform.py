@@ -46,12 +46,17 @@ class LogitTransform:
             raw.div_(self.softcap)
         return raw.tanh_().mul_(self.softcap / self.temperature)
 
-    def backward_(self, grad_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Gradient w.r.t. the raw outputs from the gradient w.r.t. ``logits``, in place."""
+    def backward_(
+        self, grad_logits: torch.Tensor, logits: torch.Tensor, scratch: torch.Tensor
+    ) -> torch.Tensor:
+        """Gradient w.r.t. the raw outputs from the gradient w.r.t. ``logits``, in place.
+
+        ``scratch`` is a free buffer of the logits' shape.
+        """
         if self.softcap is None:
             factor = self.logit_scale / self.temperature
             return grad_logits if factor == 1.0 else grad_logits.mul_(factor)
-        u = logits * (self.temperature / self.softcap)
+        u = torch.mul(logits, self.temperature / self.softcap, out=scratch)
         one_minus_u2 = u.mul_(u).neg_().add_(1.0)
         return grad_logits.mul_(one_minus_u2).mul_(self.logit_scale / self.temperature)
 
