@@ -25,6 +25,8 @@ _LAZY = {
     "policy_loss": "lmloss.policy",
     "fused_policy_loss": "lmloss.policy",
     "kl_estimate": "lmloss.policy",
+    "kl_in_reward": "lmloss.policy",
+    "dynamic_sampling_mask": "lmloss.policy",
     "likelihood_loss": "lmloss.likelihood",
     "fused_likelihood_loss": "lmloss.likelihood",
     "classification_loss": "lmloss.classification",

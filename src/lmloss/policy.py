@@ -1,0 +1,219 @@
+"""Online policy optimization (the GRPO family): front door.
+
+* :func:`advantages` — group advantage estimators (``grpo``, ``dr_grpo``, ``rloo``/``loop``,
+  ``bnpo``, ``reinforce_pp``, ``token_group_mean``);
+* :func:`policy_loss` — a registered policy objective on per-token log-probabilities;
+* :func:`fused_policy_loss` — the same objective with the log-probabilities (and entropy,
+  when declared) computed by the fused engine from hidden states and the LM-head weight;
+* :func:`kl_estimate` — per-token KL estimators (k1, k2, k3, ...).
+
+Helpers: :func:`dynamic_sampling_mask` (DAPO group filter) and :func:`kl_in_reward`
+(fold −β·KL into the rewards).
+
+Example:
+    >>> import torch, lmloss
+    >>> rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    >>> adv = lmloss.advantages("grpo", rewards, group_size=2)
+    >>> logps = torch.randn(4, 5).clamp(max=0).requires_grad_()
+    >>> out = lmloss.policy_loss("grpo", logps=logps, mask=torch.ones(4, 5), advantages=adv)
+    >>> out.loss.backward()
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from lmloss import _checks, registry
+from lmloss.objectives.policy.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    dynamic_sampling_mask,
+    estimate_advantages,
+)
+from lmloss.objectives.policy.kl import KL_ESTIMATORS, kl_estimate, kl_in_reward
+from lmloss.output import LossOutput
+from lmloss.stats import token_stats
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "KL_ESTIMATORS",
+    "advantages",
+    "dynamic_sampling_mask",
+    "fused_policy_loss",
+    "kl_estimate",
+    "kl_in_reward",
+    "policy_loss",
+]
+
+# Per-token inputs beyond (logps, mask, advantages) that some objectives take.
+_OPTIONAL_INPUTS = ("old_logps", "ref_logps", "entropy", "token_ids", "proxy_logps")
+
+
+def advantages(
+    name: str,
+    rewards: Tensor,
+    group_size: int | None = None,
+    *,
+    mask: Tensor | None = None,
+    **options: object,
+) -> Tensor:
+    """Advantages of grouped rewards; see
+    :func:`lmloss.objectives.policy.advantages.estimate_advantages`."""
+    return estimate_advantages(name, rewards, group_size, mask=mask, **options)
+
+
+def _run(
+    name: str, logps: Tensor, mask: Tensor, adv: Tensor, inputs: dict, hyper: dict
+) -> LossOutput:
+    entry = registry.get(name, family="policy")
+    accepted = inspect.signature(entry.fn).parameters
+    given = {key: value for key, value in inputs.items() if value is not None}
+    for key in given:
+        if key not in accepted:
+            raise ValueError(f"policy objective {name!r} does not take {key}")
+    for key in hyper:
+        _checks.require_choice(f"hyper-parameter of {name!r}", key, entry.hyper)
+    return entry(logps, mask, adv, **given, **hyper)
+
+
+def policy_loss(
+    name: str,
+    *,
+    logps: Tensor,
+    mask: Tensor,
+    advantages: Tensor,
+    old_logps: Tensor | None = None,
+    ref_logps: Tensor | None = None,
+    entropy: Tensor | None = None,
+    token_ids: Tensor | None = None,
+    proxy_logps: Tensor | None = None,
+    **hyper: object,
+) -> LossOutput:
+    """The policy objective ``name`` on per-token log-probabilities.
+
+    Args:
+        name: a registry name of family ``policy`` (``lmloss.list_objectives("policy")``).
+        logps: ``[B, T]`` log π_θ of the sampled completion tokens (differentiable).
+        mask: ``[B, T]`` 0/1 completion mask.
+        advantages: ``[B]`` or ``[B, T]``.
+        old_logps: ``[B, T]`` log π_old; None means on-policy (ratio 1, whose gradient is
+            the plain policy gradient).
+        ref_logps: ``[B, T]`` log π_ref for the KL penalty (``beta``) and the ``kl`` metric.
+        entropy: ``[B, T]`` token entropies (``gtpo``, ``steer``, ``entropy_coef``, metric).
+        token_ids: ``[B, T]`` sampled token ids (``gtpo``).
+        proxy_logps: ``[B, T]`` min-p proxy log-probs (``lp_reg``).
+        hyper: the objective's hyper-parameters (``lmloss.describe(name)["hyper"]``), e.g.
+            ``beta``, ``eps_low``, ``eps_high``, ``aggregation``, ``num_items``, ``max_tokens``.
+
+    Returns:
+        ``LossOutput(loss, per_example [B], metrics)``.
+    """
+    inputs = {
+        "old_logps": old_logps,
+        "ref_logps": ref_logps,
+        "entropy": entropy,
+        "token_ids": token_ids,
+        "proxy_logps": proxy_logps,
+    }
+    return _run(name, logps, mask, advantages, inputs, hyper)
+
+
+def _engine_mask(mask: Tensor | None, targets: Tensor, ignore_index: int) -> Tensor:
+    has_target = targets != ignore_index
+    if mask is None:
+        return has_target.to(torch.float32)
+    mask = _checks.require_tensor("mask", mask)
+    _checks.require_shape("mask", mask, targets.shape, "targets")
+    if bool(((mask != 0) & ~has_target).any()):
+        raise ValueError(f"mask selects tokens whose target is ignore_index={ignore_index}")
+    return mask
+
+
+def fused_policy_loss(
+    name: str,
+    *,
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    advantages: Tensor,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    old_logps: Tensor | None = None,
+    ref_logps: Tensor | None = None,
+    ref_hidden: Tensor | None = None,
+    ref_weight: Tensor | None = None,
+    ref_bias: Tensor | None = None,
+    proxy_logps: Tensor | None = None,
+    want_entropy: bool = False,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    ignore_index: int = -100,
+    memory_budget: int | None = None,
+    **hyper: object,
+) -> LossOutput:
+    """:func:`policy_loss` with log-probabilities computed from hidden states, fused.
+
+    Calls :func:`lmloss.token_stats` for the statistics the objective declares (``logp``, and
+    ``entropy`` for entropy-driven objectives, a non-zero ``entropy_coef`` or
+    ``want_entropy=True`` for the metric), then the same registered objective function.
+    The ``[B·T, V]`` logits are never materialized.
+
+    Args:
+        hidden: ``[B, T, H]`` policy hidden states at the completion positions.
+        weight: ``[V, H]`` LM-head weight (``bias``: optional ``[V]``).
+        targets: ``[B, T]`` sampled token ids, ``ignore_index`` outside completions; they
+            are also ``token_ids`` for objectives that take them.
+        advantages: ``[B]`` or ``[B, T]``.
+        mask: ``[B, T]`` completion mask; default ``targets != ignore_index``.
+        old_logps, proxy_logps: per-token tensors as in :func:`policy_loss`.
+        ref_logps: ``[B, T]`` reference log-probs, or give ``ref_hidden`` (``[B, T, H]``)
+            with ``ref_weight``/``ref_bias`` (default: the policy's head, detached) to compute
+            them fused without gradient.
+        want_entropy: also compute the entropy (for the ``entropy`` metric).
+        temperature, softcap, logit_scale, ignore_index, memory_budget: engine options.
+        hyper: the objective's hyper-parameters.
+    """
+    entry = registry.get(name, family="policy")
+    targets = _checks.require_integer("targets", targets)
+    mask = _engine_mask(mask, targets, ignore_index)
+    engine = {
+        "ignore_index": ignore_index,
+        "temperature": temperature,
+        "softcap": softcap,
+        "logit_scale": logit_scale,
+        "memory_budget": memory_budget,
+    }
+    entropy_coef = hyper.get("entropy_coef", entry.hyper.get("entropy_coef", 0.0))
+    want = list(entry.spec.stats)
+    if (want_entropy or entropy_coef != 0) and "entropy" not in want:
+        want.append("entropy")
+    stats = token_stats(hidden, weight, targets, bias, want=want, **engine)
+
+    if ref_hidden is not None:
+        if ref_logps is not None:
+            raise ValueError("give ref_logps or ref_hidden, not both")
+        head = weight if ref_weight is None else ref_weight
+        head_bias = bias if ref_weight is None and ref_bias is None else ref_bias
+        with torch.no_grad():
+            ref_logps = token_stats(
+                ref_hidden.detach(),
+                head.detach(),
+                targets,
+                None if head_bias is None else head_bias.detach(),
+                want=("logp",),
+                **engine,
+            ).logp
+
+    accepted = inspect.signature(entry.fn).parameters
+    inputs = {
+        "old_logps": old_logps,
+        "ref_logps": ref_logps,
+        "entropy": stats.entropy,
+        "token_ids": targets if "token_ids" in accepted else None,
+        "proxy_logps": proxy_logps,
+    }
+    return _run(name, stats.logp, mask, advantages, inputs, hyper)
