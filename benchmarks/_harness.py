@@ -1,14 +1,18 @@
-"""Shared benchmark harness: interleaved timing in one process, peak memory per process.
+"""Shared benchmark harness: every measurement is one call in a fresh process.
 
-A benchmark script defines ``build(case) -> inputs`` and ``METHODS = {name: fn(inputs)}``
-where ``fn`` runs one forward + backward, and ``CASES`` (dicts of shape parameters), then
-calls :func:`main`. Timing runs every method of a case in one process, interleaved over
-repeats (medians), so the ratios are side by side on this noisy shared machine. Peak
-memory runs each method in its own child process: the resident-set peak minus the
-resident set after the inputs were built and the libraries imported, less the bytes of the
-gradients left on the inputs (so the figure is the working memory above inputs and
-gradients). Methods listed in
-``WARM_UP_IN_CHILD`` (torch.compile users) run once before the measured call.
+A benchmark script defines ``build(case) -> inputs``, ``METHODS = {name: fn(inputs)}``
+where ``fn`` runs one forward + backward, ``CASES`` and ``QUICK_CASES`` (dicts of shape
+parameters), optionally ``available(name, case)``, ``BASELINE`` (default ``"naive"``) and
+``WARM_UP_IN_CHILD`` (methods that use torch.compile: they also run once at the measured
+shape first, so compilation is not what is timed), then calls :func:`main`. Every child
+first runs its method once on the first quick case, so one-time set-up is not timed.
+
+For each case the methods run one after another, each in its own child process, repeated
+``--repeats`` times interleaved (so load drifting on this shared machine hits every method
+alike). A child reports the wall time of the call and its peak resident memory above the
+resident set after inputs were built and libraries imported, less the bytes of the
+gradients left on the inputs: the working memory above inputs and gradients. Times are
+medians over repeats, peaks maxima; ratios are to ``BASELINE``.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ def _vm_hwm_mb() -> float:
 
 
 def child(script_globals: dict, method: str, case: dict) -> None:
+    fn = script_globals["METHODS"][method]
+    fn(script_globals["build"](script_globals["QUICK_CASES"][0]))  # lazy imports and set-up
     inputs = script_globals["build"](case)
     if method in script_globals.get("WARM_UP_IN_CHILD", ()):
         script_globals["METHODS"][method](inputs)  # compile caches are not what we measure
@@ -72,29 +78,15 @@ def child(script_globals: dict, method: str, case: dict) -> None:
     print(json.dumps({"peak_above_inputs_and_grads_mb": peak, "seconds": elapsed}))
 
 
-def time_case(
-    script_globals: dict, case: dict, methods: list[str], repeats: int
-) -> dict[str, float]:
-    inputs = script_globals["build"](case)
-    fns = script_globals["METHODS"]
-    for name in methods:  # warm-up: first-call allocations, compile caches
-        fns[name](inputs)
-    samples: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name in methods:
-            start = time.perf_counter()
-            fns[name](inputs)
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def memory_case(script: str, case: dict, method: str) -> float | None:
+def run_child(script: str, case: dict, method: str) -> dict | str:
+    """One measured call of ``method`` in a fresh process: its seconds and peak memory,
+    or the reason it produced none (a crash, or the kernel's out-of-memory kill)."""
     command = [sys.executable, script, "--child", method, "--case", json.dumps(case)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.stderr.write(f"[{method} {case}] child failed:\n{result.stderr[-2000:]}\n")
-        return None
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_above_inputs_and_grads_mb"]
+        return "killed (out of memory)" if result.returncode in (-9, 137) else "failed"
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main(script_globals: dict) -> None:
@@ -102,12 +94,11 @@ def main(script_globals: dict) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny shapes, to check the script runs"
     )
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--methods", nargs="*", help="subset of methods")
     parser.add_argument("--cases", nargs="*", type=int, help="indices of the cases to run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--no-memory", action="store_true", help="skip the per-process memory runs")
     args = parser.parse_args()
     if args.child:
         child(script_globals, args.child, json.loads(args.case))
@@ -121,14 +112,26 @@ def main(script_globals: dict) -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {args.repeats}\n")
     print(f"| case | method | time (s) | time / {baseline} | peak above inputs+grads (MB) |")
     print("|---|---|---|---|---|")
+    script = script_globals["__file__"]
     for case in cases:
         names = [m for m in methods if available(m, case)]
-        times = time_case(script_globals, case, names, 1 if args.quick else args.repeats)
+        runs: dict[str, list] = {name: [] for name in names}
+        for _ in range(args.repeats):  # interleaved, so drifting load hits every method alike
+            for name in names:
+                runs[name].append(run_child(script, case, name))
         label = ", ".join(f"{k}={v}" for k, v in case.items())
-        for name in names:
-            mem = None if args.no_memory else memory_case(script_globals["__file__"], case, name)
-            ratio = times[name] / times[baseline] if baseline in times else float("nan")
-            mem_text = "n/a" if mem is None else f"{mem:.0f}"
+        seconds = {
+            name: statistics.median(r["seconds"] for r in rs)
+            for name, rs in runs.items()
+            if all(isinstance(r, dict) for r in rs)
+        }
+        for name, rs in runs.items():
+            if name not in seconds:
+                reason = next(r for r in rs if not isinstance(r, dict))
+                print(f"| {label} | {name} | {reason} | | |", flush=True)
+                continue
+            ratio = seconds[name] / seconds[baseline] if baseline in seconds else float("nan")
+            peak = max(r["peak_above_inputs_and_grads_mb"] for r in rs)
             print(
-                f"| {label} | {name} | {times[name]:.3f} | {ratio:.2f} | {mem_text} |", flush=True
+                f"| {label} | {name} | {seconds[name]:.3f} | {ratio:.2f} | {peak:.0f} |", flush=True
             )

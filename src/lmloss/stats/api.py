@@ -11,7 +11,7 @@ from lmloss import _checks
 from lmloss.stats.chunking import plan_chunks
 from lmloss.stats.engine import compute_dtype, token_stats_autograd
 from lmloss.stats.reference import stats_of_logits
-from lmloss.stats.statistics import STATISTICS
+from lmloss.stats.statistics import ALL_STATISTICS
 from lmloss.stats.transform import LogitTransform
 
 Tensor = torch.Tensor
@@ -32,6 +32,8 @@ class TokenStats:
         sum_sq_probs: ``log Σ_v p_v²`` (the log collision probability).
         mean_logit: mean of the logits over the vocabulary.
         is_argmax: 1.0 where the target is a top-1 token (ties count), else 0; no gradient.
+        expectation: ``Σ_v p_v t_v`` for the ``[V, D]`` table ``t`` passed as ``expect=``;
+            shaped ``targets.shape + (D,)`` (the one vector statistic).
     """
 
     logp: Tensor | None = None
@@ -40,6 +42,7 @@ class TokenStats:
     sum_sq_probs: Tensor | None = None
     mean_logit: Tensor | None = None
     is_argmax: Tensor | None = None
+    expectation: Tensor | None = None
 
     def __getitem__(self, name: str) -> Tensor:
         value = getattr(self, name, None)
@@ -53,7 +56,7 @@ class TokenStats:
         }
 
 
-assert {f.name for f in fields(TokenStats)} == set(STATISTICS), (
+assert {f.name for f in fields(TokenStats)} == set(ALL_STATISTICS), (
     "TokenStats must list every statistic"
 )
 
@@ -61,9 +64,9 @@ assert {f.name for f in fields(TokenStats)} == set(STATISTICS), (
 def _parse_want(want: str | Iterable[str]) -> tuple[str, ...]:
     names = (want,) if isinstance(want, str) else tuple(want)
     if not names:
-        raise ValueError(f"want must name at least one statistic from {sorted(STATISTICS)}")
+        raise ValueError(f"want must name at least one statistic from {sorted(ALL_STATISTICS)}")
     for name in names:
-        _checks.require_choice("statistic in want", name, STATISTICS)
+        _checks.require_choice("statistic in want", name, ALL_STATISTICS)
     return tuple(dict.fromkeys(names))
 
 
@@ -83,6 +86,27 @@ def _check_targets(
     return targets
 
 
+def _check_expect(expect: object, names: tuple[str, ...], vocab: int) -> Tensor | None:
+    """The ``[V, D]`` table of the ``expectation`` statistic (detached), when it is wanted."""
+    if "expectation" not in names:
+        return None
+    if expect is None:
+        raise ValueError("the statistic 'expectation' needs expect= (a [V, D] table)")
+    expect = _checks.require_floating("expect", expect)
+    _checks.require_ndim("expect", expect, (2,))
+    _checks.require_nonempty("expect", expect)
+    if expect.shape[0] != vocab:
+        raise ValueError(
+            f"expect must have {vocab} rows (the vocabulary), got {tuple(expect.shape)}"
+        )
+    return expect.detach()
+
+
+def _trailing(name: str, expect: Tensor | None) -> tuple[int, ...]:
+    """Per-token shape of a statistic: () for all but the [D] ``expectation``."""
+    return tuple(expect.shape[1:]) if name == "expectation" and expect is not None else ()
+
+
 def _scatter_rows(
     values: dict[str, Tensor], rows: Tensor, shape: tuple[int, ...], anchor: Tensor
 ) -> TokenStats:
@@ -90,15 +114,23 @@ def _scatter_rows(
     n = int(torch.tensor(shape).prod()) if shape else 1
     out = {}
     for name, value in values.items():
-        full = anchor.new_zeros(n, dtype=value.dtype).index_put((rows,), value)
-        out[name] = full.reshape(shape)
+        trailing = tuple(value.shape[1:])
+        full = anchor.new_zeros((n, *trailing), dtype=value.dtype).index_put((rows,), value)
+        out[name] = full.reshape(*shape, *trailing)
     return TokenStats(**out)
 
 
-def _zeros_connected(names: tuple[str, ...], shape, dtype, *inputs: Tensor | None) -> TokenStats:
+def _zeros_connected(
+    names: tuple[str, ...], shape, dtype, *inputs: Tensor | None, expect: Tensor | None = None
+) -> TokenStats:
     """All targets ignored: zeros that still belong to the graph, with zero gradients."""
     zero = sum(t.reshape(-1)[:0].sum().to(dtype) for t in inputs if t is not None)
-    return TokenStats(**{name: torch.zeros(shape, dtype=dtype) + zero for name in names})
+    return TokenStats(
+        **{
+            name: torch.zeros((*shape, *_trailing(name, expect)), dtype=dtype) + zero
+            for name in names
+        }
+    )
 
 
 def token_stats(
@@ -113,6 +145,7 @@ def token_stats(
     logit_scale: float = 1.0,
     want: str | Iterable[str] = ("logp",),
     memory_budget: int | None = None,
+    expect: Tensor | None = None,
 ) -> TokenStats:
     """Per-token statistics of the LM head's predictive distribution, without the logits.
 
@@ -131,9 +164,11 @@ def token_stats(
         ignore_index: targets with this value yield zeros and no gradient.
         temperature, softcap, logit_scale: the logit transform above.
         want: names of the statistics to compute: ``logp``, ``entropy``, ``lse``,
-            ``sum_sq_probs``, ``mean_logit``, ``is_argmax``.
+            ``sum_sq_probs``, ``mean_logit``, ``is_argmax``, ``expectation``.
         memory_budget: bytes for the logit tiles (default 128 MiB, or
             ``LMLOSS_MEMORY_BUDGET_MB``).
+        expect: ``[V, D]`` table ``t`` for ``expectation = Σ_v p_v t_v`` (e.g. EMO's
+            normalized embeddings); treated as a constant (no gradient).
 
     Returns:
         :class:`TokenStats` with the asked-for fields, each shaped like ``targets``.
@@ -166,17 +201,26 @@ def token_stats(
     transform = LogitTransform(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
     leading = tuple(hidden.shape[:-1])
     targets = _check_targets(targets, leading, weight.shape[0], ignore_index)
+    table = _check_expect(expect, names, weight.shape[0])
 
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_targets = targets.reshape(-1)
     rows = (flat_targets != ignore_index).nonzero().squeeze(1)
     if rows.numel() == 0:
-        return _zeros_connected(names, leading, compute_dtype(hidden.dtype), hidden, weight, bias)
+        dtype = compute_dtype(hidden.dtype)
+        return _zeros_connected(names, leading, dtype, hidden, weight, bias, expect=table)
     plan = plan_chunks(
         rows.numel(), weight.shape[0], compute_dtype(hidden.dtype).itemsize, memory_budget
     )
     values = token_stats_autograd(
-        flat_hidden.index_select(0, rows), weight, bias, flat_targets[rows], transform, names, plan
+        flat_hidden.index_select(0, rows),
+        weight,
+        bias,
+        flat_targets[rows],
+        transform,
+        names,
+        plan,
+        table,
     )
     return _scatter_rows(values, rows, leading, flat_hidden)
 
@@ -190,6 +234,7 @@ def token_stats_from_logits(
     softcap: float | None = None,
     logit_scale: float = 1.0,
     want: str | Iterable[str] = ("logp",),
+    expect: Tensor | None = None,
 ) -> TokenStats:
     """The statistics of :func:`token_stats` from raw logits ``hidden @ weight.T + bias``.
 
@@ -203,11 +248,12 @@ def token_stats_from_logits(
     transform = LogitTransform(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
     leading = tuple(logits.shape[:-1])
     targets = _check_targets(targets, leading, logits.shape[-1], ignore_index)
+    table = _check_expect(expect, names, logits.shape[-1])
     flat_logits = logits.reshape(-1, logits.shape[-1])
     flat_targets = targets.reshape(-1)
     rows = (flat_targets != ignore_index).nonzero().squeeze(1)
     if rows.numel() == 0:
-        return _zeros_connected(names, leading, compute_dtype(logits.dtype), logits)
+        return _zeros_connected(names, leading, compute_dtype(logits.dtype), logits, expect=table)
     z = transform.apply(flat_logits.index_select(0, rows).to(compute_dtype(logits.dtype)))
-    values = stats_of_logits(z, flat_targets[rows], names)
+    values = stats_of_logits(z, flat_targets[rows], names, table)
     return _scatter_rows(values, rows, leading, flat_logits)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 
 from lmloss.stats.chunking import ChunkPlan
-from lmloss.stats.statistics import MOMENTS, STATISTICS, Final, Tile, moments_for
+from lmloss.stats.statistics import ALL_STATISTICS, MOMENTS, Final, Tile, moments_for
 from lmloss.stats.transform import LogitTransform
 from lmloss.stats.workspace import Workspace
 
@@ -68,6 +68,7 @@ def _finalize_rows(
     moment_names: tuple[str, ...],
     vocab_tile: int,
     ws: Workspace,
+    table: Tensor | None = None,
 ) -> Final:
     """Online pass over the vocabulary for one block of tokens."""
     n, vocab = hidden.shape[0], weight.shape[0]
@@ -83,8 +84,9 @@ def _finalize_rows(
         m_new = torch.maximum(m, z.amax(1))
         rescale = (m - m_new).exp_()
         e = torch.sub(z, m_new[:, None], out=ws.get("e", *z.shape, dtype)).exp_()
+        rows_of_table = None if table is None else table[v0:v1]
         for name in moment_names:
-            acc[name] = MOMENTS[name].update(acc[name], z, e, rescale)
+            acc[name] = MOMENTS[name].step(acc[name], z, e, rescale, rows_of_table)
         m = m_new
         cols = _target_columns(targets, v0, v1)
         rows = (cols >= 0).nonzero().squeeze(1)
@@ -119,15 +121,16 @@ def _raw_grad(
     upstream: dict[str, Tensor],
     transform: LogitTransform,
     ws: Workspace,
+    table: Tensor | None = None,
 ) -> Tensor:
     """Gradient w.r.t. one tile's raw head outputs: Σ_stat g_stat · d(stat)/dz, chained
     through the logit transform."""
     p = torch.sub(z, final.lse[:, None], out=ws.get("p", *z.shape, z.dtype)).exp_()
     scratch = ws.get("scratch", *z.shape, z.dtype)
-    tile = Tile(z=z, p=p, final=final, target_col=cols, scratch=scratch)
+    tile = Tile(z=z, p=p, final=final, target_col=cols, scratch=scratch, table=table)
     dz = ws.get("dz", *z.shape, z.dtype).zero_()
     for name, g in upstream.items():
-        STATISTICS[name].add_grad(dz, tile, g.to(z.dtype))
+        ALL_STATISTICS[name].add_grad(dz, tile, g.to(z.dtype))
     return transform.backward_(dz, z, scratch)
 
 
@@ -172,6 +175,7 @@ def forward_stats(
     transform: LogitTransform,
     names: tuple[str, ...],
     plan: ChunkPlan,
+    table: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], Final]:
     """Values of the statistics ``names`` for every row, and the per-row finals."""
     moment_names = moments_for(names)
@@ -186,11 +190,12 @@ def forward_stats(
             moment_names,
             plan.vocab,
             ws,
+            table,
         )
         for t0 in range(0, hidden.shape[0], plan.tokens)
     ]
     final = _cat_finals(parts)
-    return {name: STATISTICS[name].value(final) for name in names}, final
+    return {name: ALL_STATISTICS[name].value(final) for name in names}, final
 
 
 def backward_stats(
@@ -203,6 +208,7 @@ def backward_stats(
     upstream: dict[str, Tensor],
     plan: ChunkPlan,
     need: tuple[bool, bool, bool],
+    table: Tensor | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Gradients w.r.t. hidden, weight, bias, recomputing each tile.
 
@@ -221,40 +227,41 @@ def backward_stats(
             )
             g = {name: u[t0:t1] for name, u in upstream.items()}
             cols = _target_columns(targets[t0:t1], v0, v1)
-            da = _raw_grad(z, _slice_final(final, t0, t1), cols, g, transform, ws)
+            rows_of_table = None if table is None else table[v0:v1]
+            da = _raw_grad(z, _slice_final(final, t0, t1), cols, g, transform, ws, rows_of_table)
             grads.add(da, hidden, weight, slice(t0, t1), slice(v0, v1), ws)
     return grads.out(hidden, weight, bias)
 
 
 class _TokenStatsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, transform, names, plan):
-        values, final = forward_stats(hidden, weight, bias, targets, transform, names, plan)
-        ctx.save_for_backward(hidden, weight, bias, targets)
+    def forward(ctx, hidden, weight, bias, targets, transform, names, plan, table=None):
+        values, final = forward_stats(hidden, weight, bias, targets, transform, names, plan, table)
+        ctx.save_for_backward(hidden, weight, bias, targets, table)
         ctx.final, ctx.transform, ctx.names, ctx.plan = final, transform, names, plan
         ctx.set_materialize_grads(False)
         outputs = tuple(values[n] for n in names)
         ctx.mark_non_differentiable(
-            *(o for n, o in zip(names, outputs) if STATISTICS[n].add_grad is None)
+            *(o for n, o in zip(names, outputs) if ALL_STATISTICS[n].add_grad is None)
         )
         return outputs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grad_outputs):
-        hidden, weight, bias, targets = ctx.saved_tensors
+        hidden, weight, bias, targets, table = ctx.saved_tensors
         upstream = {
             name: g
             for name, g in zip(ctx.names, grad_outputs)
-            if g is not None and STATISTICS[name].add_grad is not None
+            if g is not None and ALL_STATISTICS[name].add_grad is not None
         }
         need = tuple(ctx.needs_input_grad[:3])
         if not upstream or not any(need):
-            return (None,) * 7
+            return (None,) * 8
         dh, dw, db = backward_stats(
-            hidden, weight, bias, targets, ctx.transform, ctx.final, upstream, ctx.plan, need
+            hidden, weight, bias, targets, ctx.transform, ctx.final, upstream, ctx.plan, need, table
         )
-        return dh, dw, db, None, None, None, None
+        return dh, dw, db, None, None, None, None, None
 
 
 def token_stats_autograd(
@@ -265,16 +272,22 @@ def token_stats_autograd(
     transform: LogitTransform,
     names: tuple[str, ...],
     plan: ChunkPlan,
+    table: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Differentiable statistics of 2-D ``hidden`` rows whose targets are all valid."""
-    outputs = _TokenStatsFunction.apply(hidden, weight, bias, targets, transform, names, plan)
+    """Differentiable statistics of 2-D ``hidden`` rows whose targets are all valid.
+
+    ``table``: the frozen ``[V, D]`` table of the ``expectation`` statistic (no gradient).
+    """
+    outputs = _TokenStatsFunction.apply(
+        hidden, weight, bias, targets, transform, names, plan, table
+    )
     return dict(zip(names, outputs))
 
 
 TokenLoss = Callable[[dict[str, Tensor], slice], Tensor]
 
 
-def _eager_pass(hidden, weight, bias, targets, transform, names, token_loss, plan, need):
+def _eager_pass(hidden, weight, bias, targets, transform, names, token_loss, plan, need, table):
     grads = _Grads(hidden, weight, bias, need)
     ws = Workspace(hidden.device)
     moment_names = moments_for(names)
@@ -285,14 +298,16 @@ def _eager_pass(hidden, weight, bias, targets, transform, names, token_loss, pla
     for t0 in range(0, hidden.shape[0], plan.tokens):
         t1 = min(t0 + plan.tokens, hidden.shape[0])
         y = targets[t0:t1]
-        final = _finalize_rows(hidden[t0:t1], weight, bias, y, transform, moment_names, vocab, ws)
+        final = _finalize_rows(
+            hidden[t0:t1], weight, bias, y, transform, moment_names, vocab, ws, table
+        )
         # One tile spans the vocabulary, so its logits are still in the workspace.
         z = ws.get("z", t1 - t0, vocab, dtype)
         leaves = {
-            name: STATISTICS[name]
+            name: ALL_STATISTICS[name]
             .value(final)
             .detach()
-            .requires_grad_(STATISTICS[name].add_grad is not None)
+            .requires_grad_(ALL_STATISTICS[name].add_grad is not None)
             for name in names
         }
         with torch.enable_grad():
@@ -304,7 +319,8 @@ def _eager_pass(hidden, weight, bias, targets, transform, names, token_loss, pla
             values_out[name].append(leaves[name].detach())
         upstream = {n: gi for n, gi in zip(diff, g) if gi is not None}
         if upstream and any(need):
-            da = _raw_grad(z, final, _target_columns(y, 0, vocab), upstream, transform, ws)
+            cols = _target_columns(y, 0, vocab)
+            da = _raw_grad(z, final, cols, upstream, transform, ws, table)
             grads.add(da, hidden, weight, slice(t0, t1), slice(0, vocab), ws)
     values = {name: torch.cat(parts) for name, parts in values_out.items()}
     return total, values, grads.out(hidden, weight, bias)
@@ -338,14 +354,16 @@ def eager_token_loss(
     names: tuple[str, ...],
     token_loss: TokenLoss,
     plan: ChunkPlan,
+    expect: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``Σ_blocks token_loss(stats of the block, rows of the block)``, gradients in one pass.
 
     ``token_loss`` receives the statistics of a block of rows (leaf tensors) and the slice
     of those rows, and returns the block's scalar contribution; it must not mix rows of
     different blocks (a batch-level normalizer is a constant it closes over). ``plan``
-    must span the whole vocabulary. Returns the differentiable total and the detached
-    statistics of every row.
+    must span the whole vocabulary. ``expect`` is the frozen ``[V, D]`` table of the
+    ``expectation`` statistic, when it is among ``names``. Returns the differentiable total
+    and the detached statistics of every row.
     """
     if plan.vocab != weight.shape[0]:
         raise ValueError("eager_token_loss needs a plan whose vocabulary tile spans the vocabulary")
@@ -361,6 +379,7 @@ def eager_token_loss(
             token_loss,
             plan,
             need,
+            None if expect is None else expect.detach(),
         )
     if any(need):
         total = _WithPrecomputedGrads.apply(total, hidden, weight, bias, grads)

@@ -14,8 +14,13 @@ from lmloss.stats.engine import compute_dtype
 Tensor = torch.Tensor
 
 
-def stats_of_logits(logits: Tensor, targets: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
-    """Statistics of already-transformed 2-D ``logits`` at valid (in-range) ``targets``."""
+def stats_of_logits(
+    logits: Tensor, targets: Tensor, names: tuple[str, ...], expect: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Statistics of already-transformed 2-D ``logits`` at valid (in-range) ``targets``.
+
+    ``expect``: the ``[V, D]`` table of the ``expectation`` statistic, when it is wanted.
+    """
     z = logits.to(compute_dtype(logits.dtype))
     log_probs = torch.log_softmax(z, dim=-1)
     target_logp = log_probs.gather(1, targets[:, None]).squeeze(1)
@@ -26,5 +31,6 @@ def stats_of_logits(logits: Tensor, targets: Tensor, names: tuple[str, ...]) -> 
         "sum_sq_probs": lambda: torch.logsumexp(2 * log_probs, dim=-1),
         "mean_logit": lambda: z.mean(-1),
         "is_argmax": lambda: (z.gather(1, targets[:, None]).squeeze(1) >= z.amax(-1)).to(z.dtype),
+        "expectation": lambda: log_probs.exp() @ expect.to(z.dtype),
     }
     return {name: formulas[name]() for name in names}

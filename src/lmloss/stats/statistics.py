@@ -12,7 +12,12 @@ moment   running value           rescale when ``m`` grows by ``d``
 ``s2``   Σ e²                    × exp(-2d)
 ``zsum`` Σ z                     none
 ``zy``   z of the target token   none
+``et``   Σ e·t_v  (a [D] vector) × exp(-d)
 ======== ======================= ===========================================
+
+``et`` exists only when a table ``t`` of ``[V, D]`` vectors is given (``expect=`` in
+:func:`lmloss.token_stats`); it is the only moment that reads the table, and
+``expectation`` (in ``TABLE_STATISTICS``) the only statistic built on it.
 
 A statistic names the moments it needs, how to finalize its value from them, and — if
 differentiable — its gradient w.r.t. one tile of logits given the upstream gradient ``g``.
@@ -24,6 +29,9 @@ With ``p = softmax(z)``:
 * ``sum_sq_probs = log Σ p²``;   d/dz_v = 2 (q_v - p_v), q = softmax(2z)
 * ``mean_logit = Σ z / V``;      d/dz_v = 1 / V
 * ``is_argmax = [z_y = max z]``; no gradient
+* ``expectation = E_p[t] = Σ_v p_v t_v`` (a [D] vector per token, for a frozen table t);
+  d/dz_v = p_v (t_v − E_p[t]), so g·d/dz_v = p_v (⟨g, t_v⟩ − ⟨g, E_p[t]⟩) for an upstream
+  g of shape [D]. The table gets no gradient.
 
 Adding a statistic means adding one :class:`Statistic` (and a moment if a new running sum
 is needed) to this file; the engine, the reference path and the API pick it up.
@@ -50,7 +58,17 @@ class Moment:
 
     name: str
     # (previous value, tile logits z, tile e = exp(z - m_new), rescale r = exp(m_old - m_new))
-    update: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+    # and, when ``uses_table``, the tile's rows of the ``expect`` table [vocab-slice, D]
+    update: Callable[..., Tensor]
+    uses_table: bool = False
+
+    def step(self, acc: Tensor, z: Tensor, e: Tensor, r: Tensor, table: Tensor | None) -> Tensor:
+        return self.update(acc, z, e, r, table) if self.uses_table else self.update(acc, z, e, r)
+
+
+def _table_update(acc: Tensor, z: Tensor, e: Tensor, r: Tensor, table: Tensor) -> Tensor:
+    """Σ e·t_v: the accumulator starts as the engine's [n] zeros and becomes [n, D]."""
+    return acc.reshape(acc.shape[0], -1) * r[:, None] + e @ table.to(e.dtype)
 
 
 MOMENTS: dict[str, Moment] = {
@@ -60,6 +78,7 @@ MOMENTS: dict[str, Moment] = {
         Moment("ez", lambda acc, z, e, r: acc * r + _row_dot(e, z)),
         Moment("s2", lambda acc, z, e, r: acc * r * r + _row_dot(e, e)),
         Moment("zsum", lambda acc, z, e, r: acc + z.sum(1)),
+        Moment("et", _table_update, uses_table=True),
     )
 }
 
@@ -84,6 +103,7 @@ class Tile:
     final: Final  # rows restricted to the tile's tokens
     target_col: Tensor  # column of the target in this tile, -1 where it lies outside
     scratch: Tensor  # a free buffer of z's shape for temporaries
+    table: Tensor | None = None  # the tile's rows of the ``expect`` table, when one is given
 
 
 @dataclass(frozen=True)
@@ -129,6 +149,16 @@ def _add_mean_logit_grad(dz: Tensor, tile: Tile, g: Tensor) -> None:
     dz.add_((g / tile.final.vocab)[:, None])
 
 
+def _expectation(final: Final) -> Tensor:
+    return final.moments["et"] / final.moments["s"][:, None]
+
+
+def _add_expectation_grad(dz: Tensor, tile: Tile, g: Tensor) -> None:
+    projected = torch.mm(g, tile.table.to(g.dtype).T, out=tile.scratch)
+    projected.sub_(torch.einsum("nd,nd->n", g, _expectation(tile.final))[:, None])
+    dz.addcmul_(tile.p, projected)
+
+
 STATISTICS: dict[str, Statistic] = {
     s.name: s
     for s in (
@@ -145,10 +175,18 @@ STATISTICS: dict[str, Statistic] = {
     )
 }
 
+# Statistics that read a table passed by the caller (``expect=``); kept apart from the
+# per-token scalars above, which need nothing but the logits.
+TABLE_STATISTICS: dict[str, Statistic] = {
+    "expectation": Statistic("expectation", ("s", "et"), _expectation, _add_expectation_grad),
+}
+
+ALL_STATISTICS: dict[str, Statistic] = {**STATISTICS, **TABLE_STATISTICS}
+
 
 def moments_for(names: tuple[str, ...]) -> tuple[str, ...]:
     """The moments the statistics ``names`` need, always including ``s`` (for the lse)."""
     needed = {"s"}
     for name in names:
-        needed.update(STATISTICS[name].moments)
+        needed.update(ALL_STATISTICS[name].moments)
     return tuple(sorted(needed))

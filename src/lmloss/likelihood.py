@@ -1,0 +1,373 @@
+"""Front door of the likelihood (SFT) family: per-token losses, from statistics or fused.
+
+Two entry points, one definition of each loss (``lmloss.objectives.likelihood``):
+
+* :func:`likelihood_loss` — from per-token statistics you already have (e.g. from
+  :func:`lmloss.token_stats` or :func:`lmloss.token_stats_from_logits`).
+* :func:`fused_likelihood_loss` — from hidden states and the LM-head weight. The loss is a
+  sum of per-token terms with coefficients known in advance, so the engine computes the
+  gradients w.r.t. hidden, weight and bias during the forward pass
+  (:func:`lmloss.stats.engine.eager_token_loss`): one pass over the vocabulary, no
+  ``[N, V]`` logits, 6·N·H·V FLOPs as for a plain forward + backward.
+
+An objective's positional parameters name its inputs: engine statistics (``logp``,
+``lse``, ``mean_logit``, ``expectation``, ...) and per-token side inputs derived on the
+fused path (``target_embedding``). Its keyword-only parameters are its hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from lmloss import _checks, registry
+from lmloss.objectives import reduce
+from lmloss.objectives.likelihood.reduction import (
+    check_reduction,
+    check_token_weights,
+    token_coefficients,
+)
+from lmloss.objectives.likelihood.reweight import sequence_factors
+from lmloss.output import LossOutput
+from lmloss.stats import token_stats
+from lmloss.stats.api import _check_targets
+from lmloss.stats.chunking import plan_chunks
+from lmloss.stats.engine import compute_dtype, eager_token_loss
+from lmloss.stats.statistics import ALL_STATISTICS, TABLE_STATISTICS
+from lmloss.stats.transform import LogitTransform
+
+Tensor = torch.Tensor
+
+FAMILY = "likelihood"
+
+# Side inputs the fused path derives per token from the targets and the embedding table.
+_DERIVED: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "target_embedding": lambda table, targets: table.index_select(0, targets),
+}
+
+
+def _input_names(fn: Callable) -> tuple[str, ...]:
+    """The objective's tensor inputs: its parameters without defaults."""
+    return tuple(
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        and p.default is inspect.Parameter.empty
+    )
+
+
+def _check_hyper(entry: registry.Entry, hyper: dict) -> None:
+    unknown = sorted(set(hyper) - set(entry.hyper))
+    if unknown:
+        raise TypeError(
+            f"likelihood objective {entry.name!r} got unknown argument(s) {unknown}; "
+            f"its hyper-parameters are {sorted(entry.hyper)}"
+        )
+
+
+def _split_inputs(name: str, kwargs: dict) -> tuple[registry.Entry, tuple[str, ...], dict, dict]:
+    """The objective, its input names, the per-token inputs given and its hyper-parameters.
+
+    Any engine statistic may be passed (``**stats.asdict()`` works for every objective);
+    those the objective does not need are ignored.
+    """
+    entry = registry.get(name, family=FAMILY)
+    input_names = _input_names(entry.fn)
+    known = set(ALL_STATISTICS) | set(_DERIVED) | set(input_names)
+    tensors = {k: v for k, v in kwargs.items() if k in known}
+    hyper = {k: v for k, v in kwargs.items() if k not in known}
+    _check_hyper(entry, hyper)
+    return entry, input_names, tensors, hyper
+
+
+def _check_token_input(name: str, value: object, like: Tensor) -> Tensor:
+    """A statistic shaped like ``logp``; a vector input shaped ``logp.shape + (D,)``."""
+    tensor = _checks.require_floating(name, value)
+    vector = name in TABLE_STATISTICS or name in _DERIVED
+    if (
+        tuple(tensor.shape[: like.dim()]) != tuple(like.shape)
+        or tensor.dim() != like.dim() + vector
+    ):
+        want = f"{tuple(like.shape)} + (D,)" if vector else f"{tuple(like.shape)}"
+        raise ValueError(
+            f"{name} must have shape {want} (matching logp), got {tuple(tensor.shape)}"
+        )
+    return tensor.to(compute_dtype(tensor.dtype))
+
+
+def _reduce(
+    per_token: Tensor,
+    mask: Tensor,
+    weights: Tensor | None,
+    reduction: str,
+    num_items: float | Tensor | None,
+    reweight: str | None,
+    reweight_temperature: float,
+) -> tuple[Tensor, Tensor]:
+    """Coefficients ``c`` (no gradient) and the scalar ``Σ c·ℓ``."""
+    coef = token_coefficients(mask, weights, reduction=reduction, num_items=num_items)
+    if reweight is not None:
+        factors = sequence_factors(
+            per_token, mask, weights, reweight, temperature=reweight_temperature
+        )
+        coef = coef * factors[:, None]
+    return coef, (coef * per_token).sum()
+
+
+def likelihood_loss(
+    name: str,
+    *,
+    logp: Tensor,
+    mask: Tensor | None = None,
+    weights: Tensor | None = None,
+    reduction: str = "token_mean",
+    num_items: float | Tensor | None = None,
+    reweight: str | None = None,
+    reweight_temperature: float = 1.0,
+    **inputs_and_hyper,
+) -> LossOutput:
+    """A likelihood objective from per-token statistics.
+
+    Args:
+        name: registry name (``lmloss.list_objectives("likelihood")``): ``ce``,
+            ``label_smoothing``, ``z_loss``, ``dco``, ``comp_sum``, ``focal``, ``emo``.
+        logp: ``[N]`` or ``[B, T]`` log-probability of each target.
+        mask: 0/1 or bool, shaped like ``logp``: the tokens to train on (default: all).
+        weights: optional per-token weights ≥ 0 (token-weighted cross-entropy, FAIT-style):
+            the token mean becomes ``Σ w·ℓ / Σ w``.
+        reduction: ``token_mean`` (default), ``sequence_mean`` (``[B, T]`` only), ``sum`` or
+            ``none`` (loss is the sum; ``per_example`` holds the per-token losses).
+        num_items: replaces the local count of a mean by a global one (tokens for
+            ``token_mean``, sequences for ``sequence_mean``) — the gradient-accumulation
+            and data-parallel correct normalizer.
+        reweight: ``None`` or a dynamic loss-based sample reweighting strategy
+            (``linupper``, ``quadratic``, ``extremes``; ``[B, T]`` only).
+        reweight_temperature: the strategy's softmax temperature r.
+        **inputs_and_hyper: the other statistics or inputs the objective needs (``lse``,
+            ``mean_logit``, ``expectation``, ``target_embedding``, ...) and its
+            hyper-parameters (``eps``, ``z_weight``, ``n``, ``tau``, ``gamma``).
+
+    Returns:
+        :class:`LossOutput` with the scalar loss, the per-token losses (zeros at masked
+        positions) and ``metrics["num_tokens"]``.
+    """
+    entry, input_names, tensors, hyper = _split_inputs(name, inputs_and_hyper)
+    logp = _checks.require_floating("logp", logp)
+    _checks.require_nonempty("logp", logp)
+    logp = logp.to(compute_dtype(logp.dtype))
+    given = {"logp": logp, **tensors}
+    missing = [k for k in input_names if given.get(k) is None]
+    if missing:
+        raise ValueError(
+            f"likelihood objective {entry.name!r} needs {missing}; pass them as keyword arguments"
+        )
+    values = {
+        k: logp if k == "logp" else _check_token_input(k, given[k], logp) for k in input_names
+    }
+    check_reduction(reduction, num_items, logp.dim())
+    mask = torch.ones_like(logp) if mask is None else reduce.as_mask("mask", mask, logp, "logp")
+    weights = None if weights is None else check_token_weights(weights, logp)
+
+    per_token = torch.where(mask > 0, entry(**values, **hyper), torch.zeros_like(logp))
+    _, loss = _reduce(
+        per_token, mask, weights, reduction, num_items, reweight, reweight_temperature
+    )
+    return LossOutput(loss=loss, per_example=per_token, metrics={"num_tokens": mask.sum().detach()})
+
+
+def _check_head(hidden: object, weight: object, bias: object) -> None:
+    hidden = _checks.require_floating("hidden", hidden)
+    weight = _checks.require_floating("weight", weight)
+    _checks.require_ndim("hidden", hidden, (2, 3))
+    _checks.require_ndim("weight", weight, (2,))
+    _checks.require_nonempty("hidden", hidden)
+    _checks.require_nonempty("weight", weight)
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight must be [V, H] with H = hidden.shape[-1] = {hidden.shape[-1]}, "
+            f"got {tuple(weight.shape)}"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}")
+    if bias is not None:
+        _checks.require_floating("bias", bias)
+        _checks.require_shape("bias", bias, (weight.shape[0],), "weight.shape[0]")
+
+
+def _check_table(table: object, needed: bool, vocab: int, name: str) -> Tensor | None:
+    if not needed:
+        return None
+    if table is None:
+        raise ValueError(f"likelihood objective {name!r} needs embedding_table= (a [V, D] tensor)")
+    table = _checks.require_floating("embedding_table", table)
+    _checks.require_ndim("embedding_table", table, (2,))
+    if table.shape[0] != vocab:
+        raise ValueError(
+            f"embedding_table must have {vocab} rows (the vocabulary), got {tuple(table.shape)}"
+        )
+    return table.detach()
+
+
+@dataclass
+class _Objective:
+    """A likelihood objective bound to its hyper-parameters and its derived side inputs."""
+
+    entry: registry.Entry
+    input_names: tuple[str, ...]
+    hyper: dict
+    derived: dict[str, Tensor]  # per-token side inputs, indexed like the statistics
+
+    def __call__(self, stats: dict[str, Tensor], rows: slice = slice(None)) -> Tensor:
+        inputs = {k: stats[k] if k in stats else self.derived[k][rows] for k in self.input_names}
+        return self.entry(**inputs, **self.hyper)
+
+
+def _bind(entry, hyper, targets, valid, table) -> _Objective:
+    """Derive the side inputs (``target_embedding``) the objective takes, for every token."""
+    names = _input_names(entry.fn)
+    safe_targets = torch.where(valid, targets, 0).reshape(-1)
+    derived = {k: fn(table, safe_targets) for k, fn in _DERIVED.items() if k in names}
+    return _Objective(entry, names, hyper, derived)
+
+
+def _per_token_autograd(objective: _Objective, head: tuple, mask: Tensor, engine_kwargs) -> Tensor:
+    """Per-token losses through ``token_stats`` (differentiable when grad mode is on)."""
+    stats = token_stats(*head, **engine_kwargs).asdict()
+    leading = mask.dim()
+    flat = {k: v.reshape(-1, *v.shape[leading:]) for k, v in stats.items()}
+    return torch.where(mask > 0, objective(flat).reshape(mask.shape), 0.0)
+
+
+def _eager_loss(
+    objective: _Objective, head: tuple, coef: Tensor, mask: Tensor, transform, engine_kwargs
+) -> tuple[Tensor, Tensor]:
+    """``Σ c·ℓ`` with gradients computed during the pass, and the detached per-token losses."""
+    hidden, weight, targets, bias = head
+    dtype = coef.dtype
+    flat_mask = mask.reshape(-1)
+    rows = flat_mask.nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return _connected_zero(dtype, hidden, weight, bias), torch.zeros(mask.shape, dtype=dtype)
+    coef_rows = coef.reshape(-1)[rows]
+    on_rows = replace(objective, derived={k: v[rows] for k, v in objective.derived.items()})
+
+    def token_loss(values: dict[str, Tensor], block: slice) -> Tensor:
+        return (on_rows(values, block) * coef_rows[block]).sum()
+
+    vocab = weight.shape[0]
+    plan = plan_chunks(
+        rows.numel(), vocab, dtype.itemsize, engine_kwargs["memory_budget"], whole_vocab=True
+    )
+    loss, values = eager_token_loss(
+        hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows),
+        weight,
+        bias,
+        targets.reshape(-1)[rows],
+        transform,
+        engine_kwargs["want"],
+        token_loss,
+        plan,
+        engine_kwargs.get("expect"),
+    )
+    with torch.no_grad():
+        per_token = flat_mask.new_zeros(flat_mask.shape).index_put((rows,), on_rows(values))
+    return loss, per_token.reshape(mask.shape)
+
+
+def _connected_zero(dtype: torch.dtype, *tensors: Tensor | None) -> Tensor:
+    """A scalar 0 that still belongs to the graph of ``tensors`` (zero gradients)."""
+    zero = torch.zeros((), dtype=dtype)
+    return zero + sum(t.reshape(-1)[:0].sum().to(dtype) for t in tensors if t is not None)
+
+
+def fused_likelihood_loss(
+    name: str,
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    bias: Tensor | None = None,
+    *,
+    weights: Tensor | None = None,
+    reduction: str = "token_mean",
+    num_items: float | Tensor | None = None,
+    reweight: str | None = None,
+    reweight_temperature: float = 1.0,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    memory_budget: int | None = None,
+    embedding_table: Tensor | None = None,
+    **hyper,
+) -> LossOutput:
+    """A likelihood objective straight from hidden states and the LM-head weight.
+
+    Same objective, reductions and options as :func:`likelihood_loss`; the statistics
+    come from the engine and the trained tokens are those whose target is not
+    ``ignore_index``. Gradients w.r.t. ``hidden``, ``weight`` and ``bias`` are computed
+    during this call (one pass over the vocabulary) and handed out by ``backward``; with
+    ``reweight`` the per-sequence weights need the losses first, which costs one extra
+    forward pass. With ``reduction="none"`` the per-token losses are differentiable
+    (they go through :func:`lmloss.token_stats`, whose backward recomputes the logits).
+
+    Args:
+        name: registry name, see :func:`likelihood_loss`.
+        hidden: ``[N, H]`` or ``[B, T, H]`` final hidden states.
+        weight: ``[V, H]`` LM-head weight.
+        targets: ``[N]`` or ``[B, T]`` next-token ids, ``ignore_index`` where not trained.
+        bias: optional ``[V]`` head bias.
+        weights, reduction, num_items, reweight, reweight_temperature: see
+            :func:`likelihood_loss`.
+        ignore_index, temperature, softcap, logit_scale, memory_budget: see
+            :func:`lmloss.token_stats`.
+        embedding_table: ``[V, D]`` table for objectives that need expectations of
+            embeddings (``emo``: the L2-normalized frozen embeddings).
+        **hyper: the objective's hyper-parameters.
+
+    Returns:
+        :class:`LossOutput`; ``per_example`` holds the per-token losses (detached unless
+        ``reduction="none"``), zeros at ignored targets.
+    """
+    entry = registry.get(name, family=FAMILY)
+    _check_hyper(entry, hyper)
+    _check_head(hidden, weight, bias)
+    transform = LogitTransform(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
+    leading = tuple(hidden.shape[:-1])
+    targets = _check_targets(targets, leading, weight.shape[0], ignore_index)
+    check_reduction(reduction, num_items, len(leading))
+    valid = targets != ignore_index
+    mask = valid.to(compute_dtype(hidden.dtype))
+    token_weights = None if weights is None else check_token_weights(weights, mask)
+    stats = entry.spec.stats
+    uses_table = any(s in TABLE_STATISTICS for s in stats) or any(
+        k in _DERIVED for k in _input_names(entry.fn)
+    )
+    table = _check_table(embedding_table, uses_table, weight.shape[0], entry.name)
+    engine_kwargs = {
+        "ignore_index": ignore_index,
+        "temperature": temperature,
+        "softcap": softcap,
+        "logit_scale": logit_scale,
+        "want": stats,
+        "memory_budget": memory_budget,
+        **({} if table is None else {"expect": table}),
+    }
+    objective = _bind(entry, hyper, targets, valid, table)
+    head = (hidden, weight, targets, bias)
+    metrics = {"num_tokens": mask.sum()}
+
+    if reduction == "none" or reweight is not None:
+        with torch.set_grad_enabled(reduction == "none" and torch.is_grad_enabled()):
+            per_token = _per_token_autograd(objective, head, mask, engine_kwargs)
+        coef, loss = _reduce(
+            per_token, mask, token_weights, reduction, num_items, reweight, reweight_temperature
+        )
+        if reduction == "none":
+            return LossOutput(loss=loss, per_example=per_token, metrics=metrics)
+    else:
+        coef = token_coefficients(mask, token_weights, reduction=reduction, num_items=num_items)
+    loss, per_token = _eager_loss(objective, head, coef, mask, transform, engine_kwargs)
+    return LossOutput(loss=loss, per_example=per_token, metrics=metrics)
