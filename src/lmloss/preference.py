@@ -1,0 +1,459 @@
+"""Front door of the offline preference family.
+
+Public: ``preference_loss``, ``fused_preference_loss``, ``lcpo``.
+
+``preference_loss(name, ...)`` takes per-token log-probs; ``fused_preference_loss(name, ...)``
+takes hidden states and the LM-head weight, asks the engine for exactly the per-token
+statistics the objective (and its options) need, and then runs the *same* code path, so
+every objective and option works fused. The objective is found in the registry; its first
+parameter's type (an input kind from :mod:`lmloss.objectives.preference.inputs`) says which
+keyword tensors it takes:
+
+========== ===================================================================================
+kind       keywords
+========== ===================================================================================
+Pairs      ``chosen_logps``, ``rejected_logps``, ``chosen_mask``, ``rejected_mask`` [B, T];
+           ``ref_chosen_logps``, ``ref_rejected_logps`` [B, T] or [B] (summed) or None
+Unpaired   ``logps``, ``mask``, ``ref_logps`` [B, T], ``desirable`` [B]; KL samples
+           ``kl_logps``, ``kl_mask``, ``ref_kl_logps`` [B', T'] (KTO)
+Negatives  ``logps``, ``mask``, ``ref_logps`` [B, T]; reference samples ``sample_logps``,
+           ``sample_mask``, ``ref_sample_logps`` [B, K, T] (D2O)
+Lists      ``logps``, ``mask``, ``ref_logps`` [B, K, T], ``scores`` [B, K] (LiPO)
+========== ===================================================================================
+
+Objective-specific inputs are keywords too (``strength=`` for OSP, per-token ``chosen_kl=``
+for TDPO, ...); ``lmloss.describe(name)`` shows the formula and hyper-parameters.
+
+Options for every pairwise objective: ``wpo=True`` (needs ``chosen_sum_sq_probs`` /
+``rejected_sum_sq_probs``, or computed fused), ``ld_alpha=`` (LD-DPO), ``hypo_weight=`` with
+on-policy samples ``online_logps``, ``online_mask``, ``ref_online_logps`` [B, T] or [B, K, T]
+(HyPO), and the :func:`lcpo` wrapper.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+from lmloss import _checks, registry
+from lmloss.objectives.preference import options as opt
+from lmloss.objectives.preference.inputs import INPUT_KINDS, TOKEN_STATISTICS, Completions, Pairs
+from lmloss.output import LossOutput
+from lmloss.stats import STATISTICS, token_stats
+
+Tensor = torch.Tensor
+FAMILY = "preference"
+
+# two-model statistics an objective may declare in ``stats``: token_divergence name -> the
+# per-token input suffix it fills (KL(teacher ‖ student) with teacher = reference)
+TWO_MODEL_STATISTICS = {"forward_kl": "kl"}
+
+
+@dataclass(frozen=True)
+class _Options:
+    wpo: bool = False
+    ld_alpha: float | None = None
+    hypo_weight: float | None = None
+    lcpo_noise: float | None = None
+
+    def asked(self) -> list[str]:
+        names = [("wpo", self.wpo), ("ld_alpha", self.ld_alpha is not None)]
+        names += [
+            ("hypo_weight", self.hypo_weight is not None),
+            ("lcpo", self.lcpo_noise is not None),
+        ]
+        return [name for name, on in names if on]
+
+
+# --------------------------------------------------------------------------- plain path
+
+
+def preference_loss(
+    name: str,
+    /,
+    *,
+    chosen_logps: Tensor | None = None,
+    rejected_logps: Tensor | None = None,
+    chosen_mask: Tensor | None = None,
+    rejected_mask: Tensor | None = None,
+    ref_chosen_logps: Tensor | None = None,
+    ref_rejected_logps: Tensor | None = None,
+    wpo: bool = False,
+    ld_alpha: float | None = None,
+    hypo_weight: float | None = None,
+    **kwargs,
+) -> LossOutput:
+    """The preference objective ``name`` on per-token log-probs.
+
+    Args:
+        name: registry name (``lmloss.list_objectives(family="preference")``).
+        chosen_logps, rejected_logps: ``[B, T]`` policy log-probs of each target token
+            (values at masked positions are ignored).
+        chosen_mask, rejected_mask: ``[B, T]`` bool or 0/1 completion masks; every
+            completion needs at least one token.
+        ref_chosen_logps, ref_rejected_logps: reference log-probs, ``[B, T]`` per token or
+            ``[B]`` already summed, or None for reference-free objectives.
+        wpo: weight each pair by WPO's weight (needs per-token ``*_sum_sq_probs``).
+        ld_alpha: LD-DPO weight in [0, 1] of tokens past the shorter completion.
+        hypo_weight: λ of HyPO's on-policy KL term (needs ``online_*`` samples).
+        **kwargs: hyper-parameters (``beta=``, ``eps=``, ``divergence=`` ...) and the inputs
+            of other input kinds or of the objective (module docstring).
+
+    Returns:
+        :class:`LossOutput`: ``loss`` (mean over examples), ``per_example`` ``[B]`` and
+        detached ``metrics`` (implicit rewards, margins, reward accuracy, log-probs).
+
+    Example:
+        >>> import torch, lmloss
+        >>> logps = torch.log(torch.full((2, 3), 0.5))
+        >>> mask = torch.ones(2, 3, dtype=torch.bool)
+        >>> out = lmloss.preference_loss("dpo", chosen_logps=logps, rejected_logps=logps,
+        ...     chosen_mask=mask, rejected_mask=mask, ref_chosen_logps=logps,
+        ...     ref_rejected_logps=logps, beta=0.1)
+        >>> round(out.loss.item(), 4)  # log 2 when policy == reference
+        0.6931
+    """
+    pair_inputs = {
+        "chosen_logps": chosen_logps,
+        "rejected_logps": rejected_logps,
+        "chosen_mask": chosen_mask,
+        "rejected_mask": rejected_mask,
+        "ref_chosen_logps": ref_chosen_logps,
+        "ref_rejected_logps": ref_rejected_logps,
+    }
+    inputs = {k: v for k, v in pair_inputs.items() if v is not None} | kwargs
+    options = _Options(wpo=wpo, ld_alpha=ld_alpha, hypo_weight=hypo_weight)
+    return _evaluate(registry.get(name, family=FAMILY), inputs, options)
+
+
+def lcpo(name: str, /, *, noise: float = 0.1, **kwargs) -> LossOutput:
+    """LCPO: the pairwise objective ``name`` with EM label-noise re-weighting.
+
+    Each pair's loss becomes q·ℓ(y_w, y_l) + (1 − q)·ℓ(y_l, y_w), q the posterior that its
+    label is right under the noise rate ``noise`` (see
+    :func:`lmloss.objectives.preference.options.lcpo_em`); ``noise=0`` is the base loss.
+    Takes the arguments of :func:`preference_loss`, or of :func:`fused_preference_loss`
+    when ``hidden=`` is given. ``metrics["lcpo/label_confidence"]`` estimates 1 − noise for
+    the next EM step.
+    """
+    fused = "hidden" in kwargs
+    entry = registry.get(name, family=FAMILY)
+    if fused:
+        return _fused(entry, dict(kwargs), lcpo_noise=noise)
+    plain = {k: kwargs.pop(k) for k in ("wpo", "ld_alpha", "hypo_weight") if k in kwargs}
+    options = _Options(**plain, lcpo_noise=noise)
+    return _evaluate(entry, kwargs, options)
+
+
+# --------------------------------------------------------------------------- shared core
+
+
+@cache
+def _input_kind(fn) -> type:
+    first = next(iter(inspect.signature(fn).parameters))
+    kind = typing.get_type_hints(fn).get(first)
+    if kind not in INPUT_KINDS:
+        raise TypeError(f"{fn.__qualname__}: first parameter must be annotated with an input kind")
+    return kind
+
+
+@cache
+def _objective_inputs(fn) -> tuple[str, ...]:
+    """Keyword-only parameters without a default: tensors the objective needs (``strength``)."""
+    return tuple(
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    )
+
+
+def _check_options(entry: registry.Entry, kind: type, options: _Options) -> None:
+    asked = options.asked()
+    if asked and kind is not Pairs:
+        raise ValueError(
+            f"{', '.join(asked)} applies to pairwise objectives; {entry.name!r} takes "
+            f"{kind.__name__} inputs"
+        )
+    per_pair = [name for name in asked if name in ("wpo", "lcpo")]
+    if per_pair and opt.is_batch_coupled(entry.fn):
+        raise ValueError(
+            f"{', '.join(per_pair)} needs per-pair losses, but {entry.name!r} sorts the batch "
+            "(its per-example terms belong to ranks, not to pairs)"
+        )
+
+
+def _reject_unknown(entry: registry.Entry, unknown: dict) -> None:
+    if not unknown:
+        return
+    known = [*entry.hyper, *_objective_inputs(entry.fn), "wpo", "ld_alpha", "hypo_weight"]
+    lines = []
+    for key in sorted(unknown):
+        close = difflib.get_close_matches(key, known, n=3)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        lines.append(f"{key!r}{hint}")
+    raise ValueError(
+        f"{entry.name!r} got unexpected arguments: {'; '.join(lines)}. Its hyper-parameters: "
+        f"{', '.join(entry.hyper) or 'none'}"
+    )
+
+
+def _evaluate(entry: registry.Entry, inputs: dict, options: _Options) -> LossOutput:
+    """Build the objective's inputs, run it with its options. ``inputs`` is consumed."""
+    kind = _input_kind(entry.fn)
+    _check_options(entry, kind, options)
+    primary = f"{kind.PRIMARY[0]}logps"
+    if inputs.get(primary) is None:
+        raise ValueError(f"{entry.name!r} takes {kind.SIGNATURE}; missing {primary}")
+    batch = kind.from_keywords(inputs)
+    online = None
+    if options.hypo_weight is not None:
+        online = Completions.from_keywords(inputs, "online_", ndim=(2, 3))
+    needed = {}
+    for key in _objective_inputs(entry.fn):
+        if inputs.get(key) is None:
+            raise ValueError(f"{entry.name!r} needs {key}= (see lmloss.describe({entry.name!r}))")
+        needed[key] = inputs.pop(key)
+    hyper = {k: inputs.pop(k) for k in list(inputs) if k in entry.hyper}
+    _reject_unknown(entry, inputs)
+
+    if options.ld_alpha is not None:
+        batch = opt.length_desensitized(batch, options.ld_alpha)
+
+    def run(batch):
+        return entry(batch, **needed, **hyper)
+
+    out = run(batch) if options.lcpo_noise is None else opt.lcpo_em(run, batch, options.lcpo_noise)
+    if options.wpo:
+        out = opt.reweighted(out, opt.wpo_weights(batch))
+    if online is not None:
+        out = opt.with_online_kl(out, online, options.hypo_weight)
+    return out
+
+
+# --------------------------------------------------------------------------- fused path
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One group of completion rows as the model sees them: hidden [..., T, H], targets [..., T]."""
+
+    hidden: Tensor
+    targets: Tensor
+    ref_hidden: Tensor | None
+
+
+def fused_preference_loss(
+    name: str,
+    /,
+    *,
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    bias: Tensor | None = None,
+    ref_hidden: Tensor | None = None,
+    ref_weight: Tensor | None = None,
+    ref_bias: Tensor | None = None,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    memory_budget: int | None = None,
+    wpo: bool = False,
+    ld_alpha: float | None = None,
+    hypo_weight: float | None = None,
+    **kwargs,
+) -> LossOutput:
+    """The preference objective ``name`` from hidden states and the LM head, without logits.
+
+    Rows are completions; ``targets`` holds each position's next token, ``ignore_index``
+    outside the completion (prompt, padding): the completion mask is ``targets !=
+    ignore_index``. Layout of ``hidden`` [..., T, H] / ``targets`` [..., T] by input kind:
+
+    * Pairs: ``[2B, T, H]``, the B chosen rows first, then the B rejected rows (as TRL
+      concatenates them).
+    * Unpaired / Negatives: ``[B, T, H]``; Lists: ``[B, K, T, H]``.
+    * other groups by prefix: ``kl_hidden``/``kl_targets`` (KTO), ``sample_hidden``/
+      ``sample_targets`` ``[B, K, T, H]`` (D2O), ``online_hidden``/``online_targets`` (HyPO).
+
+    Reference log-probs: pass ``ref_hidden`` (and ``ref_kl_hidden``, ``ref_sample_hidden``,
+    ``ref_online_hidden`` for the other groups) with ``ref_weight``/``ref_bias`` — they go
+    through the engine under ``torch.no_grad`` — or precomputed ``ref_chosen_logps`` ... as
+    in :func:`preference_loss`. All other keywords (hyper-parameters, per-pair inputs) are
+    those of :func:`preference_loss`; the engine statistics the objective declares (and
+    ``sum_sq_probs`` for ``wpo``) are computed, then the same objective function runs.
+
+    Args:
+        hidden, weight, targets, bias: policy hidden states, head ``[V, H]``, targets, bias.
+        ref_hidden, ref_weight, ref_bias: the reference model's hidden states and head.
+        ignore_index, temperature, softcap, logit_scale, memory_budget: as in
+            :func:`lmloss.token_stats` (applied to policy and reference alike).
+
+    Returns:
+        :class:`LossOutput`, differentiable w.r.t. ``hidden``, ``weight`` and ``bias``.
+    """
+    kwargs.update(
+        hidden=hidden, weight=weight, targets=targets, bias=bias, ref_hidden=ref_hidden,
+        ref_weight=ref_weight, ref_bias=ref_bias, ignore_index=ignore_index,
+        temperature=temperature, softcap=softcap, logit_scale=logit_scale,
+        memory_budget=memory_budget, wpo=wpo, ld_alpha=ld_alpha, hypo_weight=hypo_weight,
+    )  # fmt: skip
+    return _fused(registry.get(name, family=FAMILY), kwargs)
+
+
+def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> LossOutput:
+    options = _Options(
+        wpo=kw.pop("wpo", False),
+        ld_alpha=kw.pop("ld_alpha", None),
+        hypo_weight=kw.pop("hypo_weight", None),
+        lcpo_noise=lcpo_noise,
+    )
+    if kw.get("weight") is None or kw.get("targets") is None:
+        raise ValueError("the fused path needs hidden=, weight= and targets=")
+    weight, bias = kw.pop("weight"), kw.pop("bias", None)
+    ref_weight, ref_bias = kw.pop("ref_weight", None), kw.pop("ref_bias", None)
+    engine = {
+        "ignore_index": kw.pop("ignore_index", -100),
+        "temperature": kw.pop("temperature", 1.0),
+        "softcap": kw.pop("softcap", None),
+        "logit_scale": kw.pop("logit_scale", 1.0),
+        "memory_budget": kw.pop("memory_budget", None),
+    }
+    kind = _input_kind(entry.fn)
+    groups = _groups(kind, kw, with_online=options.hypo_weight is not None)
+
+    engine_stats = {"logp", *(s for s in entry.spec.stats if s in STATISTICS)}
+    if options.wpo:
+        engine_stats.add("sum_sq_probs")
+    policy = _stats_of_groups(
+        groups, lambda g: g.hidden, weight, bias, sorted(engine_stats), engine
+    )
+    for (prefix, group), stats in zip(groups.items(), policy):
+        kw[f"{prefix}logps"] = stats["logp"]
+        kw[f"{prefix}mask"] = group.targets != engine["ignore_index"]
+        for stat in TOKEN_STATISTICS:
+            if stat in engine_stats and stat != "logp":
+                kw[f"{prefix}{stat}"] = stats[stat]
+
+    with_ref = {p: g for p, g in groups.items() if g.ref_hidden is not None}
+    if with_ref:
+        _require_ref_head(ref_weight, with_ref, kw)
+        with torch.no_grad():
+            ref = _stats_of_groups(
+                with_ref, lambda g: g.ref_hidden, ref_weight, ref_bias, ["logp"], engine
+            )
+        for prefix, stats in zip(with_ref, ref):
+            kw[f"ref_{prefix}logps"] = stats["logp"]
+
+    for stat in entry.spec.stats:
+        if stat not in STATISTICS:
+            _two_model_statistic(stat, groups, weight, bias, ref_weight, ref_bias, engine, kw)
+    return _evaluate(entry, kw, options)
+
+
+def _groups(kind: type, kw: dict, *, with_online: bool) -> dict[str, _Group]:
+    """The kind's row groups, by keyword prefix, from ``hidden``/``targets`` and ``{p}hidden``."""
+    hidden, targets, ref_hidden = kw.pop("hidden"), kw.pop("targets"), kw.pop("ref_hidden", None)
+    hidden = _checks.require_floating("hidden", hidden)
+    targets = _checks.require_tensor("targets", targets)
+    _checks.require_shape("targets", targets, hidden.shape[:-1], "hidden.shape[:-1]")
+    if ref_hidden is not None:
+        _checks.require_shape("ref_hidden", ref_hidden, hidden.shape, "hidden")
+    parts = len(kind.PRIMARY)
+    if hidden.dim() < 2 or hidden.shape[0] % parts:
+        raise ValueError(
+            f"hidden must stack the {' then '.join(p.rstrip('_') for p in kind.PRIMARY)} rows "
+            f"along dim 0 (a multiple of {parts} rows), got shape {tuple(hidden.shape)}"
+        )
+
+    def chunks(t: Tensor | None) -> list[Tensor | None]:
+        return [None] * parts if t is None else list(t.chunk(parts, dim=0))
+
+    groups = {
+        prefix: _Group(h, t, r)
+        for prefix, h, t, r in zip(
+            kind.PRIMARY, chunks(hidden), chunks(targets), chunks(ref_hidden)
+        )
+    }
+    for prefix in (*kind.EXTRA, *(("online_",) if with_online else ())):
+        if kw.get(f"{prefix}hidden") is None:
+            continue
+        extra_hidden = _checks.require_floating(f"{prefix}hidden", kw.pop(f"{prefix}hidden"))
+        extra_targets = kw.pop(f"{prefix}targets", None)
+        if extra_targets is None:
+            raise ValueError(f"{prefix}hidden needs {prefix}targets")
+        _checks.require_shape(
+            f"{prefix}targets", extra_targets, extra_hidden.shape[:-1], f"{prefix}hidden.shape[:-1]"
+        )
+        extra_ref = kw.pop(f"ref_{prefix}hidden", None)
+        if extra_ref is not None:
+            _checks.require_shape(
+                f"ref_{prefix}hidden", extra_ref, extra_hidden.shape, f"{prefix}hidden"
+            )
+        groups[prefix] = _Group(extra_hidden, extra_targets, extra_ref)
+    return groups
+
+
+def _stats_of_groups(groups: dict[str, _Group], pick, weight, bias, want, engine) -> list:
+    """One engine call over the rows of all groups; per-group TokenStats-like dicts back."""
+    rows = [pick(g).reshape(-1, pick(g).shape[-1]) for g in groups.values()]
+    targets = [g.targets.reshape(-1) for g in groups.values()]
+    stats = token_stats(
+        rows[0] if len(rows) == 1 else torch.cat(rows),
+        weight,
+        targets[0] if len(targets) == 1 else torch.cat(targets),
+        bias,
+        want=want,
+        **engine,
+    ).asdict()
+    sizes = [t.numel() for t in targets]
+    split = {name: value.split(sizes) for name, value in stats.items()}
+    return [
+        {name: split[name][i].reshape(g.targets.shape) for name in stats}
+        for i, g in enumerate(groups.values())
+    ]
+
+
+def _require_ref_head(ref_weight, with_ref: dict, kw: dict) -> None:
+    if ref_weight is None:
+        raise ValueError("ref_hidden needs ref_weight (the reference model's LM-head weight)")
+    for prefix in with_ref:
+        if kw.get(f"ref_{prefix}logps") is not None:
+            raise ValueError(f"give either ref_{prefix}hidden or ref_{prefix}logps, not both")
+
+
+def _two_model_statistic(stat, groups, weight, bias, ref_weight, ref_bias, engine, kw) -> None:
+    """Per-token divergence between reference (teacher) and policy (student), per group."""
+    suffix = TWO_MODEL_STATISTICS[stat]
+    from lmloss import distill  # the distillation family owns the two-model engine
+
+    if engine["softcap"] is not None or engine["logit_scale"] != 1.0:
+        raise ValueError(
+            f"the per-token {stat} supports temperature only: pass softcap=None and "
+            f"logit_scale=1.0, or per-token *_{suffix} precomputed"
+        )
+    for prefix, group in groups.items():
+        if kw.get(f"{prefix}{suffix}") is not None:
+            continue
+        if group.ref_hidden is None or ref_weight is None:
+            raise ValueError(
+                f"the per-token KL needs the reference model: pass ref_hidden= and ref_weight= "
+                f"(or {prefix}{suffix}= precomputed)"
+            )
+        mask = group.targets != engine["ignore_index"]
+        kw[f"{prefix}{suffix}"] = distill.token_divergence(
+            stat,
+            group.hidden,
+            weight,
+            teacher_hidden=group.ref_hidden,
+            teacher_weight=ref_weight,
+            student_bias=bias,
+            teacher_bias=ref_bias,
+            mask=mask,
+            temperature=engine["temperature"],
+            memory_budget=engine["memory_budget"],
+        )
