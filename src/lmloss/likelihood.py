@@ -33,7 +33,7 @@ from lmloss.objectives.likelihood.reduction import (
 from lmloss.objectives.likelihood.reweight import sequence_factors
 from lmloss.output import LossOutput
 from lmloss.stats import token_stats
-from lmloss.stats.api import _check_targets
+from lmloss.stats.api import check_head, check_targets
 from lmloss.stats.chunking import plan_chunks
 from lmloss.stats.engine import compute_dtype, eager_token_loss
 from lmloss.stats.statistics import ALL_STATISTICS, TABLE_STATISTICS
@@ -178,25 +178,6 @@ def likelihood_loss(
     return LossOutput(loss=loss, per_example=per_token, metrics={"num_tokens": mask.sum().detach()})
 
 
-def _check_head(hidden: object, weight: object, bias: object) -> None:
-    hidden = _checks.require_floating("hidden", hidden)
-    weight = _checks.require_floating("weight", weight)
-    _checks.require_ndim("hidden", hidden, (2, 3))
-    _checks.require_ndim("weight", weight, (2,))
-    _checks.require_nonempty("hidden", hidden)
-    _checks.require_nonempty("weight", weight)
-    if weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(
-            f"weight must be [V, H] with H = hidden.shape[-1] = {hidden.shape[-1]}, "
-            f"got {tuple(weight.shape)}"
-        )
-    if weight.dtype != hidden.dtype:
-        raise TypeError(f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}")
-    if bias is not None:
-        _checks.require_floating("bias", bias)
-        _checks.require_shape("bias", bias, (weight.shape[0],), "weight.shape[0]")
-
-
 def _check_table(table: object, needed: bool, vocab: int, name: str) -> Tensor | None:
     if not needed:
         return None
@@ -333,10 +314,10 @@ def fused_likelihood_loss(
     """
     entry = registry.get(name, family=FAMILY)
     _check_hyper(entry, hyper)
-    _check_head(hidden, weight, bias)
+    check_head(hidden, weight, bias)
     transform = LogitTransform(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
     leading = tuple(hidden.shape[:-1])
-    targets = _check_targets(targets, leading, weight.shape[0], ignore_index)
+    targets = check_targets(targets, leading, weight.shape[0], ignore_index)
     check_reduction(reduction, num_items, len(leading))
     valid = targets != ignore_index
     mask = valid.to(compute_dtype(hidden.dtype))

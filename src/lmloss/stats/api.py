@@ -70,7 +70,28 @@ def _parse_want(want: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _check_targets(
+def check_head(hidden: object, weight: object, bias: object) -> None:
+    """``hidden`` ``[N, H]`` or ``[B, T, H]``, ``weight`` ``[V, H]`` of the same dtype,
+    ``bias`` ``[V]`` or None: the head inputs every fused entry point takes."""
+    hidden = _checks.require_floating("hidden", hidden)
+    weight = _checks.require_floating("weight", weight)
+    _checks.require_ndim("hidden", hidden, (2, 3))
+    _checks.require_ndim("weight", weight, (2,))
+    _checks.require_nonempty("hidden", hidden)
+    _checks.require_nonempty("weight", weight)
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight must be [V, H] with H = hidden.shape[-1] = {hidden.shape[-1]}, "
+            f"got {tuple(weight.shape)}"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}")
+    if bias is not None:
+        _checks.require_floating("bias", bias)
+        _checks.require_shape("bias", bias, (weight.shape[0],), "weight.shape[0]")
+
+
+def check_targets(
     targets: object, leading: tuple[int, ...], vocab: int, ignore_index: int
 ) -> Tensor:
     targets = _checks.require_integer("targets", targets)
@@ -181,26 +202,11 @@ def token_stats(
         >>> bool(torch.allclose(s.logp[y != -100], ref[y != -100], atol=1e-5))
         True
     """
-    hidden = _checks.require_floating("hidden", hidden)
-    weight = _checks.require_floating("weight", weight)
-    _checks.require_ndim("hidden", hidden, (2, 3))
-    _checks.require_ndim("weight", weight, (2,))
-    _checks.require_nonempty("hidden", hidden)
-    _checks.require_nonempty("weight", weight)
-    if weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(
-            f"weight must be [V, H] with H = hidden.shape[-1] = {hidden.shape[-1]}, "
-            f"got {tuple(weight.shape)}"
-        )
-    if weight.dtype != hidden.dtype:
-        raise TypeError(f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}")
-    if bias is not None:
-        _checks.require_floating("bias", bias)
-        _checks.require_shape("bias", bias, (weight.shape[0],), "weight.shape[0]")
+    check_head(hidden, weight, bias)
     names = _parse_want(want)
     transform = LogitTransform(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
     leading = tuple(hidden.shape[:-1])
-    targets = _check_targets(targets, leading, weight.shape[0], ignore_index)
+    targets = check_targets(targets, leading, weight.shape[0], ignore_index)
     table = _check_expect(expect, names, weight.shape[0])
 
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
@@ -247,7 +253,7 @@ def token_stats_from_logits(
     names = _parse_want(want)
     transform = LogitTransform(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
     leading = tuple(logits.shape[:-1])
-    targets = _check_targets(targets, leading, logits.shape[-1], ignore_index)
+    targets = check_targets(targets, leading, logits.shape[-1], ignore_index)
     table = _check_expect(expect, names, logits.shape[-1])
     flat_logits = logits.reshape(-1, logits.shape[-1])
     flat_targets = targets.reshape(-1)
