@@ -12,15 +12,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+BUDGET_VARIABLE = "LMLOSS_MEMORY_BUDGET_MB"
 DEFAULT_BUDGET_BYTES = 128 * 2**20
 VOCAB_TILE = 8192
 MIN_TOKEN_TILE = 16
 LIVE_TILES = 4
+# One-pass tiles span the vocabulary and each adds its [V, H] share to the weight gradient;
+# with fewer rows than this that update is bound by memory traffic, not arithmetic.
+ONE_PASS_MIN_TOKENS = 256
 
 
 def default_budget() -> int:
     """``LMLOSS_MEMORY_BUDGET_MB`` from the environment, else 128 MiB."""
-    value = os.environ.get("LMLOSS_MEMORY_BUDGET_MB")
+    value = os.environ.get(BUDGET_VARIABLE)
     if value is None:
         return DEFAULT_BUDGET_BYTES
     try:
@@ -49,9 +53,17 @@ def plan_chunks(
     """Tile sizes for ``n_tokens × vocab`` logits of ``itemsize`` bytes within the budget.
 
     ``whole_vocab`` asks for tiles that span the vocabulary (the one-pass path that computes
-    gradients during the forward needs every logit of a row at once).
+    gradients during the forward needs every logit of a row at once). Without an explicit
+    budget (argument or environment) such tiles get at least :data:`ONE_PASS_MIN_TOKENS`
+    rows, so that the weight-gradient update stays compute-bound: about 0.5 GiB for a 128k
+    vocabulary.
     """
-    budget = default_budget() if budget_bytes is None else int(budget_bytes)
+    if budget_bytes is not None:
+        budget = int(budget_bytes)
+    elif whole_vocab and BUDGET_VARIABLE not in os.environ:
+        budget = max(DEFAULT_BUDGET_BYTES, ONE_PASS_MIN_TOKENS * vocab * itemsize * LIVE_TILES)
+    else:
+        budget = default_budget()
     if budget <= 0:
         raise ValueError(f"memory_budget must be > 0 bytes, got {budget_bytes}")
     vocab_tile = vocab if whole_vocab else min(vocab, VOCAB_TILE)

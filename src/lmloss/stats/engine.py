@@ -125,7 +125,8 @@ def _raw_grad(
 ) -> Tensor:
     """Gradient w.r.t. one tile's raw head outputs: Σ_stat g_stat · d(stat)/dz, chained
     through the logit transform."""
-    p = torch.sub(z, final.lse[:, None], out=ws.get("p", *z.shape, z.dtype)).exp_()
+    # p shares the buffer of the forward's e: the two are never alive at once.
+    p = torch.sub(z, final.lse[:, None], out=ws.get("e", *z.shape, z.dtype)).exp_()
     scratch = ws.get("scratch", *z.shape, z.dtype)
     tile = Tile(z=z, p=p, final=final, target_col=cols, scratch=scratch, table=table)
     dz = ws.get("dz", *z.shape, z.dtype).zero_()

@@ -1,0 +1,397 @@
+"""Entry points of the two-model engine: argument checks, masks and shapes.
+
+* :func:`token_pair_terms` — per-token pair-term sums from hidden states and head weights
+  (fused, differentiable; the backward recomputes the tiles);
+* :func:`token_pair_loss` — a loss that sums a function of those per-token values over
+  tokens, with the gradients computed in the same pass when whole-vocabulary tiles fit;
+* :func:`pair_terms_from_logits` — the materializing reference on full logits (plain
+  differentiable PyTorch: the test oracle and the plain path of ``lmloss.divergence_loss``);
+* :func:`pairwise_pair_terms` — every row against every other row (a batch cost matrix).
+
+Per-token results are shaped like the leading dimensions, zeros where ``mask == 0``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from lmloss import _checks
+from lmloss.stats.divergence import (
+    BlockLoss,
+    PairSpec,
+    eager_pair_loss,
+    pair_plan,
+    pair_terms_autograd,
+)
+from lmloss.stats.divergence_terms import parse_terms, resolve_hyper, term_values
+from lmloss.stats.engine import compute_dtype
+from lmloss.stats.transform import LogitTransform
+
+Tensor = torch.Tensor
+
+
+def vocab_mismatch(student_vocab: int, teacher_vocab: int) -> ValueError:
+    return ValueError(
+        f"student and teacher vocabularies differ: student has {student_vocab} entries, teacher "
+        f"{teacher_vocab}; both distributions must live on the same vocabulary (map or pad the "
+        "teacher's vocabulary to the student's first)"
+    )
+
+
+def check_mask(mask: object, leading: tuple[int, ...]) -> Tensor | None:
+    """A 0/1 or bool mask shaped like the leading dimensions, as bool; None stays None."""
+    if mask is None:
+        return None
+    mask = _checks.require_tensor("mask", mask)
+    _checks.require_shape("mask", mask, leading, "the leading dimensions of the inputs")
+    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError("mask must hold only 0 and 1 (or be bool)")
+    return mask.bool()
+
+
+def _valid_rows(mask: Tensor | None, n: int, device: torch.device) -> Tensor:
+    if mask is None:
+        return torch.arange(n, device=device)
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
+def _check_head(prefix: str, hidden: object, weight: object, bias: object) -> tuple[Tensor, Tensor]:
+    hidden = _checks.require_floating(f"{prefix}_hidden", hidden)
+    weight = _checks.require_floating(f"{prefix}_weight", weight)
+    _checks.require_ndim(f"{prefix}_hidden", hidden, (2, 3))
+    _checks.require_ndim(f"{prefix}_weight", weight, (2,))
+    _checks.require_nonempty(f"{prefix}_hidden", hidden)
+    _checks.require_nonempty(f"{prefix}_weight", weight)
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"{prefix}_weight must be [V, H] with H = {prefix}_hidden.shape[-1] = "
+            f"{hidden.shape[-1]}, got {tuple(weight.shape)}"
+        )
+    if weight.dtype != hidden.dtype:
+        raise TypeError(
+            f"{prefix}_weight dtype {weight.dtype} differs from "
+            f"{prefix}_hidden dtype {hidden.dtype}"
+        )
+    if bias is not None:
+        _checks.require_floating(f"{prefix}_bias", bias)
+        _checks.require_shape(
+            f"{prefix}_bias", bias, (weight.shape[0],), f"{prefix}_weight.shape[0]"
+        )
+    return hidden, weight
+
+
+def _resolve(
+    names: str | Iterable[str], hyper: Mapping[str, float]
+) -> tuple[tuple[str, ...], dict]:
+    names = parse_terms(names)
+    return names, {name: resolve_hyper(name, hyper) for name in names}
+
+
+def _scatter(
+    values: dict[str, Tensor], rows: Tensor, leading: tuple[int, ...], dtype
+) -> dict[str, Tensor]:
+    """Values of the trained rows back at their positions, zeros elsewhere."""
+    n = math.prod(leading)
+    if rows.numel() == n:  # every row trained, in order
+        return {name: value.reshape(leading) for name, value in values.items()}
+    return {
+        name: torch.zeros(n, dtype=dtype, device=value.device)
+        .index_put((rows,), value)
+        .reshape(leading)
+        for name, value in values.items()
+    }
+
+
+def _zeros_connected(names, leading, dtype, *inputs: Tensor | None) -> dict[str, Tensor]:
+    """No valid row: zeros that still belong to the graph, with zero gradients."""
+    zero = sum(t.reshape(-1)[:0].sum().to(dtype) for t in inputs if t is not None)
+    return {name: torch.zeros(leading, dtype=dtype) + zero for name in names}
+
+
+def check_student_head(
+    hidden: object, weight: object, bias: object
+) -> tuple[Tensor, Tensor, tuple[int, ...], int]:
+    """The student head's tensors, its leading dimensions and vocabulary size."""
+    hidden, weight = _check_head("student", hidden, weight, bias)
+    return hidden, weight, tuple(hidden.shape[:-1]), weight.shape[0]
+
+
+def check_teacher(
+    leading: tuple[int, ...],
+    vocab: int,
+    hidden: object,
+    weight: object,
+    bias: object,
+    logits: object,
+    *,
+    required: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The teacher as a head (hidden, weight) or as logits, on the student's rows and vocabulary."""
+    head = hidden is not None or weight is not None
+    if head and logits is not None:
+        raise ValueError(
+            "give the teacher either as teacher_hidden and teacher_weight or as "
+            "teacher_logits, not both"
+        )
+    if not head and logits is None:
+        if required:
+            raise ValueError(
+                "a teacher is needed: pass teacher_hidden and teacher_weight, or teacher_logits"
+            )
+        return None, None, None
+    if head:
+        if hidden is None or weight is None:
+            raise ValueError("teacher_hidden and teacher_weight must be given together")
+        hidden, weight = _check_head("teacher", hidden, weight, bias)
+        if tuple(hidden.shape[:-1]) != leading:
+            raise ValueError(
+                f"teacher_hidden must have leading dimensions {leading} (matching student_hidden), "
+                f"got shape {tuple(hidden.shape)}"
+            )
+        if weight.shape[0] != vocab:
+            raise vocab_mismatch(vocab, weight.shape[0])
+        return hidden, weight, None
+    logits = _checks.require_floating("teacher_logits", logits)
+    if bias is not None:
+        raise ValueError("teacher_bias applies to a teacher head, not to teacher_logits")
+    if logits.shape[-1] != vocab:
+        raise vocab_mismatch(vocab, logits.shape[-1])
+    _checks.require_shape("teacher_logits", logits, (*leading, vocab), "the student's rows × V")
+    return None, None, logits
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Checked inputs of the fused entry points, restricted to the trained rows."""
+
+    names: tuple[str, ...]
+    leading: tuple[int, ...]
+    dtype: torch.dtype
+    rows: Tensor
+    inputs: tuple[Tensor | None, ...]  # as pair_terms_autograd takes them
+    spec: PairSpec | None  # None when no row is trained
+    connected: tuple[Tensor | None, ...]  # tensors an all-masked result stays attached to
+
+
+def _prepare(
+    student: tuple[object, object, object],
+    teacher: tuple[object, object, object, object],
+    names: str | Iterable[str],
+    mask: object,
+    temperature: float,
+    teacher_requires_grad: bool,
+    hyper: Mapping[str, float] | None,
+    memory_budget: int | None,
+) -> _Prepared:
+    student_hidden, student_weight, leading, vocab = check_student_head(*student)
+    student_bias = student[2]
+    teacher_hidden, teacher_weight, teacher_logits = check_teacher(
+        leading, vocab, teacher[0], teacher[1], teacher[2], teacher[3]
+    )
+    teacher_bias = teacher[2]
+    mask = check_mask(mask, leading)
+    names, resolved = _resolve(names, hyper or {})
+    dtype = compute_dtype(student_hidden.dtype)
+    transform = LogitTransform(temperature=temperature)
+    if not teacher_requires_grad:
+        detach = lambda t: None if t is None else t.detach()  # noqa: E731
+        teacher_hidden, teacher_weight = detach(teacher_hidden), detach(teacher_weight)
+        teacher_bias, teacher_logits = detach(teacher_bias), detach(teacher_logits)
+    n_all = student_hidden.numel() // student_hidden.shape[-1]
+    rows = _valid_rows(mask, n_all, student_hidden.device)
+    flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
+    # Without a mask every row is trained: no copy of the hidden states (nor its backward).
+    pick = (lambda x: flat(x)) if mask is None else (lambda x: flat(x).index_select(0, rows))
+    if teacher_logits is None:
+        teacher_inputs = (pick(teacher_hidden), teacher_weight, teacher_bias, None, None)
+    else:
+        teacher_inputs = (None, None, None, flat(teacher_logits), rows)
+    inputs = (pick(student_hidden), student_weight, student_bias)
+    spec = None
+    if rows.numel():
+        spec = PairSpec(
+            names=names,
+            hyper=resolved,
+            student_transform=transform,
+            teacher_transform=transform,
+            plan=pair_plan(rows.numel(), vocab, dtype.itemsize, memory_budget),
+            dtype=dtype,
+        )
+    connected = (student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight)
+    return _Prepared(names, leading, dtype, rows, inputs + teacher_inputs, spec, connected)
+
+
+def token_pair_terms(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    names: str | Iterable[str],
+    *,
+    student_bias: Tensor | None = None,
+    teacher_hidden: Tensor | None = None,
+    teacher_weight: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    teacher_logits: Tensor | None = None,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+    teacher_requires_grad: bool = False,
+    hyper: Mapping[str, float] | None = None,
+    memory_budget: int | None = None,
+) -> dict[str, Tensor]:
+    """Per-token sums over the vocabulary of the pair terms ``names``, without the logits.
+
+    The teacher is either a head (``teacher_hidden`` with the student's leading dimensions
+    and ``teacher_weight [V, H_t]``) or full ``teacher_logits [..., V]``. ``temperature``
+    divides both models' logits. Gradients flow to the student's hidden, weight and bias,
+    and to the teacher's inputs only with ``teacher_requires_grad=True``.
+
+    Returns:
+        ``{name: tensor}``, each shaped like ``student_hidden.shape[:-1]`` in the compute
+        dtype (float32, float64 for float64 students), zeros where ``mask == 0``.
+    """
+    prepared = _prepare(
+        (student_hidden, student_weight, student_bias),
+        (teacher_hidden, teacher_weight, teacher_bias, teacher_logits),
+        names,
+        mask,
+        temperature,
+        teacher_requires_grad,
+        hyper,
+        memory_budget,
+    )
+    if prepared.spec is None:
+        return _zeros_connected(
+            prepared.names, prepared.leading, prepared.dtype, *prepared.connected
+        )
+    values = pair_terms_autograd(prepared.inputs, prepared.spec)
+    return _scatter(values, prepared.rows, prepared.leading, prepared.dtype)
+
+
+def token_pair_loss(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    names: str | Iterable[str],
+    block_loss: BlockLoss,
+    *,
+    extra: Mapping[str, Tensor] | None = None,
+    student_bias: Tensor | None = None,
+    teacher_hidden: Tensor | None = None,
+    teacher_weight: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    teacher_logits: Tensor | None = None,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+    teacher_requires_grad: bool = False,
+    hyper: Mapping[str, float] | None = None,
+    memory_budget: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """A loss that is a sum over trained tokens of a function of their pair-term sums.
+
+    ``block_loss(values, rows)`` gets, for a block of trained rows (1-D, in row order of
+    the flattened leading dimensions restricted to ``mask``), the term sums ``names`` and
+    the rows of each ``extra`` tensor (shaped like the leading dimensions, e.g. a label
+    cross-entropy), and returns the block's scalar contribution; contributions must not
+    depend on other blocks (close over any batch normalizer). When whole-vocabulary tiles
+    fit the memory budget the gradients are computed during this call in one pass
+    (:func:`lmloss.stats.divergence.eager_pair_loss`); otherwise the recomputing autograd
+    path is used. Other arguments as for :func:`token_pair_terms`.
+
+    Returns:
+        The scalar loss (differentiable w.r.t. the student, the teacher when asked, and the
+        ``extra`` tensors) and the detached term sums, shaped like the leading dimensions.
+    """
+    prepared = _prepare(
+        (student_hidden, student_weight, student_bias),
+        (teacher_hidden, teacher_weight, teacher_bias, teacher_logits),
+        names,
+        mask,
+        temperature,
+        teacher_requires_grad,
+        hyper,
+        memory_budget,
+    )
+    names, leading, dtype, rows = prepared.names, prepared.leading, prepared.dtype, prepared.rows
+    if prepared.spec is None:
+        zeros = _zeros_connected(names, leading, dtype, *prepared.connected)
+        return zeros[names[0]].sum(), {k: v.detach() for k, v in zeros.items()}
+    extra_rows = {
+        k: v.reshape(-1, *v.shape[len(leading) :]).index_select(0, rows)
+        for k, v in (extra or {}).items()
+    }
+    vocab = student_weight.shape[0]
+    if prepared.spec.plan.vocab < vocab:
+        values = pair_terms_autograd(prepared.inputs, prepared.spec)
+        loss = block_loss({**values, **extra_rows}, slice(0, rows.numel()))
+        detached = {k: v.detach() for k, v in values.items()}
+    else:
+        loss, detached, extra_grads = eager_pair_loss(
+            prepared.inputs, prepared.spec, block_loss, extra_rows
+        )
+        # The extra inputs' share of the gradient: first order in them, zero in value.
+        for name, x in extra_rows.items():
+            loss = loss + (extra_grads[name] * (x - x.detach())).sum()
+    return loss, _scatter(detached, rows, leading, dtype)
+
+
+def pair_terms_from_logits(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    names: str | Iterable[str],
+    *,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+    hyper: Mapping[str, float] | None = None,
+) -> dict[str, Tensor]:
+    """The sums of :func:`token_pair_terms` from full ``[..., V]`` logits of both models.
+
+    Materializes both distributions (the plain path); differentiable w.r.t. both logits
+    through autograd.
+    """
+    student_logits = _checks.require_floating("student_logits", student_logits)
+    teacher_logits = _checks.require_floating("teacher_logits", teacher_logits)
+    _checks.require_nonempty("student_logits", student_logits)
+    if teacher_logits.shape[-1] != student_logits.shape[-1]:
+        raise vocab_mismatch(student_logits.shape[-1], teacher_logits.shape[-1])
+    _checks.require_shape("teacher_logits", teacher_logits, student_logits.shape, "student_logits")
+    leading = tuple(student_logits.shape[:-1])
+    mask = check_mask(mask, leading)
+    names, resolved = _resolve(names, hyper or {})
+    transform = LogitTransform(temperature=temperature)
+    dtype = compute_dtype(student_logits.dtype)
+    a = torch.log_softmax(transform.apply(student_logits.to(dtype)), dim=-1)
+    b = torch.log_softmax(transform.apply(teacher_logits.to(dtype)), dim=-1)
+    values = term_values(a, b, names, resolved)
+    if mask is None:
+        return values
+    return {
+        name: torch.where(mask, value, torch.zeros((), dtype=dtype))
+        for name, value in values.items()
+    }
+
+
+def pairwise_pair_terms(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    name: str,
+    *,
+    temperature: float = 1.0,
+    hyper: Mapping[str, float] | None = None,
+) -> Tensor:
+    """``C[i, j] = Σ_v f(log p_s[i, v], log p_t[j, v])`` for 2-D logits ``[n, V]`` (plain path).
+
+    Every student row against every teacher row (the ground cost of batch-level optimal
+    transport); materializes ``[n, n, V]`` and is meant for class-level predictions or small
+    batches.
+    """
+    (name,), resolved = _resolve(name, hyper or {})
+    transform = LogitTransform(temperature=temperature)
+    dtype = compute_dtype(student_logits.dtype)
+    a = torch.log_softmax(transform.apply(student_logits.to(dtype)), dim=-1)
+    b = torch.log_softmax(transform.apply(teacher_logits.to(dtype)), dim=-1)
+    n = a.shape[0]
+    return term_values(
+        a[:, None, :].expand(n, n, -1), b[None, :, :].expand(n, n, -1), (name,), resolved
+    )[name]

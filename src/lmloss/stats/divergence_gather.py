@@ -1,0 +1,110 @@
+"""A few logits per token, and the teacher's top-k, without ``[N, V]`` logits.
+
+* :func:`head_logits_at` — raw head outputs ``hidden · W[ids] + b[ids]`` at ``k`` ids per
+  row (the sparse-teacher support, the Plackett–Luce order), differentiable. Only the rows'
+  ``k`` weight vectors are touched; the backward scatters into the weight gradient.
+* :func:`top_k_with_lse` — a model's ``k`` largest transformed logits per row and its
+  log-sum-exp, in one pass over vocabulary tiles (no gradient).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmloss.stats.chunking import ChunkPlan, default_budget
+from lmloss.stats.divergence_sources import HeadSource, LogitsSource
+from lmloss.stats.engine import compute_dtype
+
+Tensor = torch.Tensor
+
+
+def _row_chunk(n: int, k: int, hidden_size: int, itemsize: int, budget: int | None) -> int:
+    """Rows per chunk so the gathered ``[rows, k, H]`` weights take a quarter of the budget."""
+    budget = default_budget() if budget is None else budget
+    return max(1, min(n, budget // 4 // max(1, k * hidden_size * itemsize)))
+
+
+class _HeadLogitsAt(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, ids, rows_per_chunk):
+        out = torch.empty(ids.shape, dtype=compute_dtype(hidden.dtype))
+        for r0 in range(0, ids.shape[0], rows_per_chunk):
+            r1 = r0 + rows_per_chunk
+            w = weight.index_select(0, ids[r0:r1].reshape(-1)).view(*ids[r0:r1].shape, -1)
+            out[r0:r1] = torch.einsum("nh,nkh->nk", hidden[r0:r1], w).to(out.dtype)
+        if bias is not None:
+            out += bias.to(out.dtype)[ids]
+        ctx.save_for_backward(hidden, weight, bias, ids)
+        ctx.rows_per_chunk = rows_per_chunk
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        hidden, weight, bias, ids = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        dtype = compute_dtype(hidden.dtype)
+        d_hidden = torch.zeros(hidden.shape, dtype=dtype) if need_h else None
+        d_weight = torch.zeros(weight.shape, dtype=dtype) if need_w else None
+        step = ctx.rows_per_chunk
+        for r0 in range(0, ids.shape[0], step):
+            r1 = r0 + step
+            g, flat_ids = grad[r0:r1].to(dtype), ids[r0:r1].reshape(-1)
+            if d_hidden is not None:
+                w = weight.index_select(0, flat_ids).view(*ids[r0:r1].shape, -1).to(dtype)
+                d_hidden[r0:r1] = torch.einsum("nk,nkh->nh", g, w)
+            if d_weight is not None:
+                outer = g[:, :, None] * hidden[r0:r1, None, :].to(dtype)
+                d_weight.index_add_(0, flat_ids, outer.reshape(-1, hidden.shape[1]))
+        d_bias = None
+        if need_b:
+            d_bias = torch.zeros(bias.shape, dtype=dtype).index_add_(
+                0, ids.reshape(-1), grad.to(dtype).reshape(-1)
+            )
+        cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
+        return cast(d_hidden, hidden), cast(d_weight, weight), cast(d_bias, bias), None, None
+
+
+def head_logits_at(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    ids: Tensor,
+    memory_budget: int | None = None,
+) -> Tensor:
+    """``hidden[n] · weight[ids[n, j]] + bias[ids[n, j]]`` for 2-D ``hidden`` and ``ids [N, k]``."""
+    chunk = _row_chunk(
+        ids.shape[0], ids.shape[1], hidden.shape[1], hidden.element_size(), memory_budget
+    )
+    return _HeadLogitsAt.apply(hidden, weight, bias, ids, chunk)
+
+
+def _block_top_k(source: HeadSource | LogitsSource, t0: int, t1: int, k: int, vocab_tile: int):
+    n = t1 - t0
+    values = torch.full((n, k), float("-inf"), dtype=source.dtype)
+    ids = torch.zeros((n, k), dtype=torch.long)
+    m = torch.full((n,), float("-inf"), dtype=source.dtype)
+    s = torch.zeros(n, dtype=source.dtype)
+    for v0 in range(0, source.vocab, vocab_tile):
+        v1 = min(v0 + vocab_tile, source.vocab)
+        z = source.tile(t0, t1, v0, v1)
+        m_new = torch.maximum(m, z.amax(1))
+        s = s * (m - m_new).exp() + (z - m_new[:, None]).exp().sum(1)
+        m = m_new
+        tile_values, tile_ids = z.topk(min(k, v1 - v0), dim=1)
+        values, order = torch.cat([values, tile_values], 1).topk(k, dim=1)
+        ids = torch.cat([ids, tile_ids + v0], 1).gather(1, order)
+    return values, ids, m + s.log()
+
+
+@torch.no_grad()
+def top_k_with_lse(
+    source: HeadSource | LogitsSource, n: int, k: int, plan: ChunkPlan
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` largest transformed logits of each of ``n`` rows (descending), their ids,
+    and the rows' log-sum-exp, merging vocabulary tiles online."""
+    blocks = [
+        _block_top_k(source, t0, min(t0 + plan.tokens, n), k, plan.vocab)
+        for t0 in range(0, n, plan.tokens)
+    ]
+    return tuple(torch.cat(parts) for parts in zip(*blocks))
