@@ -85,9 +85,6 @@ def test_head_reads_transform_settings():
 
 
 def test_bundled_real_model_through_the_engine():
-    pytest.importorskip(
-        "gguf", reason="the real model needs the gguf package (installed by ./dev test)"
-    )
     from lmloss.models import smollm2
 
     model, tokenizer = smollm2()

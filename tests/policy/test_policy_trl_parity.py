@@ -15,12 +15,11 @@ from collections import defaultdict
 
 import pytest
 import torch
+import trl.trainer.grpo_trainer as trl_grpo
+import trl.trainer.rloo_trainer as trl_rloo
+from trl.trainer.utils import nanstd
 
 import lmloss
-
-trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")
-trl_rloo = pytest.importorskip("trl.trainer.rloo_trainer")
-from trl.trainer.utils import nanstd  # noqa: E402
 
 B, T, G = 8, 6, 4
 MAX_COMPLETION = 10

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import liger_kernel.chunked_loss as liger
 import pytest
 import torch
 
 import lmloss
-
-liger = pytest.importorskip("liger_kernel.chunked_loss")
 
 B, T, H, V = 3, 6, 8, 37
 # Liger loss_type -> (lmloss name, hyper-parameters, Liger label_smoothing)
