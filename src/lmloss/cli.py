@@ -1,4 +1,5 @@
-"""The ``lmloss`` command line: ``list``, ``describe``, ``demo``."""
+"""The ``lmloss`` command line: ``train``, ``eval``, ``plot``, ``precompute``, ``list``,
+``describe``, ``demo``."""
 
 from __future__ import annotations
 
@@ -38,9 +39,97 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(args.rest)
 
 
+def _command_line() -> str:
+    return "lmloss " + " ".join(sys.argv[1:])
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lmloss.train import load_recipe
+    from lmloss.train import report as run_report
+    from lmloss.train.loop import train
+
+    overrides = list(args.set)
+    if args.output:
+        overrides.append(f"output.dir={json.dumps(args.output)}")
+    summary = train(load_recipe(args.recipe, overrides), resume=args.resume)
+    print(run_report.write(summary, _command_line()))
+    return 0
+
+
+def _precompute(args: argparse.Namespace) -> int:
+    from lmloss.train import load_recipe
+    from lmloss.train.precompute import precompute
+
+    precompute(load_recipe(args.recipe, list(args.set)))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from lmloss.train.cli_eval import evaluate_command
+
+    return evaluate_command(args)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from lmloss.train.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+def _add_training_commands(sub) -> None:
+    from lmloss.train.recipe import bundled_recipes, reference_text
+
+    recipes = ", ".join(bundled_recipes())
+    p = sub.add_parser(
+        "train",
+        help="train a causal LM with any objective (recipe keys: lmloss train --help)",
+        description="Train a causal LM with any registered objective, as a TOML recipe says.",
+        epilog=f"Bundled recipes: {recipes} (`lmloss train main` is the main job).\n\n"
+        "Recipe keys, as [section] key (type, default): meaning\n" + reference_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recipe", nargs="?", help=f"TOML file or bundled recipe name ({recipes})")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a recipe key (TOML value), e.g. --set train.max_steps=10",
+    )
+    p.add_argument("--output", help="run directory (same as --set output.dir=...)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("eval", help="held-out accuracy of a model or a run on a verifiable task")
+    p.add_argument("model", help="run directory, model directory or 'smollm2'")
+    p.add_argument("--task", required=True, help="built-in task, e.g. arithmetic")
+    p.add_argument("--size", type=int, default=100, help="held-out problems")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    p.add_argument("--max-new-tokens", type=int, help="default: the run's (else 32)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--system-prompt", default=None, help="default: the run's")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (default: as the run)")
+    p.set_defaults(run=_eval)
+
+    p = sub.add_parser("plot", help="PNG curves of a run: loss, rewards, margins, KL, entropy, lr")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="PNG path (default run_dir/curves.png)")
+    p.set_defaults(run=_plot)
+
+    p = sub.add_parser(
+        "precompute",
+        help="reference log-probs (preference) or teacher top-k (distill) for a recipe",
+    )
+    p.add_argument("recipe")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.set_defaults(run=_precompute)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmloss", description="LM post-training objectives.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_training_commands(sub)
     p = sub.add_parser("list", help="every objective: family, paper, hyper-parameters")
     p.add_argument("--family", choices=FAMILIES)
     p.set_defaults(run=_list)
@@ -55,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from lmloss.train.rewards import RewardError
+
     try:
         return args.run(args)
-    except ValueError as error:
+    except (ValueError, TypeError, RewardError) as error:
         print(f"lmloss: error: {error}", file=sys.stderr)
         return 2

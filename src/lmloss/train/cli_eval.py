@@ -1,0 +1,56 @@
+"""``lmloss eval``: the held-out metric of a run, a model directory or the bundled model.
+
+For a run directory the run's own settings are the defaults (chat template, system
+prompt, generation budget, bf16 autocast), so the numbers match the run's "after" column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from lmloss.train.config import DataConfig
+from lmloss.train.data import Encoder
+from lmloss.train.evaluate import evaluate_task
+from lmloss.train.model import load_pretrained, load_trained
+
+
+def _run_recipe(model: str) -> dict:
+    path = Path(model) / "recipe.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    recipe = _run_recipe(args.model)
+    data = recipe.get("data", {})
+    keep = {k: data[k] for k in ("chat_template", "system_prompt") if k in data}
+    config = dataclasses.replace(DataConfig(), **keep)
+    if args.system_prompt is not None:
+        config = dataclasses.replace(config, system_prompt=args.system_prompt)
+    evaluation = recipe.get("eval", {})
+    max_new_tokens = args.max_new_tokens or evaluation.get("max_new_tokens", 32)
+    bf16 = args.bf16 or recipe.get("train", {}).get("precision") == "bf16"
+
+    if Path(args.model).is_dir():
+        model, tokenizer = load_trained(args.model)
+    else:
+        model, tokenizer = load_pretrained(args.model)
+    model.eval()
+    result = evaluate_task(
+        model,
+        tokenizer,
+        Encoder(tokenizer, config),
+        args.task,
+        size=args.size,
+        seed=args.seed,
+        max_new_tokens=max_new_tokens,
+        batch_size=args.batch_size,
+        autocast=torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext(),
+    )
+    print(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,223 @@
+"""The recipe's schema: every section and key of a training run, typed and documented.
+
+A recipe is a TOML file with the sections below; every key has a type, a default and a
+line of documentation (``lmloss train --help`` prints them all, see
+:func:`lmloss.train.recipe.reference_text`). The ``[objective]`` section takes ``name``
+plus the hyper-parameters of that objective, checked against the registry. Parsing and
+validation live in :mod:`lmloss.train.recipe`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmloss import registry
+
+
+def _doc(text: str, default: Any = dataclasses.MISSING, **choices: Any) -> Any:
+    """A dataclass field carrying its documentation (and allowed values) as metadata."""
+    return field(default=default, metadata={"doc": text, **choices})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """[model] the causal LM to train."""
+
+    name: str = _doc(
+        "'smollm2' (the bundled SmolLM2-135M-Instruct) or a local Hugging Face model directory"
+    )
+    dtype: str = _doc("parameter dtype", "float32", choices=("float32", "bfloat16"))
+    trust_remote_code: bool = _doc("allow the model directory's own Python code", False)
+    trainable_blocks: int = _doc(
+        "train only the last N transformer blocks and the final norm (-1: the whole model)", -1
+    )
+    train_head: bool = _doc("train the LM head (tied: also the input embeddings)", True)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """[lora] train low-rank adapters through PEFT instead of the full model."""
+
+    enabled: bool = _doc("use LoRA adapters", False)
+    r: int = _doc("adapter rank", 8)
+    alpha: float = _doc("LoRA scaling numerator (scale = alpha / r)", 16.0)
+    dropout: float = _doc("dropout on the adapter input", 0.0)
+    target_modules: tuple[str, ...] = _doc(
+        "names of the linear layers that get adapters", ("q_proj", "k_proj", "v_proj", "o_proj")
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """[data] where the examples come from and how they become tokens."""
+
+    path: str | None = _doc("local JSONL / Parquet / CSV file (format from the extension)", None)
+    task: str | None = _doc("built-in generated task instead of a file ('arithmetic')", None)
+    task_size: int = _doc("rows generated for a built-in task", 2000)
+    columns: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"doc": "rename columns: {canonical = 'name in the file'}, e.g. {prompt = 'q'}"},
+    )
+    chat_template: str = _doc(
+        "wrap prompts in the tokenizer's chat template ('auto': when it has one)",
+        "auto",
+        choices=("auto", "on", "off"),
+    )
+    system_prompt: str | None = _doc("system message put before each prompt (chat template)", None)
+    max_length: int = _doc("tokens per sequence (prompt + completion); longer are truncated", 512)
+    max_prompt_length: int = _doc("tokens per prompt; see long_prompts", 256)
+    long_prompts: str = _doc(
+        "a prompt over max_prompt_length: stop with an error, or drop the row (reported)",
+        "error",
+        choices=("error", "drop"),
+    )
+    shuffle: bool = _doc("reshuffle the rows every epoch (seeded)", True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """[train] the optimization loop."""
+
+    max_steps: int = _doc("optimizer steps", 100)
+    batch_size: int = _doc("examples (policy: prompts) per micro-batch", 8)
+    grad_accum: int = _doc("micro-batches per optimizer step", 1)
+    lr: float = _doc("peak learning rate of AdamW", 1e-5)
+    weight_decay: float = _doc("AdamW decoupled weight decay", 0.0)
+    betas: tuple[float, ...] = _doc("AdamW betas", (0.9, 0.999))
+    adam_eps: float = _doc("AdamW epsilon", 1e-8)
+    schedule: str = _doc(
+        "learning-rate schedule after warm-up (wsd: warmup-stable-decay)",
+        "constant",
+        choices=("constant", "cosine", "wsd"),
+    )
+    warmup_steps: int = _doc("linear warm-up steps", 0)
+    decay_fraction: float = _doc("wsd: fraction of max_steps spent decaying at the end", 0.2)
+    min_lr_ratio: float = _doc("cosine / wsd: final learning rate as a fraction of lr", 0.0)
+    max_grad_norm: float = _doc("clip the global gradient norm (0: no clipping)", 1.0)
+    precision: str = _doc(
+        "bf16: autocast matmuls to bfloat16 (the engine still accumulates in float32)",
+        "fp32",
+        choices=("fp32", "bf16"),
+    )
+    seed: int = _doc("seed of data order, sampling and initialization", 0)
+    threads: int = _doc("torch CPU threads (0: torch's default)", 0)
+    memory_budget: int | None = _doc("bytes the fused engine may use for a logits tile", None)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """[policy] online policy optimization: sampling, rewards, advantages."""
+
+    group_size: int = _doc("completions sampled per prompt (G)", 8)
+    max_new_tokens: int = _doc("generation budget per completion", 64)
+    temperature: float = _doc("sampling temperature", 1.0)
+    top_p: float = _doc("nucleus sampling threshold (1: off)", 1.0)
+    top_k: int = _doc("top-k sampling (0: off)", 0)
+    rewards: tuple[str, ...] = _doc(
+        "reward functions: built-ins ('exact_numeric', 'format_number') or 'module:function'",
+        ("exact_numeric",),
+    )
+    reward_weights: tuple[float, ...] = _doc("weight of each reward (default: all 1)", ())
+    advantage: str = _doc("advantage estimator (lmloss.advantages): grpo, rloo, ...", "grpo")
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """[reference] the frozen model of KL-regularized objectives."""
+
+    kind: str = _doc(
+        "auto: adapters-off with LoRA, else a frozen copy, none when the objective ignores it",
+        "auto",
+        choices=("auto", "none", "copy", "adapters_off", "precomputed"),
+    )
+    path: str | None = _doc(
+        "precomputed reference log-probs (default: next to the data, from lmloss precompute)",
+        None,
+    )
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """[distill] the teacher of distillation objectives."""
+
+    teacher: str | None = _doc("teacher model: 'smollm2' or a local model directory", None)
+    topk_file: str | None = _doc(
+        "teacher top-k log-probs (safetensors from lmloss precompute) instead of a model", None
+    )
+    top_k: int = _doc("lmloss precompute: log-probs kept per position", 32)
+    temperature: float = _doc("distillation temperature (both models' logits)", 1.0)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """[eval] a held-out metric on a verifiable task, before and after training."""
+
+    task: str | None = _doc("built-in task to evaluate ('arithmetic'); none: no evaluation", None)
+    size: int = _doc("held-out problems", 100)
+    seed: int = _doc("seed of the held-out split (disjoint from the training rows)", 0)
+    before: bool = _doc("evaluate before the first step", True)
+    after: bool = _doc("evaluate after the last step", True)
+    every: int = _doc("also evaluate every N steps (0: never)", 0)
+    max_new_tokens: int = _doc("generation budget per answer (greedy)", 32)
+    batch_size: int = _doc("prompts per generate call", 50)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """[output] where the run writes, and how often."""
+
+    dir: str = _doc("run directory (metrics, checkpoints, plot, final model)", "runs/latest")
+    log_every: int = _doc("write metrics every N steps", 1)
+    save_every: int = _doc("checkpoint every N steps (0: only at the end)", 0)
+    keep: int = _doc("checkpoints kept on disk", 2)
+    save_model: bool = _doc("write the final model (safetensors) to run_dir/model", True)
+    plot: bool = _doc("draw run_dir/curves.png at the end", True)
+    progress: bool = _doc("show a progress bar with ETA and live metrics", True)
+    tensorboard: bool = _doc("also log to TensorBoard when it is installed", True)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "lora": LoraConfig,
+    "data": DataConfig,
+    "objective": dict,  # name + hyper-parameters, checked against the registry
+    "train": TrainConfig,
+    "policy": PolicyConfig,
+    "reference": ReferenceConfig,
+    "distill": DistillConfig,
+    "eval": EvalConfig,
+    "output": OutputConfig,
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: ModelConfig
+    objective: str
+    hyper: dict[str, Any]
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    source: str = "<dict>"
+
+    @property
+    def entry(self) -> registry.Entry:
+        return registry.get(self.objective)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The recipe as TOML-ready nested dicts (saved next to each run)."""
+        out: dict[str, Any] = {}
+        for section in SECTIONS:
+            if section == "objective":
+                out[section] = {"name": self.objective, **self.hyper}
+            else:
+                values = dataclasses.asdict(getattr(self, section))
+                out[section] = {k: v for k, v in values.items() if v is not None}
+        return out

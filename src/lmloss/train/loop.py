@@ -1,0 +1,318 @@
+"""The training loop: AdamW, a schedule, gradient accumulation with the global normalizer.
+
+One optimizer step takes ``grad_accum`` micro-batches. Their sizes are known before any
+backward pass (online modes generate first), so the normalizer of the whole step is too:
+
+* token-mean objectives get ``num_items`` = the step's trained tokens, and the
+  micro-batch losses are summed (each already divided by the global count);
+* objectives that average over examples get their micro-batch loss weighted by
+  ``examples_in_micro_batch / examples_in_step``.
+
+Either way the summed gradient equals the gradient of one big batch. The count comes
+from :meth:`Trainer.global_count`, the one place a data-parallel run would all-reduce it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from lmloss.train import checkpoint, schedule
+from lmloss.train import model as model_loading
+from lmloss.train.config import Recipe
+from lmloss.train.data import Encoder, Sampler, load_rows, rename_columns
+from lmloss.train.evaluate import evaluate_task
+from lmloss.train.modes import TOKENS, Batch, Context, mode_for
+from lmloss.train.progress import EVALS, METRICS, Reporter, truncate_after
+from lmloss.train.reference import ModelReference
+from lmloss.train.token_store import TokenStore
+
+
+@dataclass
+class Summary:
+    run_dir: Path
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    before: dict | None = None
+    after: dict | None = None
+
+
+def _scalar(value) -> float:
+    return float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _bf16_autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+class Trainer:
+    """Builds everything a recipe describes; :meth:`run` trains (and evaluates) it."""
+
+    def __init__(self, recipe: Recipe, *, resume: bool = False, echo=print) -> None:
+        self.recipe, self.echo = recipe, echo
+        train = recipe.train
+        if train.threads:
+            torch.set_num_threads(train.threads)
+        torch.manual_seed(train.seed)
+        random.seed(train.seed)
+        self.run_dir = Path(recipe.output.dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.autocast = _bf16_autocast if train.precision == "bf16" else nullcontext
+
+        self.loaded = model_loading.load(recipe.model, recipe.lora)
+        self.model = self.loaded.model
+        self.model.train()
+        tokenizer = self.loaded.tokenizer
+        self.encoder = Encoder(tokenizer, recipe.data)
+        entry = recipe.entry
+        self.ctx = Context(recipe, entry, self.model, tokenizer, self.encoder, self.autocast)
+        self._attach_teacher()
+        self.mode = mode_for(entry.family)(self.ctx)
+        self._attach_reference()
+        self.examples = self._examples()
+        self.sampler = Sampler(len(self.examples), train.seed, recipe.data.shuffle)
+
+        self.trainable = self.loaded.trainable()
+        if not self.trainable:
+            raise ValueError("nothing to train: every parameter is frozen (see [model] / [lora])")
+        self.optimizer = torch.optim.AdamW(
+            list(self.trainable.values()),
+            lr=train.lr,
+            betas=tuple(train.betas),
+            eps=train.adam_eps,
+            weight_decay=train.weight_decay,
+        )
+        self.scheduler = schedule.build(self.optimizer, train)
+        self.step = 0
+        self.resumed = False
+        if resume:
+            self._resume()
+        self._save_recipe()
+
+    # ---- set-up
+
+    def _attach_teacher(self) -> None:
+        distill = self.recipe.distill
+        if distill.teacher is not None:
+            teacher, _ = model_loading.load_pretrained(
+                distill.teacher, self.recipe.model.dtype, self.recipe.model.trust_remote_code
+            )
+            teacher.requires_grad_(False)
+            self.ctx.teacher = ModelReference(teacher.eval())
+        if distill.topk_file is not None:
+            from lmloss.train.modes.distill import STORE_KIND
+
+            self.ctx.teacher_store = TokenStore.read(Path(distill.topk_file), STORE_KIND)
+
+    def _attach_reference(self) -> None:
+        """The reference the objective needs, made from the model before any step."""
+        kind = self.recipe.reference.kind
+        if kind == "auto":
+            if not self.mode.uses_reference():
+                kind = "none"
+            else:
+                kind = "adapters_off" if self.loaded.peft is not None else "copy"
+        if kind == "copy":
+            self.ctx.reference = ModelReference.frozen_copy(self.model)
+        elif kind == "adapters_off":
+            self.ctx.reference = ModelReference.adapters_off(self.loaded.peft)
+        elif kind == "precomputed":
+            from lmloss.train.modes.preference import STORE_KIND
+
+            self.ctx.reference_store = TokenStore.read(self.reference_path(), STORE_KIND)
+        self.reference_kind = kind
+
+    def reference_path(self) -> Path:
+        if self.recipe.reference.path is not None:
+            return Path(self.recipe.reference.path)
+        data = self.recipe.data
+        base = Path(data.path) if data.path else self.run_dir / "data" / f"{data.task}-train.jsonl"
+        return base.with_name(base.name + ".reference.safetensors")
+
+    def _examples(self) -> list:
+        rows, source = load_rows(self.recipe.data, self.run_dir, self.recipe.train.seed)
+        rows = rename_columns(rows, self.recipe.data.columns)
+        self.mode.check_columns(rows, source)
+        encoded = [self.mode.encode(i, row) for i, row in enumerate(rows)]
+        examples = [e for e in encoded if e is not None]
+        report = self.encoder.report
+        report.rows = len(rows)
+        for line in report.lines():
+            self.echo(line)
+        if not examples:
+            raise ValueError(f"{source}: no row is left to train on (see the length report)")
+        return examples
+
+    def _save_recipe(self) -> None:
+        (self.run_dir / "recipe.json").write_text(json.dumps(self.recipe.as_dict(), indent=2))
+
+    # ---- checkpoints
+
+    def _state(self) -> dict:
+        return {"scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict()}
+
+    def save(self) -> checkpoint.Checkpoint:
+        return checkpoint.save(
+            self.run_dir / "checkpoints",
+            self.step,
+            self.trainable,
+            self.optimizer,
+            self._state(),
+            keep=self.recipe.output.keep,
+        )
+
+    def _resume(self) -> None:
+        found = checkpoint.latest(self.run_dir / "checkpoints")
+        if found is None:
+            raise ValueError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+        state = checkpoint.load(found, self.trainable, self.optimizer)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = found.step
+        self.resumed = True
+        for name in (METRICS, EVALS):
+            truncate_after(self.run_dir / name, self.step)
+        self.echo(f"resumed from {found.path} (step {self.step})")
+
+    # ---- one optimizer step
+
+    def global_count(self, value: int) -> int:
+        """The count over the whole optimizer step (a data-parallel run sums it over ranks)."""
+        return value
+
+    def train_step(self) -> dict:
+        train = self.recipe.train
+        micro = [
+            [self.examples[i] for i in self.sampler.take(train.batch_size)]
+            for _ in range(train.grad_accum)
+        ]
+        batches: list[Batch] = [self.mode.prepare(m) for m in micro]
+        tokens = self.global_count(sum(b.tokens for b in batches))
+        examples = self.global_count(sum(b.examples for b in batches))
+        by_tokens = self.mode.normalizer() == TOKENS
+        if by_tokens and tokens == 0:
+            raise ValueError(f"step {self.step + 1}: the batch has no trained token")
+        metrics: dict[str, float] = {}
+        total = 0.0
+        for batch in batches:
+            share = batch.examples / examples
+            out = self.mode.loss(batch, tokens if by_tokens else None)
+            loss = out.loss if by_tokens else out.loss * share
+            if not bool(torch.isfinite(loss)):
+                raise FloatingPointError(f"step {self.step + 1}: the loss is {float(loss)}")
+            loss.backward()
+            total += float(loss.detach())
+            for key, value in {**out.metrics, **batch.metrics}.items():
+                metrics[key] = metrics.get(key, 0.0) + share * _scalar(value)
+        params = list(self.trainable.values())
+        norm_limit = train.max_grad_norm if train.max_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, norm_limit)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"loss": total, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens, **metrics}
+
+    # ---- evaluation
+
+    def evaluate(self) -> dict | None:
+        config = self.recipe.eval
+        if config.task is None:
+            return None
+        result = evaluate_task(
+            self.model,
+            self.ctx.tokenizer,
+            self.encoder,
+            config.task,
+            size=config.size,
+            seed=config.seed,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+            autocast=self.autocast(),
+        )
+        return result
+
+    def _log_eval(self, reporter: Reporter, label: str) -> dict | None:
+        result = self.evaluate()
+        if result is None:
+            return None
+        metrics = result["metrics"]
+        reporter.evaluation({"step": self.step, **metrics})
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k != "problems")
+        reporter.write(f"eval {label} (step {self.step}, {metrics['problems']} held-out): {shown}")
+        for sample in result["samples"]:
+            reporter.write(
+                f"  Q: {sample['prompt']}\n  A: {sample['output']!r} (expected {sample['answer']})"
+            )
+        return result
+
+    # ---- the run
+
+    def run(self) -> Summary:
+        recipe, output = self.recipe, self.recipe.output
+        start = time.perf_counter()
+        reporter = Reporter(
+            self.run_dir,
+            recipe.train.max_steps,
+            self.step,
+            bar=output.progress,
+            tensorboard=output.tensorboard,
+        )
+        summary = Summary(self.run_dir, self.step, 0.0)
+        try:
+            if recipe.eval.before and not self.resumed:
+                summary.before = self._log_eval(reporter, "before training")
+            while self.step < recipe.train.max_steps:
+                tick = time.perf_counter()
+                row = self.train_step()
+                row = {"step": self.step, **row, "seconds": time.perf_counter() - tick}
+                summary.losses.append(row["loss"])
+                reporter.step(
+                    row,
+                    write=self.step % output.log_every == 0 or self.step == recipe.train.max_steps,
+                )
+                if output.save_every and self.step % output.save_every == 0:
+                    self.save()
+                if (
+                    recipe.eval.every
+                    and self.step % recipe.eval.every == 0
+                    and self.step < recipe.train.max_steps
+                ):
+                    self._log_eval(reporter, "during training")
+            self.save()
+            if recipe.eval.after:
+                summary.after = self._log_eval(reporter, "after training")
+        finally:
+            reporter.close()
+        if output.save_model:
+            self.export(self.run_dir / "model")
+        if output.plot:
+            from lmloss.train.plot import plot_run
+
+            plot_run(self.run_dir)
+        summary.steps, summary.seconds = self.step, time.perf_counter() - start
+        return summary
+
+    def export(self, path: Path) -> None:
+        """The trained model in Hugging Face layout (safetensors), loadable by ``lmloss eval``."""
+        path.mkdir(parents=True, exist_ok=True)
+        if self.loaded.peft is not None:
+            self.loaded.peft.save_pretrained(path)
+            (path / "lmloss_base_model.txt").write_text(self.recipe.model.name + "\n")
+        else:
+            model_loading.save_model(self.model, path)
+        self.ctx.tokenizer.save_pretrained(path)
+
+
+def train(recipe: Recipe, *, resume: bool = False, echo=print) -> Summary:
+    """Train as ``recipe`` says; returns the run's summary (losses, before/after metrics)."""
+    return Trainer(recipe, resume=resume, echo=partial(echo)).run()

@@ -1,0 +1,30 @@
+"""Training modes by objective family: how rows become batches and batches a loss.
+
+The trainer looks up the objective in the registry and its family here; a new objective of
+an existing family needs no trainer change.
+"""
+
+from __future__ import annotations
+
+from lmloss.train.modes.base import EXAMPLES, TOKENS, Batch, Context, Example, Mode
+from lmloss.train.modes.distill import DistillMode
+from lmloss.train.modes.policy import PolicyMode
+from lmloss.train.modes.preference import PreferenceMode
+from lmloss.train.modes.sft import SFTMode
+
+MODES: dict[str, type[Mode]] = {
+    mode.family: mode for mode in (SFTMode, PreferenceMode, PolicyMode, DistillMode)
+}
+
+
+def mode_for(family: str) -> type[Mode]:
+    """The mode class of an objective family; families without one cannot be trained."""
+    if family not in MODES:
+        raise ValueError(
+            f"objectives of the {family!r} family are not trainable by lmloss train (they are "
+            f"losses over generic logits); trainable families: {', '.join(MODES)}"
+        )
+    return MODES[family]
+
+
+__all__ = ["EXAMPLES", "MODES", "TOKENS", "Batch", "Context", "Example", "Mode", "mode_for"]

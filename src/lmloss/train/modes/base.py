@@ -1,0 +1,190 @@
+"""What every training mode shares: the run context, examples, batches and the mode contract.
+
+A mode turns rows into tokenized examples (``encode``), examples into a micro-batch
+(``prepare``; online modes generate here), and a micro-batch into the objective's
+:class:`~lmloss.output.LossOutput` through the family's fused front door (``loss``). It
+never materializes logits: the backbone's hidden states and the head go to the engine.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from lmloss import registry
+from lmloss.hf import Head, head_of, hidden_states
+from lmloss.output import LossOutput
+from lmloss.train.config import Recipe
+from lmloss.train.data import Encoder, Sequences
+from lmloss.train.reference import ModelReference
+from lmloss.train.token_store import TokenStore
+
+TOKENS, EXAMPLES = "tokens", "examples"
+
+
+@dataclass
+class Context:
+    """Everything a mode needs from the run."""
+
+    recipe: Recipe
+    entry: registry.Entry
+    model: torch.nn.Module
+    tokenizer: Any
+    encoder: Encoder
+    autocast: Callable[[], AbstractContextManager]
+    reference: ModelReference | None = None
+    reference_store: TokenStore | None = None
+    teacher: ModelReference | None = None
+    teacher_store: TokenStore | None = None
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def hyper(self) -> dict[str, Any]:
+        return dict(self.recipe.hyper)
+
+    @property
+    def engine(self) -> dict[str, Any]:
+        return {"memory_budget": self.recipe.train.memory_budget}
+
+
+@dataclass
+class Example:
+    """One tokenized row: ``index`` in the data (for precomputed files) and the raw row."""
+
+    index: int
+    row: dict
+    tokens: dict[str, list[int]] = field(default_factory=dict)
+    trained: list[bool] | None = None  # per-token mask of conversations
+
+
+@dataclass
+class Batch:
+    """A micro-batch: tensors for the objective, its size for the global normalizer."""
+
+    examples: int  # what the objective averages over when it takes no num_items
+    tokens: int  # trained tokens (the num_items of token-mean objectives)
+    tensors: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def head_kwargs(head: Head) -> dict[str, Any]:
+    return {"weight": head.weight, "bias": head.bias, **head.transform_kwargs()}
+
+
+def like_head(hidden: torch.Tensor, head: Head) -> torch.Tensor:
+    """Hidden states in the head's dtype (bf16 autocast may hand back another one); the
+    engine then accumulates in float32 either way."""
+    return hidden if hidden.dtype == head.weight.dtype else hidden.to(head.weight.dtype)
+
+
+def needed_inputs(fn: Callable) -> tuple[str, ...]:
+    """An objective's keyword-only parameters without defaults: per-example data inputs."""
+    return tuple(
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    )
+
+
+class Mode:
+    """The contract of a training mode (one per objective family)."""
+
+    family: ClassVar[str]
+    description: ClassVar[str]
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    # ---- data
+    def check_columns(self, rows: list[dict], source: str) -> None:
+        raise NotImplementedError
+
+    def encode(self, index: int, row: dict) -> Example | None:
+        raise NotImplementedError
+
+    def prepare(self, examples: list[Example]) -> Batch:
+        raise NotImplementedError
+
+    # ---- objective
+    def loss(self, batch: Batch, num_items: int | None) -> LossOutput:
+        raise NotImplementedError
+
+    def normalizer(self) -> str:
+        """TOKENS when the objective takes a global token count ``num_items``, else EXAMPLES."""
+        return TOKENS if "num_items" in self.ctx.entry.hyper else EXAMPLES
+
+    def uses_reference(self) -> bool:
+        return False
+
+    # ---- lmloss precompute
+    def precompute(self, examples: list[Example], path) -> str:
+        raise ValueError(f"there is nothing to precompute for the {self.family} family")
+
+    # ---- shared helpers
+    def policy_hidden(self, seqs: Sequences, **kwargs) -> torch.Tensor:
+        """The trained model's hidden states at the scored positions ``[B, T-1, H]``."""
+        with self.ctx.autocast():
+            hidden = hidden_states(self.ctx.model, seqs.ids, seqs.attention, **kwargs)
+        return like_head(hidden[:, :-1], self.policy_head())
+
+    def policy_head(self) -> Head:
+        return head_of(self.ctx.model)
+
+    def reference_hidden(self, seqs: Sequences, **kwargs) -> tuple[torch.Tensor, Head]:
+        with self.ctx.autocast():
+            hidden, head = self.ctx.reference.hidden(seqs.ids, seqs.attention, **kwargs)
+        return like_head(hidden[:, :-1], head), head
+
+    def sequences_of(self, examples: list[Example], segment: str = "completion") -> Sequences:
+        """Right-padded prompt + ``segment`` rows (or whole conversations) of ``examples``."""
+        from lmloss.train.data import pad_sequences, prompt_completion
+
+        rows, trained = [], []
+        for ex in examples:
+            if ex.trained is not None:
+                rows.append(ex.tokens["conversation"])
+                trained.append(ex.trained)
+            else:
+                ids, mask = prompt_completion(ex.tokens["prompt"], ex.tokens[segment])
+                rows.append(ids)
+                trained.append(mask)
+        return pad_sequences(rows, trained, self.ctx.pad_id)
+
+    def stored_per_token(
+        self,
+        store: TokenStore,
+        examples: list[Example],
+        name: str,
+        targets: torch.Tensor,
+        segment: str = "completion",
+    ) -> torch.Tensor:
+        """Values ``name`` of a precomputed file, laid out on the trained positions of
+        ``targets``; ``segment`` names the examples' tokens they were computed for."""
+        trained = targets != -100
+        first = store.values(name, examples[0].index, self._segment_ids(examples[0], segment))
+        out = torch.zeros(*targets.shape, *first.shape[1:], dtype=first.dtype)
+        for i, ex in enumerate(examples):
+            values = store.values(name, ex.index, self._segment_ids(ex, segment))
+            positions = trained[i].nonzero().squeeze(1)
+            if len(positions) != len(values):
+                raise ValueError(
+                    f"{store.source}: example {ex.index} has {len(values)} stored tokens but "
+                    f"{len(positions)} trained tokens"
+                )
+            out[i, positions] = values.to(out.dtype)
+        return out
+
+    @staticmethod
+    def _segment_ids(ex: Example, segment: str) -> list[int]:
+        if ex.trained is not None:
+            ids = ex.tokens["conversation"]
+            return [t for t, keep in zip(ids, ex.trained) if keep]
+        return ex.tokens[segment]

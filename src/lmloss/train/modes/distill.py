@@ -1,0 +1,137 @@
+"""Distillation: the student matches a teacher's next-token distributions on the data.
+
+The teacher is a model (its backbone runs under ``no_grad``; the two-model fused engine
+takes both heads, no logits) or a file of the teacher's top-k token ids and log-probs per
+trained position (``lmloss precompute`` writes it from a teacher model; an inference
+server's output in the same layout works too). Rows are those of SFT: prompt/completion or
+messages; only completion tokens are distilled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import lmloss
+from lmloss.output import LossOutput
+from lmloss.train.modes.base import Batch, Context, Example, Mode, like_head
+from lmloss.train.modes.sft import encode_text_example, require_text_columns
+from lmloss.train.token_store import TokenStore
+
+STORE_KIND = "teacher top-k"
+_IDS, _LOGPROBS = "completion_ids", "completion_logprobs"
+
+
+def _no_transform(head, who: str) -> None:
+    if head.softcap is not None or head.logit_scale != 1.0:
+        raise ValueError(
+            f"the {who}'s head soft-caps or scales its logits; the distillation engine takes "
+            "plain heads (temperature only)"
+        )
+
+
+class DistillMode(Mode):
+    family = "distill"
+    description = "distillation: prompt/completion or messages rows, a teacher model or top-k file"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        if ctx.teacher is None and ctx.teacher_store is None:
+            raise ValueError(
+                "distillation needs a teacher: set distill.teacher (a model) or "
+                "distill.topk_file (from `lmloss precompute`)"
+            )
+
+    def check_columns(self, rows: list[dict], source: str) -> None:
+        require_text_columns(rows, source, f"the distill objective {self.ctx.entry.name!r}")
+
+    def encode(self, index: int, row: dict) -> Example | None:
+        return encode_text_example(self, index, row)
+
+    def prepare(self, examples: list[Example]) -> Batch:
+        seqs = self.sequences_of(examples)
+        return Batch(
+            examples=len(examples),
+            tokens=seqs.trained_tokens,
+            tensors={"seqs": seqs, "examples": examples},
+        )
+
+    def _teacher(self, seqs, examples: list[Example]) -> dict:
+        store = self.ctx.teacher_store
+        if store is not None:
+            return {
+                "teacher_topk_ids": self.stored_per_token(
+                    store, examples, _IDS, seqs.targets
+                ).long(),
+                "teacher_topk_logprobs": self.stored_per_token(
+                    store, examples, _LOGPROBS, seqs.targets
+                ),
+            }
+        with self.ctx.autocast():
+            hidden, head = self.ctx.teacher.hidden(seqs.ids, seqs.attention)
+        _no_transform(head, "teacher")
+        return {
+            "teacher_hidden": like_head(hidden[:, :-1], head),
+            "teacher_weight": head.weight,
+            "teacher_bias": head.bias,
+        }
+
+    def loss(self, batch: Batch, num_items: int | None) -> LossOutput:
+        seqs, examples = batch.tensors["seqs"], batch.tensors["examples"]
+        head = self.policy_head()
+        _no_transform(head, "student")
+        trained = seqs.targets != -100
+        normalizer = {"num_items": num_items} if num_items is not None else {}
+        return lmloss.fused_divergence_loss(
+            self.ctx.entry.name,
+            self.policy_hidden(seqs),
+            head.weight,
+            student_bias=head.bias,
+            mask=trained,
+            labels=seqs.targets.clamp(min=0),
+            temperature=self.ctx.recipe.distill.temperature,
+            **self._teacher(seqs, examples),
+            **normalizer,
+            **self.ctx.engine,
+            **self.ctx.hyper,
+        )
+
+    # ---- lmloss precompute
+
+    def precompute(self, examples: list[Example], path: Path) -> str:
+        """The teacher's top-k ids and log-probs at every trained position, to ``path``.
+
+        The full distribution of a position is needed to pick its top k: it is computed a
+        block of positions at a time (``[block, V]``), never for the whole batch.
+        """
+        if self.ctx.teacher is None:
+            raise ValueError("lmloss precompute for distillation needs distill.teacher (a model)")
+        k = self.ctx.recipe.distill.top_k
+        ids_rows, logprob_rows = [], []
+        batch_size = self.ctx.recipe.train.batch_size
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            seqs = self.sequences_of(chunk)
+            with torch.no_grad():
+                hidden, head = self.ctx.teacher.hidden(seqs.ids, seqs.attention)
+            for i, ex in enumerate(chunk):
+                rows = hidden[i, :-1][seqs.targets[i] != -100]
+                top_ids, top_logprobs = _topk(rows, head, k)
+                tokens = self._segment_ids(ex, "completion")
+                ids_rows.append((tokens, top_ids))
+                logprob_rows.append((tokens, top_logprobs))
+        TokenStore.write(path, {_IDS: ids_rows, _LOGPROBS: logprob_rows}, STORE_KIND)
+        return f"teacher top-{k} log-probs of {len(examples)} rows"
+
+
+def _topk(rows: torch.Tensor, head, k: int, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, logprobs = [], []
+    for start in range(0, rows.shape[0], block):
+        logits = rows[start : start + block].float() @ head.weight.float().T
+        if head.bias is not None:
+            logits = logits + head.bias.float()
+        top = torch.log_softmax(logits, dim=-1).topk(k, dim=-1)
+        ids.append(top.indices)
+        logprobs.append(top.values)
+    return torch.cat(ids), torch.cat(logprobs)

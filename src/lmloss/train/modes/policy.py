@@ -1,0 +1,152 @@
+"""Online policy optimization: the model samples G completions per prompt, rewards grade them.
+
+Per micro-batch of prompts: ``model.generate`` samples ``group_size`` completions each
+(left-padded prompts, so every completion starts at the same column), the reward
+functions score the decoded text, :func:`lmloss.advantages` turns grouped rewards into
+advantages, and :func:`lmloss.fused_policy_loss` scores the sampled tokens from the hidden
+states of the completion columns only. Training is on-policy (one optimizer step per
+generated batch, ratio 1); a reference model runs only when the objective's ``beta`` is
+non-zero (the KL penalty).
+"""
+
+from __future__ import annotations
+
+import time
+
+import lmloss
+from lmloss._checks import require_choice
+from lmloss.hf import hidden_states
+from lmloss.output import LossOutput
+from lmloss.policy import ADVANTAGE_ESTIMATORS
+from lmloss.train import rewards as reward_fns
+from lmloss.train.data import require_columns
+from lmloss.train.generation import generate
+from lmloss.train.modes.base import (
+    EXAMPLES,
+    TOKENS,
+    Batch,
+    Context,
+    Example,
+    Mode,
+    head_kwargs,
+    like_head,
+)
+
+
+class PolicyMode(Mode):
+    family = "policy"
+    description = "online: prompt rows, G sampled completions per prompt, graded by rewards"
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        policy = ctx.recipe.policy
+        self.config = policy
+        self.rewards = reward_fns.build(policy.rewards, policy.reward_weights)
+        require_choice("policy.advantage", policy.advantage, ADVANTAGE_ESTIMATORS)
+        if policy.group_size < 2:
+            raise ValueError(
+                "policy.group_size must be >= 2: advantages compare samples of a prompt"
+            )
+        self.hyper = ctx.hyper
+        if "max_tokens" in ctx.entry.hyper and "max_tokens" not in self.hyper:
+            # Dr. GRPO's constant normalizer: the generation budget, the same every step
+            self.hyper["max_tokens"] = policy.max_new_tokens
+
+    def check_columns(self, rows: list[dict], source: str) -> None:
+        require_columns(rows, ("prompt",), source, f"the policy objective {self.ctx.entry.name!r}")
+
+    def encode(self, index: int, row: dict) -> Example | None:
+        encoder = self.ctx.encoder
+        prompt_ids = encoder.prompt(row["prompt"])
+        if not encoder.check_prompt(prompt_ids, index):
+            return None
+        return Example(index, row, {"prompt": prompt_ids})
+
+    def normalizer(self) -> str:
+        aggregation = self.hyper.get("aggregation", self.ctx.entry.hyper.get("aggregation"))
+        return TOKENS if aggregation == "token_mean" else EXAMPLES
+
+    def uses_reference(self) -> bool:
+        return float(self.hyper.get("beta", self.ctx.entry.hyper.get("beta", 0.0)) or 0.0) != 0.0
+
+    # ---- sampling and grading
+
+    def grade(self, examples: list[Example], texts: list[str], group_size: int):
+        prompts = [ex.row["prompt"] for ex in examples for _ in range(group_size)]
+        names = [k for k in examples[0].row if k != "prompt"]
+        columns = {k: [ex.row[k] for ex in examples for _ in range(group_size)] for k in names}
+        return reward_fns.score(self.rewards, texts, prompts, columns)
+
+    def prepare(self, examples: list[Example]) -> Batch:
+        group, config = self.config.group_size, self.config
+        started = time.perf_counter()
+        sampling = {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
+        out = generate(
+            self.ctx.model,
+            self.ctx.tokenizer,
+            [ex.tokens["prompt"] for ex in examples],
+            max_new_tokens=config.max_new_tokens,
+            group_size=group,
+            sampling=sampling,
+            autocast=self.ctx.autocast(),
+        )
+        generate_seconds = time.perf_counter() - started
+        texts = out.texts(self.ctx.tokenizer)
+        total, means = self.grade(examples, texts, group)
+        advantages = lmloss.advantages(config.advantage, total, group_size=group)
+        groups = total.reshape(-1, group)
+        metrics = {
+            "reward": float(total.mean()),
+            **{f"reward/{name}": value for name, value in means.items()},
+            "reward_std": float(groups.std(dim=1).mean()) if group > 1 else 0.0,
+            "groups_all_equal": float((groups == groups[:, :1]).all(dim=1).float().mean()),
+            "completion_length": float(out.mask.sum(1).float().mean()),
+            "truncated_completions": float(out.mask.all(dim=1).float().mean()),
+            "generate_seconds": generate_seconds,
+        }
+        mask = out.mask
+        targets = out.completions.masked_fill(~mask, -100)
+        tensors = {
+            "ids": out.ids,
+            "attention": out.attention,
+            "start": out.start,
+            "targets": targets,
+        }
+        tensors["advantages"] = advantages
+        return Batch(examples=len(texts), tokens=int(mask.sum()), tensors=tensors, metrics=metrics)
+
+    # ---- objective
+
+    def loss(self, batch: Batch, num_items: int | None) -> LossOutput:
+        t = batch.tensors
+        positions = (t["attention"].cumsum(1) - 1).clamp(min=0)
+        scored = slice(
+            t["start"] - 1, t["ids"].shape[1] - 1
+        )  # hidden states that predict completions
+        with self.ctx.autocast():
+            hidden = hidden_states(self.ctx.model, t["ids"], t["attention"], position_ids=positions)
+        reference = {}
+        if self.ctx.reference is not None:
+            with self.ctx.autocast():
+                ref_hidden, ref_head = self.ctx.reference.hidden(
+                    t["ids"], t["attention"], position_ids=positions
+                )
+            reference = {
+                "ref_hidden": like_head(ref_hidden[:, scored], ref_head),
+                "ref_weight": ref_head.weight,
+                "ref_bias": ref_head.bias,
+            }
+        normalizer = {"num_items": num_items} if num_items is not None else {}
+        head = self.policy_head()
+        return lmloss.fused_policy_loss(
+            self.ctx.entry.name,
+            hidden=like_head(hidden[:, scored], head),
+            targets=t["targets"],
+            advantages=t["advantages"],
+            want_entropy=True,
+            **head_kwargs(head),
+            **reference,
+            **normalizer,
+            **self.ctx.engine,
+            **self.hyper,
+        )

@@ -1,0 +1,83 @@
+"""What a run reports while it trains: a progress bar, metrics files, TensorBoard.
+
+``metrics.jsonl`` gets one JSON object per logged step (``step`` is the number of
+optimizer steps done); ``eval.jsonl`` one per evaluation. On resume, lines past the
+checkpoint's step are dropped so the files read as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+METRICS, EVALS = "metrics.jsonl", "eval.jsonl"
+SHOWN = ("loss", "reward", "rewards/accuracies", "rewards/margins", "kl", "entropy", "lr")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_after(path: Path, step: int) -> None:
+    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+class Reporter:
+    def __init__(self, run_dir: Path, total: int, start: int, *, bar: bool, tensorboard: bool):
+        self.run_dir = run_dir
+        self.bar = None
+        if bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                initial=start,
+                desc="train",
+                unit="step",
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+        self.board = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # TensorBoard is optional
+                pass
+            else:
+                self.board = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def _append(self, name: str, row: dict) -> None:
+        with (self.run_dir / name).open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.board is not None:
+            prefix = "eval/" if name == EVALS else ""
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.board.add_scalar(prefix + key, value, row["step"])
+
+    def step(self, row: dict, write: bool) -> None:
+        if write:
+            self._append(METRICS, row)
+        if self.bar is not None:
+            self.bar.update(1)
+            shown = {k: f"{row[k]:.4g}" for k in SHOWN if k in row}
+            self.bar.set_postfix(shown, refresh=False)
+
+    def evaluation(self, row: dict) -> None:
+        self._append(EVALS, row)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.board is not None:
+            self.board.close()

@@ -1,0 +1,278 @@
+"""Reading a recipe: TOML files or bundled recipes, ``--set`` overrides, checks, the key list.
+
+Unknown sections and keys are rejected with a "did you mean" hint; values of the wrong type
+or out of range are rejected with the key's full name.
+
+Example::
+
+    [model]
+    name = "smollm2"
+    [data]
+    path = "pairs.jsonl"
+    [objective]
+    name = "dpo"
+    beta = 0.1
+    [train]
+    max_steps = 100
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from lmloss import registry
+from lmloss.train.config import SECTIONS, Recipe
+
+
+def _hint(key: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=3)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def _check_type(where: str, value: Any, hint: Any) -> Any:
+    """``value`` if it fits the annotation ``hint`` (ints accepted for floats)."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(t for t in options if t is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is tuple:  # tuple[X, ...]: a TOML array of X
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where} must be a list of {item.__name__}, got {value!r}")
+        return tuple(_check_type(f"{where}[{i}]", v, item) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise TypeError(f"{where} must be a table of strings, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
+        raise TypeError(f"{where} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _section(cls: type, name: str, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise TypeError(f"[{name}] must be a table, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(f"unknown key {name}.{key}{_hint(key, fields)}")
+        where = f"{name}.{key}"
+        value = _check_type(where, value, hints[key])
+        choices = fields[key].metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ValueError(f"{where} must be one of {', '.join(choices)}, got {value!r}")
+        kwargs[key] = value
+    missing = [
+        k
+        for k, f in fields.items()
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and k not in kwargs
+    ]
+    if missing:
+        raise ValueError(f"[{name}] needs {', '.join(f'{name}.{k}' for k in missing)}")
+    return cls(**kwargs)
+
+
+# hyper-parameters the loop sets itself, per step
+TRAINER_OWNED = {
+    "num_items": "the trainer passes the optimizer step's global token count",
+}
+
+
+def _objective(values: Any) -> tuple[str, dict[str, Any]]:
+    if not isinstance(values, dict) or "name" not in values:
+        raise ValueError("[objective] needs name = '<objective>' (see `lmloss list`)")
+    values = dict(values)
+    name = values.pop("name")
+    if not isinstance(name, str):
+        raise TypeError(f"objective.name must be a string, got {name!r}")
+    entry = registry.get(name)  # unknown names: ValueError with "did you mean"
+    for key in values:
+        if key in TRAINER_OWNED:
+            raise ValueError(f"objective.{key} is set by the trainer: {TRAINER_OWNED[key]}")
+        if key not in entry.hyper:
+            known = ", ".join(entry.hyper) or "none"
+            raise ValueError(
+                f"unknown key objective.{key}: {entry.name!r} has no hyper-parameter {key!r}"
+                f"{_hint(key, entry.hyper)}; its hyper-parameters: {known}"
+            )
+    return entry.name, values
+
+
+def parse(data: dict[str, Any], source: str = "<dict>") -> Recipe:
+    """A checked :class:`Recipe` from nested dicts (a parsed TOML document)."""
+    for section in data:
+        if section not in SECTIONS:
+            raise ValueError(f"unknown section [{section}]{_hint(section, SECTIONS)}")
+    if "model" not in data:
+        raise ValueError("the recipe needs a [model] section with name = ...")
+    name, hyper = _objective(data.get("objective"))
+    kwargs = {
+        section: _section(cls, section, data[section])
+        for section, cls in SECTIONS.items()
+        if cls is not dict and section in data
+    }
+    recipe = Recipe(objective=name, hyper=hyper, source=source, **kwargs)
+    validate(recipe)
+    return recipe
+
+
+def _positive(where: str, value: float, *, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{where} must be {'>= 0' if zero_ok else '> 0'}, got {value}")
+
+
+def validate(recipe: Recipe) -> None:
+    """Ranges and cross-section consistency (types were checked while parsing)."""
+    t, d, p, e = recipe.train, recipe.data, recipe.policy, recipe.eval
+    for where, value in [
+        ("train.max_steps", t.max_steps),
+        ("train.batch_size", t.batch_size),
+        ("train.grad_accum", t.grad_accum),
+        ("train.lr", t.lr),
+        ("data.max_length", d.max_length),
+        ("data.max_prompt_length", d.max_prompt_length),
+        ("data.task_size", d.task_size),
+        ("policy.group_size", p.group_size),
+        ("policy.max_new_tokens", p.max_new_tokens),
+        ("policy.temperature", p.temperature),
+        ("eval.size", e.size),
+        ("eval.batch_size", e.batch_size),
+        ("eval.max_new_tokens", e.max_new_tokens),
+        ("output.log_every", recipe.output.log_every),
+        ("lora.r", recipe.lora.r),
+    ]:
+        _positive(where, value)
+    for where, value in [
+        ("train.warmup_steps", t.warmup_steps),
+        ("train.weight_decay", t.weight_decay),
+        ("train.max_grad_norm", t.max_grad_norm),
+        ("train.threads", t.threads),
+        ("eval.every", e.every),
+        ("output.save_every", recipe.output.save_every),
+        ("output.keep", recipe.output.keep),
+        ("policy.top_k", p.top_k),
+    ]:
+        _positive(where, value, zero_ok=True)
+    if not 0 < p.top_p <= 1:
+        raise ValueError(f"policy.top_p must be in (0, 1], got {p.top_p}")
+    if not 0 <= t.decay_fraction <= 1 or not 0 <= t.min_lr_ratio <= 1:
+        raise ValueError("train.decay_fraction and train.min_lr_ratio must be in [0, 1]")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        raise ValueError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
+    if d.max_prompt_length >= d.max_length:
+        raise ValueError(
+            f"data.max_prompt_length ({d.max_prompt_length}) must be below data.max_length "
+            f"({d.max_length}): a completion needs room"
+        )
+    if (d.path is None) == (d.task is None):
+        raise ValueError("give exactly one of data.path (a local file) or data.task")
+    if p.reward_weights and len(p.reward_weights) != len(p.rewards):
+        raise ValueError(
+            f"policy.reward_weights has {len(p.reward_weights)} entries for "
+            f"{len(p.rewards)} policy.rewards"
+        )
+    if recipe.reference.kind == "adapters_off" and not recipe.lora.enabled:
+        raise ValueError("reference.kind = 'adapters_off' needs lora.enabled = true")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+BUNDLED = "lmloss.train.recipes"
+
+
+def bundled_recipes() -> list[str]:
+    """Names of the recipes shipped inside the package (``main`` is the main job)."""
+    files = resources.files(BUNDLED).iterdir()
+    return sorted(f.name.removesuffix(".toml") for f in files if f.name.endswith(".toml"))
+
+
+def read_toml(spec: str) -> tuple[dict[str, Any], str]:
+    """Parse a recipe file, or a bundled recipe by name; returns (data, source)."""
+    path = Path(spec)
+    if path.is_file():
+        with path.open("rb") as f:
+            return tomllib.load(f), str(path)
+    if spec in bundled_recipes():
+        text = resources.files(BUNDLED).joinpath(f"{spec}.toml").read_text()
+        return tomllib.loads(text), f"bundled:{spec}"
+    raise ValueError(
+        f"recipe {spec!r} is neither a file nor a bundled recipe"
+        f"{_hint(spec, bundled_recipes())} (bundled: {', '.join(bundled_recipes())})"
+    )
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``section.key=value`` strings (value in TOML syntax; bare words are strings)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ValueError(f"--set expects section.key=value, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ValueError(f"[{section}] is not a table")
+        data[section][name] = value
+    return data
+
+
+def load(spec: str | None, overrides: list[str] = ()) -> Recipe:
+    """The recipe from a file or bundled name (or only overrides), with ``--set`` applied."""
+    data, source = ({}, "<flags>") if spec is None else read_toml(spec)
+    return parse(apply_overrides(data, list(overrides)), source)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return f"list of {typing.get_args(hint)[0].__name__}"
+    if origin is dict:
+        return "table"
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(t) for t in typing.get_args(hint))
+    return "none" if hint is type(None) else hint.__name__
+
+
+def reference_text() -> str:
+    """Every section and key with type, default and documentation (``lmloss train --help``)."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        if cls is dict:
+            lines.append("[objective]  the objective, by registry name, and its hyper-parameters")
+            lines.append("  name (str, required): see `lmloss list`; `lmloss describe NAME`")
+            lines.append("  <hyper-parameter> = value: any of the objective's hyper-parameters")
+            continue
+        lines.append(f"[{section}]  {cls.__doc__.split('] ', 1)[1]}")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                default = repr(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                default = repr(f.default_factory())
+            else:
+                default = "required"
+            kind = _type_name(hints[f.name])
+            lines.append(f"  {f.name} ({kind}, {default}): {f.metadata['doc']}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Recipes shipped with lmloss (``lmloss train main`` runs ``main.toml``)."""
