@@ -154,7 +154,9 @@ def lcpo(name: str, /, *, noise: float = 0.1, **kwargs) -> LossOutput:
 
 
 @cache
-def _input_kind(fn) -> type:
+def input_kind(fn) -> type:
+    """The input kind (``Pairs``, ``Unpaired``, ...) annotated on an objective's first
+    parameter: what the front door builds from keywords, and what data a trainer feeds."""
     first = next(iter(inspect.signature(fn).parameters))
     kind = typing.get_type_hints(fn).get(first)
     if kind not in INPUT_KINDS:
@@ -204,7 +206,7 @@ def _reject_unknown(entry: registry.Entry, unknown: dict) -> None:
 
 def _evaluate(entry: registry.Entry, inputs: dict, options: _Options) -> LossOutput:
     """Build the objective's inputs, run it with its options. ``inputs`` is consumed."""
-    kind = _input_kind(entry.fn)
+    kind = input_kind(entry.fn)
     _check_options(entry, kind, options)
     primary = f"{kind.PRIMARY[0]}logps"
     if inputs.get(primary) is None:
@@ -323,7 +325,7 @@ def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> 
         "logit_scale": kw.pop("logit_scale", 1.0),
         "memory_budget": kw.pop("memory_budget", None),
     }
-    kind = _input_kind(entry.fn)
+    kind = input_kind(entry.fn)
     groups = _groups(kind, kw, with_online=options.hypo_weight is not None)
 
     engine_stats = {"logp", *(s for s in entry.spec.stats if s in STATISTICS)}

@@ -12,8 +12,6 @@ the data column of the same name (``label`` for ``desirable``).
 
 from __future__ import annotations
 
-import typing
-from functools import cache
 from pathlib import Path
 
 import torch
@@ -21,6 +19,7 @@ import torch
 import lmloss
 from lmloss.objectives.preference.inputs import Pairs, Unpaired
 from lmloss.output import LossOutput
+from lmloss.preference import input_kind
 from lmloss.stats import token_stats
 from lmloss.train.data import Sequences, pad_sequences, prompt_completion, require_columns
 from lmloss.train.modes.base import Batch, Context, Example, Mode, head_kwargs, needed_inputs
@@ -33,13 +32,6 @@ LAYOUTS = {
 }
 COLUMN_OF_INPUT = {"desirable": "label"}
 STORE_KIND = "reference log-probs"
-
-
-@cache
-def input_kind(fn) -> type:
-    """The input kind (Pairs, Unpaired, ...) annotated on the objective's first parameter."""
-    first = next(iter(typing.get_type_hints(fn).values()))
-    return first
 
 
 def uses_reference(entry, hyper: dict) -> bool:
