@@ -46,13 +46,15 @@ def _command_line() -> str:
 def _train(args: argparse.Namespace) -> int:
     from lmloss.train import load_recipe
     from lmloss.train import report as run_report
+    from lmloss.train.distributed import World
     from lmloss.train.loop import train
 
     overrides = list(args.set)
     if args.output:
         overrides.append(f"output.dir={json.dumps(args.output)}")
     summary = train(load_recipe(args.recipe, overrides), resume=args.resume)
-    print(run_report.write(summary, _command_line()))
+    if World.from_env().is_main:  # under torchrun, one report from rank 0
+        print(run_report.write(summary, _command_line()))
     return 0
 
 

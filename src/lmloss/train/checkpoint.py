@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmloss.train.distributed import copy_into, shard_optimizer_state
+
 LATEST = "latest"
 
 
@@ -58,8 +60,10 @@ def save(
     optimizer: torch.optim.Optimizer,
     state: dict,
     keep: int = 2,
+    optimizer_state: dict | None = None,
 ) -> Checkpoint:
-    """Write checkpoint ``step`` atomically and keep the newest ``keep`` of them."""
+    """Write checkpoint ``step`` atomically and keep the newest ``keep`` of them
+    (``optimizer_state``: the optimizer's state dict when it was gathered already)."""
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
     final = root / name
@@ -70,7 +74,9 @@ def save(
         {k: v.detach().contiguous() for k, v in trainable.items()},
         str(tmp / "trainable.safetensors"),
     )
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if optimizer_state is None:
+        optimizer_state = optimizer.state_dict()
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save({**state, "step": step, "rng": rng_state()}, tmp / "state.pt")
     for f in tmp.iterdir():
         with f.open("rb") as handle:
@@ -122,8 +128,9 @@ def load(
         )
     with torch.no_grad():
         for name, param in trainable.items():
-            param.copy_(tensors[name])
+            copy_into(param, tensors[name])  # FSDP2: each rank keeps its shard
     optimizer.load_state_dict(torch.load(checkpoint.path / "optimizer.pt", weights_only=True))
+    shard_optimizer_state(optimizer)
     state = torch.load(checkpoint.path / "state.pt", weights_only=True)
     set_rng_state(state["rng"])
     return state

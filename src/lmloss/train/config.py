@@ -104,6 +104,12 @@ class TrainConfig:
     seed: int = _doc("seed of data order, sampling and initialization", 0)
     threads: int = _doc("torch CPU threads (0: torch's default)", 0)
     memory_budget: int | None = _doc("bytes the fused engine may use for a logits tile", None)
+    parallel: str = _doc(
+        "under torchrun: ddp (full replicas, gradients summed over ranks) or fsdp2 "
+        "(fully_shard the transformer blocks; embeddings and head stay replicated)",
+        "ddp",
+        choices=("ddp", "fsdp2"),
+    )
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,10 @@ def load_rows(config: DataConfig, run_dir: Path, seed: int) -> tuple[list[dict],
         rows = tasks.generate(config.task, config.task_size, seed=seed, split="train")
         path = run_dir / "data" / f"{config.task}-train.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        # written aside and renamed: data-parallel ranks write the same file at once
+        aside = path.with_name(f".{path.name}.{os.getpid()}")
+        aside.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(aside, path)
     else:
         path = Path(config.path)
     return read_file(path), str(path)

@@ -9,7 +9,9 @@ backward pass (online modes generate first), so the normalizer of the whole step
   ``examples_in_micro_batch / examples_in_step``.
 
 Either way the summed gradient equals the gradient of one big batch. The count comes
-from :meth:`Trainer.global_count`, the one place a data-parallel run would all-reduce it.
+from :meth:`Trainer.global_count`, which sums it over data-parallel ranks; under torchrun
+each rank trains its slice of every global micro-batch and the gradients are summed over
+ranks before clipping (see :mod:`lmloss.train.distributed`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lmloss.train import checkpoint, schedule
 from lmloss.train import model as model_loading
 from lmloss.train.config import Recipe
 from lmloss.train.data import Encoder, Sampler, load_rows, rename_columns
+from lmloss.train.distributed import World, full_optimizer_state, full_tensors
 from lmloss.train.evaluate import evaluate_task
 from lmloss.train.modes import TOKENS, Batch, Context, mode_for
 from lmloss.train.progress import EVALS, METRICS, Reporter, truncate_after
@@ -49,6 +52,10 @@ def _scalar(value) -> float:
     return float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)
 
 
+def _silent(*_args, **_kwargs) -> None:
+    """The echo of data-parallel ranks other than 0."""
+
+
 def _bf16_autocast():
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
@@ -57,8 +64,13 @@ class Trainer:
     """Builds everything a recipe describes; :meth:`run` trains (and evaluates) it."""
 
     def __init__(self, recipe: Recipe, *, resume: bool = False, echo=print) -> None:
-        self.recipe, self.echo = recipe, echo
+        self.world = World.from_env()
+        self.recipe = recipe
+        self.echo = echo if self.world.is_main else _silent
         train = recipe.train
+        self.world.per_rank(train.batch_size)  # a bad split fails before anything loads
+        if train.parallel == "fsdp2" and recipe.lora.enabled:
+            raise ValueError("train.parallel = 'fsdp2' does not support lora.enabled = true yet")
         if train.threads:
             torch.set_num_threads(train.threads)
         torch.manual_seed(train.seed)
@@ -69,14 +81,19 @@ class Trainer:
 
         self.loaded = model_loading.load(recipe.model, recipe.lora)
         self.model = self.loaded.model
+        self.world.broadcast_parameters(list(self.model.parameters()))  # identical replicas
         self.model.train()
         tokenizer = self.loaded.tokenizer
         self.encoder = Encoder(tokenizer, recipe.data)
         entry = recipe.entry
         self.ctx = Context(recipe, entry, self.model, tokenizer, self.encoder, self.autocast)
+        self.ctx.world = self.world
         self._attach_teacher()
         self.mode = mode_for(entry.family)(self.ctx)
         self._attach_reference()
+        self.sharded = train.parallel == "fsdp2" and self.world.active
+        if self.sharded:  # after the reference copy: that one stays whole
+            self.world.shard_blocks(list(model_loading.blocks_of(self.model)))
         self.examples = self._examples()
         self.sampler = Sampler(len(self.examples), train.seed, recipe.data.shuffle)
 
@@ -95,7 +112,8 @@ class Trainer:
         self.resumed = False
         if resume:
             self._resume()
-        self._save_recipe()
+        if self.world.is_main:
+            self._save_recipe()
 
     # ---- set-up
 
@@ -160,14 +178,25 @@ class Trainer:
         return {"scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict()}
 
     def save(self) -> checkpoint.Checkpoint:
-        return checkpoint.save(
-            self.run_dir / "checkpoints",
-            self.step,
-            self.trainable,
-            self.optimizer,
-            self._state(),
-            keep=self.recipe.output.keep,
-        )
+        """Rank 0 writes (every replica holds the same state); the others wait for it."""
+        root = self.run_dir / "checkpoints"
+        saved = checkpoint.Checkpoint(root / f"step-{self.step:06d}", self.step)
+        trainable, optimizer_state = self.trainable, None
+        if self.sharded:  # gathered whole by every rank, written by rank 0
+            trainable = full_tensors(self.trainable)
+            optimizer_state = full_optimizer_state(self.optimizer)
+        if self.world.is_main:
+            saved = checkpoint.save(
+                root,
+                self.step,
+                trainable,
+                self.optimizer,
+                self._state(),
+                keep=self.recipe.output.keep,
+                optimizer_state=optimizer_state,
+            )
+        self.world.barrier()
+        return saved
 
     def _resume(self) -> None:
         found = checkpoint.latest(self.run_dir / "checkpoints")
@@ -178,15 +207,16 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.step = found.step
         self.resumed = True
-        for name in (METRICS, EVALS):
-            truncate_after(self.run_dir / name, self.step)
+        if self.world.is_main:
+            for name in (METRICS, EVALS):
+                truncate_after(self.run_dir / name, self.step)
         self.echo(f"resumed from {found.path} (step {self.step})")
 
     # ---- one optimizer step
 
     def global_count(self, value: int) -> int:
-        """The count over the whole optimizer step (a data-parallel run sums it over ranks)."""
-        return value
+        """The count over the whole optimizer step, summed over data-parallel ranks."""
+        return self.world.sum(value)
 
     def train_step(self) -> dict:
         train = self.recipe.train
@@ -194,7 +224,9 @@ class Trainer:
             [self.examples[i] for i in self.sampler.take(train.batch_size)]
             for _ in range(train.grad_accum)
         ]
-        batches: list[Batch] = [self.mode.prepare(m) for m in micro]
+        # every rank draws the same global order and trains its slice of each micro-batch
+        shard = self.world.shard(train.batch_size)
+        batches: list[Batch] = [self.mode.prepare_shard(m, shard) for m in micro]
         tokens = self.global_count(sum(b.tokens for b in batches))
         examples = self.global_count(sum(b.examples for b in batches))
         by_tokens = self.mode.normalizer() == TOKENS
@@ -213,8 +245,14 @@ class Trainer:
             for key, value in {**out.metrics, **batch.metrics}.items():
                 metrics[key] = metrics.get(key, 0.0) + share * _scalar(value)
         params = list(self.trainable.values())
+        self.world.sum_gradients(params)
+        total = self.world.sum(total)
+        metrics = self.world.sum_dict(metrics)
         norm_limit = train.max_grad_norm if train.max_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, norm_limit)
+        if self.sharded:
+            grad_norm = self.world.clip_grad_norm(params, norm_limit)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, norm_limit)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -242,6 +280,8 @@ class Trainer:
         return result
 
     def _log_eval(self, reporter: Reporter, label: str) -> dict | None:
+        if not self.world.is_main:  # rank 0 evaluates; the others meet it at the next step
+            return None
         result = self.evaluate()
         if result is None:
             return None
@@ -266,6 +306,7 @@ class Trainer:
             self.step,
             bar=output.progress,
             tensorboard=output.tensorboard,
+            enabled=self.world.is_main,
         )
         summary = Summary(self.run_dir, self.step, 0.0)
         try:
@@ -295,7 +336,7 @@ class Trainer:
             reporter.close()
         if output.save_model:
             self.export(self.run_dir / "model")
-        if output.plot:
+        if output.plot and self.world.is_main:
             from lmloss.train.plot import plot_run
 
             plot_run(self.run_dir)
@@ -303,7 +344,17 @@ class Trainer:
         return summary
 
     def export(self, path: Path) -> None:
-        """The trained model in Hugging Face layout (safetensors), loadable by ``lmloss eval``."""
+        """The trained model in Hugging Face layout (safetensors), loadable by ``lmloss eval``.
+        Rank 0 writes it (under FSDP2 after every rank helped gather the blocks)."""
+        if self.sharded:
+            whole = full_tensors(dict(self.model.state_dict()))
+            if self.world.is_main:
+                path.mkdir(parents=True, exist_ok=True)
+                self.model.save_pretrained(path, state_dict=whole, safe_serialization=True)
+                self.ctx.tokenizer.save_pretrained(path)
+            return
+        if not self.world.is_main:
+            return
         path.mkdir(parents=True, exist_ok=True)
         if self.loaded.peft is not None:
             self.loaded.peft.save_pretrained(path)
@@ -315,4 +366,11 @@ class Trainer:
 
 def train(recipe: Recipe, *, resume: bool = False, echo=print) -> Summary:
     """Train as ``recipe`` says; returns the run's summary (losses, before/after metrics)."""
-    return Trainer(recipe, resume=resume, echo=partial(echo)).run()
+    trainer = Trainer(recipe, resume=resume, echo=partial(echo))
+    try:
+        return trainer.run()
+    finally:
+        if trainer.world.active:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()

@@ -27,9 +27,22 @@ def truncate_after(path: Path, step: int) -> None:
 
 
 class Reporter:
-    def __init__(self, run_dir: Path, total: int, start: int, *, bar: bool, tensorboard: bool):
+    def __init__(
+        self,
+        run_dir: Path,
+        total: int,
+        start: int,
+        *,
+        bar: bool,
+        tensorboard: bool,
+        enabled: bool = True,
+    ):
+        """``enabled = False`` (data-parallel ranks other than 0) writes and shows nothing."""
         self.run_dir = run_dir
+        self.enabled = enabled
         self.bar = None
+        if not enabled:
+            bar = tensorboard = False
         if bar:
             from tqdm.auto import tqdm
 
@@ -60,7 +73,7 @@ class Reporter:
                     self.board.add_scalar(prefix + key, value, row["step"])
 
     def step(self, row: dict, write: bool) -> None:
-        if write:
+        if write and self.enabled:
             self._append(METRICS, row)
         if self.bar is not None:
             self.bar.update(1)
@@ -68,9 +81,12 @@ class Reporter:
             self.bar.set_postfix(shown, refresh=False)
 
     def evaluation(self, row: dict) -> None:
-        self._append(EVALS, row)
+        if self.enabled:
+            self._append(EVALS, row)
 
     def write(self, text: str) -> None:
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:

@@ -21,6 +21,7 @@ from lmloss.hf import Head, head_of, hidden_states
 from lmloss.output import LossOutput
 from lmloss.train.config import Recipe
 from lmloss.train.data import Encoder, Sequences
+from lmloss.train.distributed import World
 from lmloss.train.reference import ModelReference
 from lmloss.train.token_store import TokenStore
 
@@ -41,6 +42,7 @@ class Context:
     reference_store: TokenStore | None = None
     teacher: ModelReference | None = None
     teacher_store: TokenStore | None = None
+    world: World = field(default_factory=World)
 
     @property
     def pad_id(self) -> int:
@@ -112,6 +114,11 @@ class Mode:
 
     def prepare(self, examples: list[Example]) -> Batch:
         raise NotImplementedError
+
+    def prepare_shard(self, examples: list[Example], shard: slice) -> Batch:
+        """This rank's part ``shard`` of the global micro-batch ``examples``. Modes whose
+        rows look at their neighbours (KTO's KL samples) override it to see across ranks."""
+        return self.prepare(examples[shard])
 
     # ---- objective
     def loss(self, batch: Batch, num_items: int | None) -> LossOutput:

@@ -93,7 +93,7 @@ class PolicyMode(Mode):
         generate_seconds = time.perf_counter() - started
         texts = out.texts(self.ctx.tokenizer)
         total, means = self.grade(examples, texts, group)
-        advantages = lmloss.advantages(config.advantage, total, group_size=group)
+        advantages = self._advantages(total, group)
         groups = total.reshape(-1, group)
         metrics = {
             "reward": float(total.mean()),
@@ -114,6 +114,18 @@ class PolicyMode(Mode):
         }
         tensors["advantages"] = advantages
         return Batch(examples=len(texts), tokens=int(mask.sum()), tensors=tensors, metrics=metrics)
+
+    def _advantages(self, rewards, group: int):
+        """Advantages of this rank's completions, estimated over the whole global micro-batch:
+        groups never span ranks (a rank samples all G completions of its prompts), but
+        batch-wide estimators (``reinforce_pp``, ``bnpo``'s Beta fit)
+        see every rank's rewards, as one process would."""
+        world = self.ctx.world
+        if not world.active:
+            return lmloss.advantages(self.config.advantage, rewards, group_size=group)
+        every = world.gather_rows(rewards)
+        mine = slice(world.rank * len(rewards), (world.rank + 1) * len(rewards))
+        return lmloss.advantages(self.config.advantage, every, group_size=group)[mine]
 
     # ---- objective
 

@@ -105,6 +105,14 @@ class PreferenceMode(Mode):
         return uses_reference(self.ctx.entry, self.ctx.hyper)
 
     def prepare(self, examples: list[Example]) -> Batch:
+        return self._prepare(examples, examples[1:] + examples[:1])
+
+    def prepare_shard(self, examples: list[Example], shard: slice) -> Batch:
+        # KL partners are the next rows of the *global* micro-batch, so that the KL samples
+        # of all ranks together are those a single process builds from the whole batch
+        return self._prepare(examples[shard], (examples[1:] + examples[:1])[shard])
+
+    def _prepare(self, examples: list[Example], partners: list[Example]) -> Batch:
         rows, trained = [], []
         for segment in self.segments:
             for ex in examples:
@@ -113,12 +121,11 @@ class PreferenceMode(Mode):
                 trained.append(mask)
         seqs = pad_sequences(rows, trained, self.ctx.pad_id)
         tensors = {"seqs": seqs, "examples": examples}
-        if self.kind is Unpaired and len(examples) > 1:
+        if self.kind is Unpaired and (len(examples) > 1 or self.ctx.world.active):
             # KL samples: completion i after prompt i+1 (mismatched pairs, as TRL builds them)
-            shifted = examples[1:] + examples[:1]
             kl = [
                 prompt_completion(b.tokens["prompt"], a.tokens["completion"])
-                for a, b in zip(examples, shifted)
+                for a, b in zip(examples, partners)
             ]
             tensors["kl"] = pad_sequences([r for r, _ in kl], [m for _, m in kl], self.ctx.pad_id)
         return Batch(examples=len(examples), tokens=seqs.trained_tokens, tensors=tensors)
@@ -167,6 +174,18 @@ class PreferenceMode(Mode):
                 out["ref_kl_logps"] = token_stats(
                     hidden, **head_kwargs(ref_head), targets=kl.targets
                 ).logp
+        return self._global_kl_samples(out) if self.ctx.world.active else out
+
+    def _global_kl_samples(self, local: dict) -> dict:
+        """The KL samples of every rank, as one-token sequences of their summed log-probs:
+        the objective's batch KL reference point becomes the mean over the global batch."""
+        trained = local["kl_mask"]
+        out = {}
+        for key in ("kl_logps", "ref_kl_logps"):
+            if key in local:
+                sums = (local[key] * trained).sum(dim=1, keepdim=True)
+                out[key] = self.ctx.world.gather_rows(sums)
+        out["kl_mask"] = torch.ones_like(out["kl_logps"], dtype=torch.bool)
         return out
 
     def loss(self, batch: Batch, num_items: int | None) -> LossOutput:
