@@ -11,6 +11,7 @@ from lmloss import _checks
 from lmloss.stats.chunking import plan_chunks
 from lmloss.stats.engine import compute_dtype, token_stats_autograd
 from lmloss.stats.reference import stats_of_logits
+from lmloss.stats.rows import scatter_rows, zeros_connected
 from lmloss.stats.statistics import ALL_STATISTICS
 from lmloss.stats.transform import LogitTransform
 
@@ -128,32 +129,6 @@ def _trailing(name: str, expect: Tensor | None) -> tuple[int, ...]:
     return tuple(expect.shape[1:]) if name == "expectation" and expect is not None else ()
 
 
-def _scatter_rows(
-    values: dict[str, Tensor], rows: Tensor, shape: tuple[int, ...], anchor: Tensor
-) -> TokenStats:
-    """Put the statistics of the valid rows back at their positions, zeros elsewhere."""
-    n = int(torch.tensor(shape).prod()) if shape else 1
-    out = {}
-    for name, value in values.items():
-        trailing = tuple(value.shape[1:])
-        full = anchor.new_zeros((n, *trailing), dtype=value.dtype).index_put((rows,), value)
-        out[name] = full.reshape(*shape, *trailing)
-    return TokenStats(**out)
-
-
-def _zeros_connected(
-    names: tuple[str, ...], shape, dtype, *inputs: Tensor | None, expect: Tensor | None = None
-) -> TokenStats:
-    """All targets ignored: zeros that still belong to the graph, with zero gradients."""
-    zero = sum(t.reshape(-1)[:0].sum().to(dtype) for t in inputs if t is not None)
-    return TokenStats(
-        **{
-            name: torch.zeros((*shape, *_trailing(name, expect)), dtype=dtype) + zero
-            for name in names
-        }
-    )
-
-
 def token_stats(
     hidden: Tensor,
     weight: Tensor,
@@ -214,7 +189,8 @@ def token_stats(
     rows = (flat_targets != ignore_index).nonzero().squeeze(1)
     if rows.numel() == 0:
         dtype = compute_dtype(hidden.dtype)
-        return _zeros_connected(names, leading, dtype, hidden, weight, bias, expect=table)
+        shapes = {name: (*leading, *_trailing(name, table)) for name in names}
+        return TokenStats(**zeros_connected(shapes, dtype, hidden, weight, bias))
     plan = plan_chunks(
         rows.numel(), weight.shape[0], compute_dtype(hidden.dtype).itemsize, memory_budget
     )
@@ -228,7 +204,7 @@ def token_stats(
         plan,
         table,
     )
-    return _scatter_rows(values, rows, leading, flat_hidden)
+    return TokenStats(**scatter_rows(values, rows, leading))
 
 
 def token_stats_from_logits(
@@ -259,7 +235,8 @@ def token_stats_from_logits(
     flat_targets = targets.reshape(-1)
     rows = (flat_targets != ignore_index).nonzero().squeeze(1)
     if rows.numel() == 0:
-        return _zeros_connected(names, leading, compute_dtype(logits.dtype), logits, expect=table)
+        shapes = {name: (*leading, *_trailing(name, table)) for name in names}
+        return TokenStats(**zeros_connected(shapes, compute_dtype(logits.dtype), logits))
     z = transform.apply(flat_logits.index_select(0, rows).to(compute_dtype(logits.dtype)))
     values = stats_of_logits(z, flat_targets[rows], names, table)
-    return _scatter_rows(values, rows, leading, flat_logits)
+    return TokenStats(**scatter_rows(values, rows, leading))

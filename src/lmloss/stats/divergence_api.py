@@ -13,7 +13,6 @@ Per-token results are shaped like the leading dimensions, zeros where ``mask == 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ from lmloss.stats.divergence import (
 )
 from lmloss.stats.divergence_terms import parse_terms, resolve_hyper, term_values
 from lmloss.stats.engine import compute_dtype
+from lmloss.stats.rows import scatter_rows, zeros_connected
 from lmloss.stats.transform import LogitTransform
 
 Tensor = torch.Tensor
@@ -89,27 +89,6 @@ def _resolve(
 ) -> tuple[tuple[str, ...], dict]:
     names = parse_terms(names)
     return names, {name: resolve_hyper(name, hyper) for name in names}
-
-
-def _scatter(
-    values: dict[str, Tensor], rows: Tensor, leading: tuple[int, ...], dtype
-) -> dict[str, Tensor]:
-    """Values of the trained rows back at their positions, zeros elsewhere."""
-    n = math.prod(leading)
-    if rows.numel() == n:  # every row trained, in order
-        return {name: value.reshape(leading) for name, value in values.items()}
-    return {
-        name: torch.zeros(n, dtype=dtype, device=value.device)
-        .index_put((rows,), value)
-        .reshape(leading)
-        for name, value in values.items()
-    }
-
-
-def _zeros_connected(names, leading, dtype, *inputs: Tensor | None) -> dict[str, Tensor]:
-    """No valid row: zeros that still belong to the graph, with zero gradients."""
-    zero = sum(t.reshape(-1)[:0].sum().to(dtype) for t in inputs if t is not None)
-    return {name: torch.zeros(leading, dtype=dtype) + zero for name in names}
 
 
 def check_student_head(
@@ -263,11 +242,10 @@ def token_pair_terms(
         memory_budget,
     )
     if prepared.spec is None:
-        return _zeros_connected(
-            prepared.names, prepared.leading, prepared.dtype, *prepared.connected
-        )
+        shapes = dict.fromkeys(prepared.names, prepared.leading)
+        return zeros_connected(shapes, prepared.dtype, *prepared.connected)
     values = pair_terms_autograd(prepared.inputs, prepared.spec)
-    return _scatter(values, prepared.rows, prepared.leading, prepared.dtype)
+    return scatter_rows(values, prepared.rows, prepared.leading)
 
 
 def token_pair_loss(
@@ -315,7 +293,7 @@ def token_pair_loss(
     )
     names, leading, dtype, rows = prepared.names, prepared.leading, prepared.dtype, prepared.rows
     if prepared.spec is None:
-        zeros = _zeros_connected(names, leading, dtype, *prepared.connected)
+        zeros = zeros_connected(dict.fromkeys(names, leading), dtype, *prepared.connected)
         return zeros[names[0]].sum(), {k: v.detach() for k, v in zeros.items()}
     extra_rows = {
         k: v.reshape(-1, *v.shape[len(leading) :]).index_select(0, rows)
@@ -333,7 +311,7 @@ def token_pair_loss(
         # The extra inputs' share of the gradient: first order in them, zero in value.
         for name, x in extra_rows.items():
             loss = loss + (extra_grads[name] * (x - x.detach())).sum()
-    return loss, _scatter(detached, rows, leading, dtype)
+    return loss, scatter_rows(detached, rows, leading)
 
 
 def pair_terms_from_logits(
