@@ -52,7 +52,8 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.set)
     if args.output:
         overrides.append(f"output.dir={json.dumps(args.output)}")
-    summary = train(load_recipe(args.recipe, overrides), resume=args.resume)
+    recipe = load_recipe(args.recipe, overrides)
+    summary = train(recipe, resume=args.resume, overwrite=args.overwrite)
     if World.from_env().is_main:  # under torchrun, one report from rank 0
         print(run_report.write(summary, _command_line()))
     return 0
@@ -79,6 +80,15 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+RECIPE_CAN_RUN = """\
+What a recipe can run: a recipe is code, not just settings. Treat one from elsewhere like a
+script before you train with it.
+  policy.rewards = ["module:function"] imports that module (from the current directory too)
+    and calls the function on every batch of completions;
+  model.trust_remote_code = true runs the Python files shipped in the model directory
+    (Hugging Face's remote code), as does a teacher model's directory."""
+
+
 def _add_training_commands(sub) -> None:
     from lmloss.train.recipe import bundled_recipes, reference_text
 
@@ -88,6 +98,7 @@ def _add_training_commands(sub) -> None:
         help="train a causal LM with any objective (recipe keys: lmloss train --help)",
         description="Train a causal LM with any registered objective, as a TOML recipe says.",
         epilog=f"Bundled recipes: {recipes} (`lmloss train main` is the main job).\n\n"
+        f"{RECIPE_CAN_RUN}\n\n"
         "Recipe keys, as [section] key (type, default): meaning\n" + reference_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -100,7 +111,15 @@ def _add_training_commands(sub) -> None:
         help="override a recipe key (TOML value), e.g. --set train.max_steps=10",
     )
     p.add_argument("--output", help="run directory (same as --set output.dir=...)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run's newest verified checkpoint"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the previous run's outputs in the run directory first "
+        "(a used directory is refused otherwise)",
+    )
     p.set_defaults(run=_train)
 
     p = sub.add_parser("eval", help="held-out accuracy of a model or a run on a verifiable task")
@@ -146,10 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from lmloss.train.nonfinite import NonFiniteError
     from lmloss.train.rewards import RewardError
 
     try:
         return args.run(args)
-    except (ValueError, TypeError, RewardError) as error:
+    except (ValueError, TypeError, RewardError, NonFiniteError) as error:
         print(f"lmloss: error: {error}", file=sys.stderr)
         return 2

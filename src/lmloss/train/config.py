@@ -110,6 +110,15 @@ class TrainConfig:
         "ddp",
         choices=("ddp", "fsdp2"),
     )
+    dist_timeout: float = _doc(
+        "under torchrun: seconds a rank waits for a stalled one before the run fails", 300.0
+    )
+    on_nonfinite: str = _doc(
+        "a NaN/inf loss or gradient norm: stop the run, or skip that step's update (logged)",
+        "stop",
+        choices=("stop", "skip"),
+    )
+    max_skips: int = _doc("on_nonfinite = 'skip': stop after this many bad steps in a row", 10)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ ranks before clipping (see :mod:`lmloss.train.distributed`).
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from contextlib import nullcontext
@@ -26,13 +27,14 @@ from pathlib import Path
 
 import torch
 
-from lmloss.train import checkpoint, schedule
+from lmloss.train import checkpoint, rundir, schedule
 from lmloss.train import model as model_loading
 from lmloss.train.config import Recipe
 from lmloss.train.data import Encoder, Sampler, load_rows, rename_columns
 from lmloss.train.distributed import World, full_optimizer_state, full_tensors
 from lmloss.train.evaluate import evaluate_task
 from lmloss.train.modes import TOKENS, Batch, Context, mode_for
+from lmloss.train.nonfinite import Guard, finite, first_problem
 from lmloss.train.progress import EVALS, METRICS, Reporter, truncate_after
 from lmloss.train.reference import ModelReference
 from lmloss.train.token_store import TokenStore
@@ -61,22 +63,60 @@ def _bf16_autocast():
 
 
 class Trainer:
-    """Builds everything a recipe describes; :meth:`run` trains (and evaluates) it."""
+    """Builds everything a recipe describes; :meth:`run` trains (and evaluates) it.
 
-    def __init__(self, recipe: Recipe, *, resume: bool = False, echo=print) -> None:
-        self.world = World.from_env()
+    The trainer owns its run directory (:mod:`lmloss.train.rundir`): a used one is refused
+    unless ``resume`` or ``overwrite``, and a lock keeps other processes out until
+    :meth:`close`. ``owner = False`` (``lmloss precompute``) only reads the set-up: no
+    check, no lock, no ``recipe.json``."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        owner: bool = True,
+        echo=print,
+    ) -> None:
+        self.world = World.join(recipe.train.dist_timeout)
         self.recipe = recipe
         self.echo = echo if self.world.is_main else _silent
         train = recipe.train
         self.world.per_rank(train.batch_size)  # a bad split fails before anything loads
         if train.parallel == "fsdp2" and recipe.lora.enabled:
             raise ValueError("train.parallel = 'fsdp2' does not support lora.enabled = true yet")
+        self.run_dir = Path(recipe.output.dir)
+        self.owner = owner
+        self.lock = self._own_run_dir(resume, overwrite) if owner else rundir.RunLock(self.run_dir)
+        try:
+            self._build(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _own_run_dir(self, resume: bool, overwrite: bool) -> rundir.RunLock:
+        """Rank 0 checks and locks the run directory; every rank learns whether it could."""
+        lock, error = rundir.RunLock(self.run_dir), None
+        if self.world.is_main:
+            try:
+                rundir.claim(self.run_dir, resume=resume, overwrite=overwrite)
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                lock.acquire(self.echo)
+            except (ValueError, OSError) as failure:
+                error = failure
+        if self.world.sum(int(error is not None)):
+            raise error or ValueError(f"rank 0 could not take the run directory {self.run_dir}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        return lock
+
+    def _build(self, resume: bool) -> None:
+        recipe, train = self.recipe, self.recipe.train
         if train.threads:
             torch.set_num_threads(train.threads)
         torch.manual_seed(train.seed)
         random.seed(train.seed)
-        self.run_dir = Path(recipe.output.dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.guard = Guard(train.on_nonfinite, train.max_skips)
         self.autocast = _bf16_autocast if train.precision == "bf16" else nullcontext
 
         self.loaded = model_loading.load(recipe.model, recipe.lora)
@@ -112,7 +152,7 @@ class Trainer:
         self.resumed = False
         if resume:
             self._resume()
-        if self.world.is_main:
+        if self.world.is_main and self.owner:
             self._save_recipe()
 
     # ---- set-up
@@ -199,9 +239,12 @@ class Trainer:
         return saved
 
     def _resume(self) -> None:
-        found = checkpoint.latest(self.run_dir / "checkpoints")
+        found = checkpoint.resumable(self.run_dir / "checkpoints", self.echo)
         if found is None:
-            raise ValueError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+            raise ValueError(
+                f"--resume: no checkpoint in {self.run_dir / 'checkpoints'} (the run stopped "
+                "before its first save); start over with --overwrite"
+            )
         state = checkpoint.load(found, self.trainable, self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
@@ -233,20 +276,19 @@ class Trainer:
         if by_tokens and tokens == 0:
             raise ValueError(f"step {self.step + 1}: the batch has no trained token")
         metrics: dict[str, float] = {}
-        total = 0.0
+        losses = []
         for batch in batches:
             share = batch.examples / examples
             out = self.mode.loss(batch, tokens if by_tokens else None)
             loss = out.loss if by_tokens else out.loss * share
-            if not bool(torch.isfinite(loss)):
-                raise FloatingPointError(f"step {self.step + 1}: the loss is {float(loss)}")
-            loss.backward()
-            total += float(loss.detach())
+            losses.append(float(loss.detach()))
+            if math.isfinite(losses[-1]):  # a bad micro-batch is not backpropagated
+                loss.backward()
             for key, value in {**out.metrics, **batch.metrics}.items():
                 metrics[key] = metrics.get(key, 0.0) + share * _scalar(value)
         params = list(self.trainable.values())
         self.world.sum_gradients(params)
-        total = self.world.sum(total)
+        total = self.world.sum(sum(losses))
         metrics = self.world.sum_dict(metrics)
         norm_limit = train.max_grad_norm if train.max_grad_norm > 0 else float("inf")
         if self.sharded:
@@ -254,11 +296,21 @@ class Trainer:
         else:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, norm_limit)
         lr = self.scheduler.get_last_lr()[0]
+        row = {"loss": total, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens, **metrics}
+        problem = first_problem(losses, float(grad_norm))
+        if self.world.sum(int(problem is not None)):  # every rank skips or stops together
+            self.guard.bad_step(self.step + 1, problem or "another rank's loss is not finite")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            return {**row, "skipped": 1}
+        self.guard.good_step()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"loss": total, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens, **metrics}
+        if self.world.sum(int(not finite(params))):
+            raise self.guard.bad_parameters(self.step)
+        return row
 
     # ---- evaluation
 
@@ -343,6 +395,10 @@ class Trainer:
         summary.steps, summary.seconds = self.step, time.perf_counter() - start
         return summary
 
+    def close(self) -> None:
+        """Let other processes have the run directory."""
+        self.lock.release()
+
     def export(self, path: Path) -> None:
         """The trained model in Hugging Face layout (safetensors), loadable by ``lmloss eval``.
         Rank 0 writes it (under FSDP2 after every rank helped gather the blocks)."""
@@ -364,12 +420,16 @@ class Trainer:
         self.ctx.tokenizer.save_pretrained(path)
 
 
-def train(recipe: Recipe, *, resume: bool = False, echo=print) -> Summary:
-    """Train as ``recipe`` says; returns the run's summary (losses, before/after metrics)."""
-    trainer = Trainer(recipe, resume=resume, echo=partial(echo))
+def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, echo=print) -> Summary:
+    """Train as ``recipe`` says; returns the run's summary (losses, before/after metrics).
+
+    ``resume``: continue from the run directory's newest verified checkpoint;
+    ``overwrite``: delete the directory's previous run first (else a used one is refused)."""
+    trainer = Trainer(recipe, resume=resume, overwrite=overwrite, echo=partial(echo))
     try:
         return trainer.run()
     finally:
+        trainer.close()
         if trainer.world.active:
             import torch.distributed as dist
 

@@ -23,7 +23,9 @@ def precompute(recipe: Recipe, echo=print) -> Path:
     needs_file = dataclasses.replace(recipe.reference, kind="none")
     topk = recipe.distill.topk_file
     distill = dataclasses.replace(recipe.distill, topk_file=None)
-    trainer = Trainer(dataclasses.replace(recipe, reference=needs_file, distill=distill), echo=echo)
+    trainer = Trainer(
+        dataclasses.replace(recipe, reference=needs_file, distill=distill), owner=False, echo=echo
+    )
     if trainer.mode.family == "distill":
         if topk is None:
             raise ValueError("lmloss precompute for distillation writes distill.topk_file: set it")

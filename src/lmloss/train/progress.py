@@ -16,9 +16,22 @@ SHOWN = ("loss", "reward", "rewards/accuracies", "rewards/margins", "kl", "entro
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of ``path``; a torn last line (a kill or a full disk mid-write) is dropped,
+    a bad line before it is an error naming the file and line."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as error:
+            if number == len(lines):
+                break  # torn last line
+            raise ValueError(f"{path}:{number}: not a JSON line ({error})") from None
+    return rows
 
 
 def truncate_after(path: Path, step: int) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from importlib import resources
@@ -138,9 +139,54 @@ def _positive(where: str, value: float, *, zero_ok: bool = False) -> None:
         raise ValueError(f"{where} must be {'>= 0' if zero_ok else '> 0'}, got {value}")
 
 
+SEED_LIMIT = 2**32  # seeds are combined with counters inside a 64-bit generator seed
+
+
+def _non_finite(where: str, value: Any) -> str | None:
+    """The full name of the first NaN or infinity in ``value`` (lists and tables walked)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    if isinstance(value, dict):
+        value = {f"[{k!r}]": v for k, v in value.items()}
+    elif isinstance(value, (list, tuple)):
+        value = {f"[{i}]": v for i, v in enumerate(value)}
+    else:
+        return None
+    return next(filter(None, (_non_finite(where + k, v) for k, v in value.items())), None)
+
+
+def _check_finite(recipe: Recipe) -> None:
+    """Every float of the recipe, objective hyper-parameters included, must be finite."""
+    values = [(f"objective.{k}", v) for k, v in recipe.hyper.items()]
+    for section, cls in SECTIONS.items():
+        if cls is not dict:
+            config = getattr(recipe, section)
+            values += [
+                (f"{section}.{f.name}", getattr(config, f.name)) for f in dataclasses.fields(config)
+            ]
+    for where, value in values:
+        bad = _non_finite(where, value)
+        if bad:
+            raise ValueError(f"{bad} must be a finite number, got {value!r}")
+
+
 def validate(recipe: Recipe) -> None:
     """Ranges and cross-section consistency (types were checked while parsing)."""
+    _check_finite(recipe)
     t, d, p, e = recipe.train, recipe.data, recipe.policy, recipe.eval
+    for where, value in [
+        ("lora.alpha", recipe.lora.alpha),
+        ("train.adam_eps", t.adam_eps),
+        ("train.dist_timeout", t.dist_timeout),
+        ("distill.temperature", recipe.distill.temperature),
+    ]:
+        _positive(where, value)
+    _positive("train.max_skips", t.max_skips, zero_ok=True)
+    if not 0 <= recipe.lora.dropout < 1:
+        raise ValueError(f"lora.dropout must be in [0, 1), got {recipe.lora.dropout}")
+    for where, seed in [("train.seed", t.seed), ("eval.seed", e.seed)]:
+        if not 0 <= seed < SEED_LIMIT:
+            raise ValueError(f"{where} must be in [0, 2**32), got {seed}")
     for where, value in [
         ("train.max_steps", t.max_steps),
         ("train.batch_size", t.batch_size),
