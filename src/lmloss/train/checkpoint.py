@@ -100,8 +100,10 @@ def verify(path: Path) -> Checkpoint:
     """The checkpoint at ``path`` if its manifest matches every file, else
     :class:`CheckpointError` saying what is wrong."""
     match = NAME.fullmatch(path.name)
-    if match is None or not path.is_dir():
+    if match is None:
         raise CheckpointError(f"{path} is not a checkpoint folder (step-NNNNNN)")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} does not exist")
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         files, step = manifest["files"], manifest["step"]
