@@ -83,8 +83,8 @@ def _plot(args: argparse.Namespace) -> int:
 RECIPE_CAN_RUN = """\
 What a recipe can run: a recipe is code, not just settings. Treat one from elsewhere like a
 script before you train with it.
-  policy.rewards = ["module:function"] imports that module (from the current directory too)
-    and calls the function on every batch of completions;
+  policy.rewards = ["module:function"] imports that module (under `python -m lmloss` and
+    torchrun also from the current directory) and calls it on every batch of completions;
   model.trust_remote_code = true runs the Python files shipped in the model directory
     (Hugging Face's remote code), as does a teacher model's directory."""
 
