@@ -1,0 +1,231 @@
+"""Property-based tests (hypothesis) over every registered objective.
+
+* Random valid inputs — any seed, logits scaled from 0.1x to 1000x — give a finite loss and
+  finite gradients, and the fused path (hidden states + head) equals the plain one
+  (materialized logits).
+* A non-finite or out-of-range hyper-parameter is refused with ``ValueError``/``TypeError``;
+  it never comes back as a NaN loss.
+
+Examples are few, derandomized (the same on every CI run) and without a deadline, to keep
+the suite's budget. How each family is called lives in :func:`losses`, in one place.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lmloss
+from lmloss import registry
+from lmloss.objectives.likelihood.emo import emo_cost_table
+
+sys.path.insert(0, str(Path(__file__).parent / "preference"))
+from test_preference_fused import TOKEN_KL, build, plain_only
+
+PROPERTY = settings(
+    max_examples=4,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+F64 = torch.float64
+B, T, H, V, GROUP = 6, 5, 4, 23, 3
+NO_FUSED_PATH = {"sinkhorn_kd"}  # transport plan over the whole vocabulary: logits only
+CLASSIFY_LABELS = {
+    "multi_hot": ("infonce", "decoupled_softmax", "multi_similarity"),
+    "value": ("hl_gauss",),
+    "binary": ("anyloss", "ensloss"),
+    "pairs": ("auc",),
+}
+POLICY_HYPER = {
+    "gtpo": {"group_size": GROUP},
+    "clip_cov": {"clip_fraction": 0.3, "cov_low": 0.0},
+    "kl_cov": {"kl_fraction": 0.2},
+    "lp_reg": {"neg_fraction": 0.5},
+}
+
+
+def _objectives(*families: str) -> list[str]:
+    return [n for f in families for n in lmloss.list_objectives(f)]
+
+
+def _head(seed: int, scale: float, rows: int = B):
+    g = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(rows, T, H, generator=g, dtype=F64) * scale).requires_grad_()
+    weight = torch.randn(V, H, generator=g, dtype=F64).requires_grad_()
+    targets = torch.randint(0, V, (rows, T), generator=g)
+    targets[0, : T // 2] = -100  # a prompt prefix
+    targets[-1, -2:] = -100  # padding
+    return g, hidden, weight, targets
+
+
+def _token_logps(hidden, weight, targets):
+    logp_all = torch.log_softmax(hidden @ weight.T, -1)
+    valid = targets != -100
+    logp = logp_all.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp * valid, entropy * valid, valid.to(F64)
+
+
+def losses(family: str, name: str, seed: int, scale: float, hyper: dict | None = None):
+    """(fused, plain, leaves): the objective on one random case both ways (fused is None
+    where the objective has no fused path)."""
+    hyper = dict(hyper or {})
+    if family == "likelihood":
+        g, hidden, weight, targets = _head(seed, scale)
+        want, extra_plain, extra_fused = ("logp", "lse", "mean_logit"), {}, {}
+        if name == "emo":
+            table = emo_cost_table(torch.randn(V, 3, generator=g, dtype=F64))
+            want += ("expectation",)
+            extra_fused = {"embedding_table": table}
+            extra_plain = {"target_embedding": table[targets.clamp(min=0)]}
+        stats = lmloss.token_stats_from_logits(
+            hidden @ weight.T, targets, want=want, **({"expect": table} if name == "emo" else {})
+        )
+        plain = lmloss.likelihood_loss(
+            name, **stats.asdict(), mask=targets != -100, **extra_plain, **hyper
+        )
+        fused = lmloss.fused_likelihood_loss(name, hidden, weight, targets, **extra_fused, **hyper)
+        return fused, plain, (hidden, weight)
+    if family == "policy":
+        g, hidden, weight, targets = _head(seed, scale)
+        ref_hidden = hidden.detach() + 0.1 * torch.randn(B, T, H, generator=g, dtype=F64)
+        rewards = torch.randint(0, 2, (B,), generator=g).to(F64)
+        rewards[0], rewards[1] = 1.0, 0.0
+        advantages = lmloss.advantages("grpo", rewards, group_size=GROUP)
+        logp, entropy, mask = _token_logps(hidden, weight, targets)
+        with torch.no_grad():
+            ref_logp, _, _ = _token_logps(ref_hidden, weight, targets)
+            old = logp + 0.2 * torch.randn(B, T, generator=g, dtype=F64)
+        hyper = {"beta": 0.05, "entropy_coef": 0.01, **POLICY_HYPER.get(name, {}), **hyper}
+        if name == "clip_cov":
+            hyper["generator"] = torch.Generator().manual_seed(seed)
+        extra = {"proxy_logps": logp.detach() + 0.3} if name == "lp_reg" else {}
+        plain = lmloss.policy_loss(
+            name,
+            logps=logp,
+            old_logps=old,
+            ref_logps=ref_logp,
+            entropy=entropy,
+            mask=mask,
+            advantages=advantages,
+            token_ids=targets if name == "gtpo" else None,
+            **extra,
+            **hyper,
+        )
+        if name == "clip_cov":
+            hyper["generator"] = torch.Generator().manual_seed(seed)
+        fused = lmloss.fused_policy_loss(
+            name,
+            hidden=hidden,
+            weight=weight,
+            targets=targets,
+            advantages=advantages,
+            old_logps=old,
+            ref_hidden=ref_hidden,
+            want_entropy=True,
+            **extra,
+            **hyper,
+        )
+        return fused, plain, (hidden, weight)
+    if family == "distill":
+        g, hidden, weight, targets = _head(seed, scale, rows=2)
+        teacher_hidden = torch.randn(2, T, 3, generator=g, dtype=F64) * scale
+        teacher_weight = torch.randn(V, 3, generator=g, dtype=F64)
+        common = {"mask": targets != -100, "labels": targets.clamp(min=0), **hyper}
+        teacher_logits = teacher_hidden @ teacher_weight.T
+        plain = lmloss.divergence_loss(name, hidden @ weight.T, teacher_logits, **common)
+        fused = None
+        if name not in NO_FUSED_PATH:
+            fused = lmloss.fused_divergence_loss(
+                name,
+                hidden,
+                weight,
+                teacher_hidden=teacher_hidden,
+                teacher_weight=teacher_weight,
+                **common,
+            )
+        return fused, plain, (hidden, weight)
+    if family == "preference":
+        model, fused_kw, plain_kw = build(name, seed)
+        with torch.no_grad():
+            for value in model.hidden.values():
+                value.mul_(scale)
+        leaves = (model.weight, *model.hidden.values())
+        fused = lmloss.fused_preference_loss(name, **fused_kw, **hyper)
+        plain = lmloss.preference_loss(
+            name, **plain_only(plain_kw(), keep_kl=name in TOKEN_KL), **hyper
+        )
+        return fused, plain, leaves
+    if family == "classify":
+        g = torch.Generator().manual_seed(seed)
+        kind = next((k for k, names in CLASSIFY_LABELS.items() if name in names), "index")
+        shape = {"binary": (8,), "pairs": (2, 4)}.get(kind, (5, 4))
+        logits = (torch.randn(*shape, generator=g, dtype=F64) * scale).requires_grad_()
+        labels = {
+            "index": lambda: torch.randint(0, 4, (5,), generator=g),
+            "multi_hot": lambda: torch.randint(0, 2, (5, 4), generator=g),
+            "value": lambda: torch.rand(5, generator=g, dtype=F64),
+            "binary": lambda: torch.tensor([1, 0, 1, 1, 0, 0, 1, 0]),
+            "pairs": lambda: torch.tensor([[1, 0, 1, 0], [0, 1, 1, 0]]),
+        }[kind]()
+        if name == "ensloss":
+            hyper["generator"] = torch.Generator().manual_seed(seed)
+        plain = lmloss.classification_loss(name, logits=logits, labels=labels, **hyper)
+        return None, plain, (logits,)
+    raise AssertionError(f"no calling convention for family {family!r}")
+
+
+FAMILY_OF = {n: registry.get(n).family for n in lmloss.list_objectives()}
+SEEDS = st.integers(min_value=0, max_value=2**16)
+SCALES = st.sampled_from([0.1, 1.0, 10.0, 1000.0])
+
+
+def _finite_grads(loss, leaves):
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True, retain_graph=True)
+    return all(g is None or bool(torch.isfinite(g).all()) for g in grads), grads
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_OF))
+@PROPERTY
+@given(seed=SEEDS, scale=SCALES)
+def test_valid_inputs_give_finite_loss_and_gradients_fused_equal_plain(name, seed, scale):
+    fused, plain, leaves = losses(FAMILY_OF[name], name, seed, scale)
+    assert bool(torch.isfinite(plain.loss)), f"{name}: loss {plain.loss}"
+    finite, plain_grads = _finite_grads(plain.loss, leaves)
+    assert finite, f"{name}: non-finite gradient"
+    if fused is None:
+        return
+    tol = {"rtol": 1e-7, "atol": 1e-9 * max(1.0, scale)}
+    torch.testing.assert_close(fused.loss, plain.loss, **tol)
+    _, fused_grads = _finite_grads(fused.loss, leaves)
+    for got, want in zip(fused_grads, plain_grads):
+        if want is None or got is None:
+            assert (got is None or not got.any()) and (want is None or not want.any())
+        else:
+            torch.testing.assert_close(got, want, **tol)
+
+
+def _float_hyper(name: str) -> list[str]:
+    return [k for k, v in registry.get(name).hyper.items() if type(v) is float]
+
+
+FLOAT_HYPER = [(n, k) for n in sorted(FAMILY_OF) for k in _float_hyper(n)]
+BAD = st.sampled_from([math.nan, math.inf, -math.inf])
+
+
+@pytest.mark.parametrize(("name", "key"), FLOAT_HYPER)
+@PROPERTY
+@given(bad=BAD, seed=SEEDS)
+def test_non_finite_hyper_parameter_is_refused(name, key, bad, seed):
+    try:
+        _, plain, _ = losses(FAMILY_OF[name], name, seed, 1.0, {key: bad})
+    except (ValueError, TypeError):
+        return
+    assert bool(torch.isfinite(plain.loss)), f"{name}: {key}={bad} gave loss {plain.loss}"
