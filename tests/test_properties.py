@@ -3,7 +3,7 @@
 * Random valid inputs — any seed, logits scaled from 0.1x to 1000x — give a finite loss and
   finite gradients, and the fused path (hidden states + head) equals the plain one
   (materialized logits).
-* A non-finite or out-of-range hyper-parameter is refused with ``ValueError``/``TypeError``;
+* A NaN or infinite float hyper-parameter is refused with ``ValueError``/``TypeError``;
   it never comes back as a NaN loss.
 
 Examples are few, derandomized (the same on every CI run) and without a deadline, to keep
@@ -216,16 +216,14 @@ def _float_hyper(name: str) -> list[str]:
     return [k for k, v in registry.get(name).hyper.items() if type(v) is float]
 
 
-FLOAT_HYPER = [(n, k) for n in sorted(FAMILY_OF) for k in _float_hyper(n)]
+WITH_FLOAT_HYPER = [n for n in sorted(FAMILY_OF) if _float_hyper(n)]
 BAD = st.sampled_from([math.nan, math.inf, -math.inf])
 
 
-@pytest.mark.parametrize(("name", "key"), FLOAT_HYPER)
+@pytest.mark.parametrize("name", WITH_FLOAT_HYPER)
 @PROPERTY
-@given(bad=BAD, seed=SEEDS)
-def test_non_finite_hyper_parameter_is_refused(name, key, bad, seed):
-    try:
-        _, plain, _ = losses(FAMILY_OF[name], name, seed, 1.0, {key: bad})
-    except (ValueError, TypeError):
-        return
-    assert bool(torch.isfinite(plain.loss)), f"{name}: {key}={bad} gave loss {plain.loss}"
+@given(data=st.data(), bad=BAD, seed=SEEDS)
+def test_non_finite_hyper_parameter_is_refused(name, data, bad, seed):
+    key = data.draw(st.sampled_from(_float_hyper(name)), label="hyper-parameter")
+    with pytest.raises((ValueError, TypeError), match=key):
+        losses(FAMILY_OF[name], name, seed, 1.0, {key: bad})

@@ -1,13 +1,17 @@
 """Metadata an objective carries: its registry name, family, paper and the statistics it needs.
 
-Objectives stay plain functions; ``@objective(...)`` only attaches an :class:`ObjectiveSpec`
-to them. :mod:`lmloss.registry` collects the tagged functions, so this layer never imports
-the registry (data and imports flow one way).
+Objectives stay plain functions; ``@objective(...)`` attaches an :class:`ObjectiveSpec` to
+them and adds the one check they all share: a float hyper-parameter must be finite (a NaN
+or infinite ``beta`` is a ``ValueError``, never a NaN loss). :mod:`lmloss.registry` collects
+the tagged functions, so this layer never imports the registry (data and imports flow one
+way).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,10 +64,27 @@ def objective(
     )
 
     def tag(fn: Callable) -> Callable:
+        if not hasattr(fn, "__objective_specs__"):  # stacked tags share one check
+            fn = _finite_hyper_parameters(fn)
         fn.__objective_specs__ = (*getattr(fn, "__objective_specs__", ()), spec)
         return fn
 
     return tag
+
+
+def _finite_hyper_parameters(fn: Callable) -> Callable:
+    """``fn`` refusing a NaN or infinite float for any of its hyper-parameters."""
+    names = set(hyper_parameters(fn))
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        for key, value in kwargs.items():
+            if key in names and isinstance(value, float) and not math.isfinite(value):
+                objective = "/".join(s.name for s in checked.__objective_specs__)
+                raise ValueError(f"{objective}: {key} must be a finite number, got {value}")
+        return fn(*args, **kwargs)
+
+    return checked
 
 
 def hyper_parameters(fn: Callable) -> dict[str, Any]:

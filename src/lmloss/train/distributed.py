@@ -28,7 +28,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-
 DEFAULT_TIMEOUT = 300.0  # seconds
 
 
