@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent / "preference"))
 from test_preference_fused import TOKEN_KL, build, plain_only
 
 PROPERTY = settings(
-    max_examples=4,
+    max_examples=3,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
