@@ -25,8 +25,10 @@ import lmloss
 from lmloss import registry
 from lmloss.objectives.likelihood.emo import emo_cost_table
 
-sys.path.insert(0, str(Path(__file__).parent / "preference"))
-from test_preference_fused import TOKEN_KL, build, plain_only
+# the fused-vs-plain builders of the family tests, reused with drawn seeds and scales
+sys.path[:0] = [str(Path(__file__).parent / family) for family in ("preference", "policy")]
+from test_policy_fused import hyper_for, plain_stats  # noqa: E402
+from test_preference_fused import TOKEN_KL, build, plain_only  # noqa: E402
 
 PROPERTY = settings(
     max_examples=3,
@@ -43,16 +45,6 @@ CLASSIFY_LABELS = {
     "binary": ("anyloss", "ensloss"),
     "pairs": ("auc",),
 }
-POLICY_HYPER = {
-    "gtpo": {"group_size": GROUP},
-    "clip_cov": {"clip_fraction": 0.3, "cov_low": 0.0},
-    "kl_cov": {"kl_fraction": 0.2},
-    "lp_reg": {"neg_fraction": 0.5},
-}
-
-
-def _objectives(*families: str) -> list[str]:
-    return [n for f in families for n in lmloss.list_objectives(f)]
 
 
 def _head(seed: int, scale: float, rows: int = B):
@@ -65,121 +57,123 @@ def _head(seed: int, scale: float, rows: int = B):
     return g, hidden, weight, targets
 
 
-def _token_logps(hidden, weight, targets):
-    logp_all = torch.log_softmax(hidden @ weight.T, -1)
-    valid = targets != -100
-    logp = logp_all.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp * valid, entropy * valid, valid.to(F64)
+# Each family's calling convention: (name, seed, scale, hyper) -> (fused, plain, leaves),
+# fused None where the objective has no fused path.
+
+
+def _likelihood(name, seed, scale, hyper):
+    g, hidden, weight, targets = _head(seed, scale)
+    want, expect, extra_plain, extra_fused = ("logp", "lse", "mean_logit"), {}, {}, {}
+    if name == "emo":
+        table = emo_cost_table(torch.randn(V, 3, generator=g, dtype=F64))
+        want, expect = (*want, "expectation"), {"expect": table}
+        extra_fused = {"embedding_table": table}
+        extra_plain = {"target_embedding": table[targets.clamp(min=0)]}
+    stats = lmloss.token_stats_from_logits(hidden @ weight.T, targets, want=want, **expect)
+    plain = lmloss.likelihood_loss(
+        name, **stats.asdict(), mask=targets != -100, **extra_plain, **hyper
+    )
+    fused = lmloss.fused_likelihood_loss(name, hidden, weight, targets, **extra_fused, **hyper)
+    return fused, plain, (hidden, weight)
+
+
+def _policy(name, seed, scale, hyper):
+    g, hidden, weight, targets = _head(seed, scale)
+    ref_hidden = hidden.detach() + 0.1 * torch.randn(B, T, H, generator=g, dtype=F64)
+    rewards = torch.randint(0, 2, (B,), generator=g).to(F64)
+    rewards[0], rewards[1] = 1.0, 0.0  # one informative group at least
+    logp, entropy, mask = plain_stats(hidden, weight, targets)
+    with torch.no_grad():
+        ref_logp, _, _ = plain_stats(ref_hidden, weight, targets)
+        old = logp + 0.2 * torch.randn(B, T, generator=g, dtype=F64)
+    common = {"old_logps": old, "advantages": lmloss.advantages("grpo", rewards, GROUP)}
+    if name == "lp_reg":
+        common["proxy_logps"] = logp.detach() + 0.3
+    plain = lmloss.policy_loss(
+        name,
+        logps=logp,
+        ref_logps=ref_logp,
+        entropy=entropy,
+        mask=mask,
+        token_ids=targets if name == "gtpo" else None,
+        **common,
+        **{**hyper_for(name), **hyper},
+    )
+    fused = lmloss.fused_policy_loss(
+        name,
+        hidden=hidden,
+        weight=weight,
+        targets=targets,
+        ref_hidden=ref_hidden,
+        want_entropy=True,
+        **common,
+        **{**hyper_for(name), **hyper},
+    )
+    return fused, plain, (hidden, weight)
+
+
+def _distill(name, seed, scale, hyper):
+    g, hidden, weight, targets = _head(seed, scale, rows=2)
+    teacher_hidden = torch.randn(2, T, 3, generator=g, dtype=F64) * scale
+    teacher_weight = torch.randn(V, 3, generator=g, dtype=F64)
+    common = {"mask": targets != -100, "labels": targets.clamp(min=0), **hyper}
+    plain = lmloss.divergence_loss(
+        name, hidden @ weight.T, teacher_hidden @ teacher_weight.T, **common
+    )
+    fused = None
+    if name not in NO_FUSED_PATH:
+        fused = lmloss.fused_divergence_loss(
+            name,
+            hidden,
+            weight,
+            teacher_hidden=teacher_hidden,
+            teacher_weight=teacher_weight,
+            **common,
+        )
+    return fused, plain, (hidden, weight)
+
+
+def _preference(name, seed, scale, hyper):
+    model, fused_kw, plain_kw = build(name, seed)
+    with torch.no_grad():
+        for value in model.hidden.values():
+            value.mul_(scale)
+    fused = lmloss.fused_preference_loss(name, **fused_kw, **hyper)
+    plain_kw = plain_only(plain_kw(), keep_kl=name in TOKEN_KL)
+    plain = lmloss.preference_loss(name, **plain_kw, **hyper)
+    return fused, plain, (model.weight, *model.hidden.values())
+
+
+def _classify(name, seed, scale, hyper):
+    g = torch.Generator().manual_seed(seed)
+    kind = next((k for k, names in CLASSIFY_LABELS.items() if name in names), "index")
+    shape = {"binary": (8,), "pairs": (2, 4)}.get(kind, (5, 4))
+    logits = (torch.randn(*shape, generator=g, dtype=F64) * scale).requires_grad_()
+    labels = {
+        "index": lambda: torch.randint(0, 4, (5,), generator=g),
+        "multi_hot": lambda: torch.randint(0, 2, (5, 4), generator=g),
+        "value": lambda: torch.rand(5, generator=g, dtype=F64),
+        "binary": lambda: torch.tensor([1, 0, 1, 1, 0, 0, 1, 0]),
+        "pairs": lambda: torch.tensor([[1, 0, 1, 0], [0, 1, 1, 0]]),
+    }[kind]()
+    if name == "ensloss":
+        hyper = {"generator": torch.Generator().manual_seed(seed), **hyper}
+    plain = lmloss.classification_loss(name, logits=logits, labels=labels, **hyper)
+    return None, plain, (logits,)
+
+
+CALLS = {
+    "likelihood": _likelihood,
+    "policy": _policy,
+    "distill": _distill,
+    "preference": _preference,
+    "classify": _classify,
+}
 
 
 def losses(family: str, name: str, seed: int, scale: float, hyper: dict | None = None):
-    """(fused, plain, leaves): the objective on one random case both ways (fused is None
-    where the objective has no fused path)."""
-    hyper = dict(hyper or {})
-    if family == "likelihood":
-        g, hidden, weight, targets = _head(seed, scale)
-        want, extra_plain, extra_fused = ("logp", "lse", "mean_logit"), {}, {}
-        if name == "emo":
-            table = emo_cost_table(torch.randn(V, 3, generator=g, dtype=F64))
-            want += ("expectation",)
-            extra_fused = {"embedding_table": table}
-            extra_plain = {"target_embedding": table[targets.clamp(min=0)]}
-        stats = lmloss.token_stats_from_logits(
-            hidden @ weight.T, targets, want=want, **({"expect": table} if name == "emo" else {})
-        )
-        plain = lmloss.likelihood_loss(
-            name, **stats.asdict(), mask=targets != -100, **extra_plain, **hyper
-        )
-        fused = lmloss.fused_likelihood_loss(name, hidden, weight, targets, **extra_fused, **hyper)
-        return fused, plain, (hidden, weight)
-    if family == "policy":
-        g, hidden, weight, targets = _head(seed, scale)
-        ref_hidden = hidden.detach() + 0.1 * torch.randn(B, T, H, generator=g, dtype=F64)
-        rewards = torch.randint(0, 2, (B,), generator=g).to(F64)
-        rewards[0], rewards[1] = 1.0, 0.0
-        advantages = lmloss.advantages("grpo", rewards, group_size=GROUP)
-        logp, entropy, mask = _token_logps(hidden, weight, targets)
-        with torch.no_grad():
-            ref_logp, _, _ = _token_logps(ref_hidden, weight, targets)
-            old = logp + 0.2 * torch.randn(B, T, generator=g, dtype=F64)
-        hyper = {"beta": 0.05, "entropy_coef": 0.01, **POLICY_HYPER.get(name, {}), **hyper}
-        if name == "clip_cov":
-            hyper["generator"] = torch.Generator().manual_seed(seed)
-        extra = {"proxy_logps": logp.detach() + 0.3} if name == "lp_reg" else {}
-        plain = lmloss.policy_loss(
-            name,
-            logps=logp,
-            old_logps=old,
-            ref_logps=ref_logp,
-            entropy=entropy,
-            mask=mask,
-            advantages=advantages,
-            token_ids=targets if name == "gtpo" else None,
-            **extra,
-            **hyper,
-        )
-        if name == "clip_cov":
-            hyper["generator"] = torch.Generator().manual_seed(seed)
-        fused = lmloss.fused_policy_loss(
-            name,
-            hidden=hidden,
-            weight=weight,
-            targets=targets,
-            advantages=advantages,
-            old_logps=old,
-            ref_hidden=ref_hidden,
-            want_entropy=True,
-            **extra,
-            **hyper,
-        )
-        return fused, plain, (hidden, weight)
-    if family == "distill":
-        g, hidden, weight, targets = _head(seed, scale, rows=2)
-        teacher_hidden = torch.randn(2, T, 3, generator=g, dtype=F64) * scale
-        teacher_weight = torch.randn(V, 3, generator=g, dtype=F64)
-        common = {"mask": targets != -100, "labels": targets.clamp(min=0), **hyper}
-        teacher_logits = teacher_hidden @ teacher_weight.T
-        plain = lmloss.divergence_loss(name, hidden @ weight.T, teacher_logits, **common)
-        fused = None
-        if name not in NO_FUSED_PATH:
-            fused = lmloss.fused_divergence_loss(
-                name,
-                hidden,
-                weight,
-                teacher_hidden=teacher_hidden,
-                teacher_weight=teacher_weight,
-                **common,
-            )
-        return fused, plain, (hidden, weight)
-    if family == "preference":
-        model, fused_kw, plain_kw = build(name, seed)
-        with torch.no_grad():
-            for value in model.hidden.values():
-                value.mul_(scale)
-        leaves = (model.weight, *model.hidden.values())
-        fused = lmloss.fused_preference_loss(name, **fused_kw, **hyper)
-        plain = lmloss.preference_loss(
-            name, **plain_only(plain_kw(), keep_kl=name in TOKEN_KL), **hyper
-        )
-        return fused, plain, leaves
-    if family == "classify":
-        g = torch.Generator().manual_seed(seed)
-        kind = next((k for k, names in CLASSIFY_LABELS.items() if name in names), "index")
-        shape = {"binary": (8,), "pairs": (2, 4)}.get(kind, (5, 4))
-        logits = (torch.randn(*shape, generator=g, dtype=F64) * scale).requires_grad_()
-        labels = {
-            "index": lambda: torch.randint(0, 4, (5,), generator=g),
-            "multi_hot": lambda: torch.randint(0, 2, (5, 4), generator=g),
-            "value": lambda: torch.rand(5, generator=g, dtype=F64),
-            "binary": lambda: torch.tensor([1, 0, 1, 1, 0, 0, 1, 0]),
-            "pairs": lambda: torch.tensor([[1, 0, 1, 0], [0, 1, 1, 0]]),
-        }[kind]()
-        if name == "ensloss":
-            hyper["generator"] = torch.Generator().manual_seed(seed)
-        plain = lmloss.classification_loss(name, logits=logits, labels=labels, **hyper)
-        return None, plain, (logits,)
-    raise AssertionError(f"no calling convention for family {family!r}")
+    """(fused, plain, leaves): objective ``name`` on one random case, both ways."""
+    return CALLS[family](name, seed, scale, dict(hyper or {}))
 
 
 FAMILY_OF = {n: registry.get(n).family for n in lmloss.list_objectives()}
