@@ -212,6 +212,13 @@ def test_overwrite_keeps_what_is_not_a_run_output(tiny_model, tmp_path):
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
 
 
+def test_overwrite_never_clears_a_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "model").mkdir()  # the user's own, not a run's export
+    with pytest.raises(ValueError, match="no lmloss run"):
+        rundir.claim(tmp_path, resume=False, overwrite=True)
+    assert (tmp_path / "model").is_dir()
+
+
 def test_kill_before_the_first_checkpoint_then_restart(tiny_model, tmp_path):
     run = _run(tiny_model, tmp_path)
     trainer = Trainer(run, **QUIET)  # wrote recipe.json, then the process was killed

@@ -4,7 +4,9 @@ process.
 A directory is *used* when it holds any output of a training run (``OUTPUTS``). A new run
 refuses it unless it resumes (``--resume``) or is told to start over (``--overwrite``),
 which deletes those outputs — and only those: a precomputed reference or generated data
-next to them stays, and nothing else in the folder is touched.
+next to them stays, and nothing else in the folder is touched. A folder whose outputs were
+not made by a run (no ``recipe.json``, ``metrics.jsonl`` or ``checkpoints/``, say a
+``model/`` of the user's own) is never cleared.
 
 While a run writes, ``run_dir/.lock`` holds its process id, host and process start time.
 The file is created atomically (a hard link of a complete temporary file, which fails if
@@ -32,6 +34,7 @@ OUTPUTS = (
     "curves.png",
     "tensorboard",
 )
+MARKERS = ("recipe.json", "metrics.jsonl", "checkpoints")  # written by every run, first
 
 
 def used_outputs(run_dir: Path) -> list[str]:
@@ -46,6 +49,11 @@ def claim(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"output.dir {run_dir} is a file, not a directory")
     found = used_outputs(run_dir)
+    if overwrite and found and not any(name in found for name in MARKERS):
+        raise ValueError(
+            f"--overwrite: {run_dir} holds {', '.join(found)} but no lmloss run "
+            f"({', '.join(MARKERS)}); not deleting them: choose another --output"
+        )
     if overwrite:
         for name in found:
             path = run_dir / name
