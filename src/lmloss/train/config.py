@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmloss import registry
+from lmloss.train.formats import FORMATS as DATA_FORMATS
 
 
 def _doc(text: str, default: Any = dataclasses.MISSING, **choices: Any) -> Any:
@@ -74,6 +75,26 @@ class DataConfig:
         choices=("error", "drop"),
     )
     shuffle: bool = _doc("reshuffle the rows every epoch (seeded)", True)
+    format: str = _doc(
+        "row format (auto: detected from the columns; see README 'Data formats')",
+        "auto",
+        choices=("auto", *DATA_FORMATS),
+    )
+    unpair: bool = _doc("turn paired prompt/chosen/rejected rows into unpaired ones (KTO)", False)
+    train_on: str = _doc(
+        "tokens trained: every assistant turn, the last one, or all tokens (prompt too)",
+        "assistant",
+        choices=("assistant", "last", "all"),
+    )
+    packing: bool = _doc(
+        "likelihood objectives: pack rows into max_length sequences (attention kept within "
+        "each row)",
+        False,
+    )
+    eval_path: str | None = _doc(
+        "held-out file in a format like path's: eval loss (and samples.jsonl) at each eval",
+        None,
+    )
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,11 @@ class TrainConfig:
     """[train] the optimization loop."""
 
     max_steps: int = _doc("optimizer steps", 100)
+    epochs: float | None = _doc(
+        "passes over the data instead of max_steps (steps = ceil(epochs * rows / "
+        "(batch_size * grad_accum)))",
+        None,
+    )
     batch_size: int = _doc("examples (policy: prompts) per micro-batch", 8)
     grad_accum: int = _doc("micro-batches per optimizer step", 1)
     lr: float = _doc("peak learning rate of AdamW", 1e-5)
@@ -181,7 +207,12 @@ class OutputConfig:
     save_model: bool = _doc("write the final model (safetensors) to run_dir/model", True)
     plot: bool = _doc("draw run_dir/curves.png at the end", True)
     progress: bool = _doc("show a progress bar with ETA and live metrics", True)
-    tensorboard: bool = _doc("also log to TensorBoard when it is installed", True)
+    tensorboard: bool | None = _doc("deprecated: use report_to = ['tensorboard']", None)
+    report_to: tuple[str, ...] = _doc(
+        "metric loggers besides metrics.jsonl: 'tensorboard', 'wandb' (installed separately)",
+        (),
+    )
+    merge_lora: bool = _doc("LoRA runs: also write the merged model to run_dir/model", True)
 
 
 SECTIONS: dict[str, type] = {

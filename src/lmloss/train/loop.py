@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from lmloss.train import checkpoint, schedule
+from lmloss.train import checkpoint, schedule, validate
 from lmloss.train import model as model_loading
 from lmloss.train.config import Recipe
-from lmloss.train.data import Encoder, Sampler, load_rows, rename_columns
+from lmloss.train.data import Encoder, Sampler
 from lmloss.train.distributed import World, full_optimizer_state, full_tensors
 from lmloss.train.evaluate import evaluate_task
 from lmloss.train.modes import TOKENS, Batch, Context, mode_for
@@ -78,6 +78,8 @@ class Trainer:
         self.run_dir = Path(recipe.output.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.autocast = _bf16_autocast if train.precision == "bf16" else nullcontext
+        # every weight-free check (data rows, rewards, resume target, names) before loading
+        self.checked = validate.check(recipe, resume=resume, run_dir=self.run_dir)
 
         self.loaded = model_loading.load(recipe.model, recipe.lora)
         self.model = self.loaded.model
@@ -156,8 +158,7 @@ class Trainer:
         return base.with_name(base.name + ".reference.safetensors")
 
     def _examples(self) -> list:
-        rows, source = load_rows(self.recipe.data, self.run_dir, self.recipe.train.seed)
-        rows = rename_columns(rows, self.recipe.data.columns)
+        rows, source = self.checked.table.rows, self.checked.table.source
         self.mode.check_columns(rows, source)
         encoded = [self.mode.encode(i, row) for i, row in enumerate(rows)]
         examples = [e for e in encoded if e is not None]
