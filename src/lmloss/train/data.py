@@ -56,7 +56,7 @@ def rename_columns(rows: list[dict], columns: dict[str, str], source: str = "dat
     """``data.columns = {canonical = "name in the file"}`` applied to every row; a name
     the file does not have is an error (a typo would otherwise be ignored)."""
     if rows and columns:
-        missing = {k: v for k, v in columns.items() if v not in rows[0] and k not in rows[0]}
+        missing = {k: v for k, v in columns.items() if v not in rows[0]}
         if missing:
             canonical, actual = next(iter(missing.items()))
             raise ValueError(

@@ -125,9 +125,7 @@ class RowChecker:
                     index, f"{where}.role = {role!r} must be one of {', '.join(ROLES)}"
                 )
             if not isinstance(content, str):
-                raise self.error(
-                    index, f"{where}.{key_content} must be text, got {_kind(content)}"
-                )
+                raise self.error(index, f"{where}.{key_content} must be text, got {_kind(content)}")
             out.append({"role": role, "content": content})
         return out
 
@@ -166,16 +164,20 @@ class RowChecker:
             shared += 1
         prompt = chosen[:shared]
         if not prompt or rejected[:shared] != prompt:
-            raise self.error(index, "rows without 'prompt' need chosen and rejected "
-                             "conversations that start with the same turns")
+            raise self.error(
+                index,
+                "rows without 'prompt' need chosen and rejected "
+                "conversations that start with the same turns",
+            )
         return {**row, "prompt": prompt, "chosen": chosen[shared:], "rejected": rejected[shared:]}
 
     # ---- one row of each format
 
     def row(self, index: int, row: dict, fmt: str) -> dict:
         if fmt == "sharegpt":
-            messages = self.messages(index, row.get("conversations"), "conversations",
-                                     SHAREGPT_ROLES)
+            messages = self.messages(
+                index, row.get("conversations"), "conversations", SHAREGPT_ROLES
+            )
             return {**_without(row, "conversations"), "messages": messages}
         if fmt == "messages":
             return {**row, "messages": self.messages(index, row.get("messages"), "messages")}
@@ -234,7 +236,7 @@ def unpair(rows: list[dict], positions: Sequence[int]) -> tuple[list[dict], list
 FAMILY_FORMATS = {
     "likelihood": ("prompt_completion", "messages", "sharegpt"),
     "distill": ("prompt_completion", "messages", "sharegpt"),
-    "policy": ("prompt", "prompt_completion", "messages", "preference", "unpaired"),
+    "policy": ("prompt", "prompt_completion", "preference", "unpaired"),
 }
 FORMAT_COLUMNS = {
     "prompt_completion": ("prompt", "completion"),

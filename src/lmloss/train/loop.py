@@ -79,7 +79,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.autocast = _bf16_autocast if train.precision == "bf16" else nullcontext
         # every weight-free check (data rows, rewards, resume target, names) before loading
-        self.checked = validate.check(recipe, resume=resume, run_dir=self.run_dir)
+        self.checked = validate.check(recipe, resume=resume, run_dir=self.run_dir, writes=True)
 
         self.loaded = model_loading.load(recipe.model, recipe.lora)
         self.model = self.loaded.model

@@ -49,11 +49,19 @@ class Report:
 # --------------------------------------------------------------------------- data
 
 
-def read_table(recipe: Recipe, run_dir: Path, path: str | None = None) -> Table:
-    """The rows of ``path`` (default: the training data) checked for the recipe's objective."""
+def read_table(
+    recipe: Recipe, run_dir: Path, path: str | None = None, *, write_task: bool = True
+) -> Table:
+    """The rows of ``path`` (default: the training data) checked for the recipe's objective
+    (a built-in task's rows are also written to the run directory unless ``write_task`` is
+    false)."""
     config = recipe.data
     if path is None and config.task is not None:
-        rows, source = load_rows(config, run_dir, recipe.train.seed)
+        if write_task:
+            rows, source = load_rows(config, run_dir, recipe.train.seed)
+        else:
+            rows = tasks.generate(config.task, config.task_size, seed=recipe.train.seed)
+            source = f"task {config.task}"
         positions = list(range(1, len(rows) + 1))
     else:
         source = str(path or config.path)
@@ -152,10 +160,13 @@ def check_resume(run_dir: Path) -> str:
     return f"resume: from {found.path}"
 
 
-def check(recipe: Recipe, *, resume: bool = False, run_dir: Path | None = None) -> Report:
-    """Every weight-free check of ``recipe``; the first problem raises ValueError."""
+def check(
+    recipe: Recipe, *, resume: bool = False, run_dir: Path | None = None, writes: bool = False
+) -> Report:
+    """Every weight-free check of ``recipe``; the first problem raises ValueError.
+    ``writes``: the trainer's call, which may write a built-in task's rows to the run."""
     run_dir = Path(recipe.output.dir) if run_dir is None else run_dir
-    table = read_table(recipe, run_dir)
+    table = read_table(recipe, run_dir, write_task=writes)
     report = Report(table)
     report.lines.append(
         f"data: {table.source}: {len(table.rows)} rows, format {table.format}, fit for "
@@ -170,7 +181,10 @@ def check(recipe: Recipe, *, resume: bool = False, run_dir: Path | None = None) 
         report.lines.append(f"teacher: {recipe.distill.teacher}")
     for name, value in [
         ("distill.topk_file", recipe.distill.topk_file),
-        ("reference.path", recipe.reference.path if recipe.reference.kind == "precomputed" else None),
+        (
+            "reference.path",
+            recipe.reference.path if recipe.reference.kind == "precomputed" else None,
+        ),
     ]:
         if value is not None and not Path(value).is_file():
             raise ValueError(f"{name} {value!r} does not exist (run `lmloss precompute` first)")

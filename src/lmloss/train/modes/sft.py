@@ -34,10 +34,13 @@ def encode_text_example(mode: Mode, index: int, row: dict) -> Example | None:
     prompt_ids = encoder.prompt(row["prompt"])
     if not encoder.check_prompt(prompt_ids, index):
         return None
-    completion = encoder.completion(row["prompt"], prompt_ids, str(row["completion"]))
-    return Example(
-        index, row, {"prompt": prompt_ids, "completion": encoder.fit(prompt_ids, completion)}
+    completion = encoder.fit(
+        prompt_ids, encoder.completion(row["prompt"], prompt_ids, str(row["completion"]))
     )
+    if encoder.config.train_on == "all":  # the prompt's tokens are trained too
+        ids = prompt_ids + completion
+        return Example(index, row, {"conversation": ids}, [True] * len(ids))
+    return Example(index, row, {"prompt": prompt_ids, "completion": completion})
 
 
 def require_text_columns(rows: list[dict], source: str, why: str) -> None:
