@@ -73,6 +73,7 @@ def _bad_inputs(tmp_path, tiny_model):
             "must take a 'completions' keyword",
         ),
         ({"eval": {"task": "algebra"}}, "eval.task"),
+        ({"output": {"report_to": ["wandb"]}}, "the 'wandb' package is not installed"),
         ({"model": {"name": str(tmp_path / "nowhere")}}, "neither a bundled model"),
         ({"__resume__": True, "data": {"path": str(good)}}, "--resume: no checkpoint"),
     ]

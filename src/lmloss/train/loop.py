@@ -26,12 +26,13 @@ from pathlib import Path
 
 import torch
 
-from lmloss.train import checkpoint, schedule, validate
+from lmloss.train import checkpoint, loggers, schedule, validate
 from lmloss.train import model as model_loading
 from lmloss.train.config import Recipe
 from lmloss.train.data import Encoder, Sampler
 from lmloss.train.distributed import World, full_optimizer_state, full_tensors
 from lmloss.train.evaluate import evaluate_task
+from lmloss.train.export import export_run_model
 from lmloss.train.modes import TOKENS, Batch, Context, mode_for
 from lmloss.train.progress import EVALS, METRICS, Reporter, truncate_after
 from lmloss.train.reference import ModelReference
@@ -80,6 +81,7 @@ class Trainer:
         self.autocast = _bf16_autocast if train.precision == "bf16" else nullcontext
         # every weight-free check (data rows, rewards, resume target, names) before loading
         self.checked = validate.check(recipe, resume=resume, run_dir=self.run_dir, writes=True)
+        self.report_to = loggers.backends(recipe.output)
 
         self.loaded = model_loading.load(recipe.model, recipe.lora)
         self.model = self.loaded.model
@@ -306,8 +308,10 @@ class Trainer:
             recipe.train.max_steps,
             self.step,
             bar=output.progress,
-            tensorboard=output.tensorboard,
             enabled=self.world.is_main,
+            loggers=loggers.open_loggers(self.report_to, self.run_dir, recipe.as_dict())
+            if self.world.is_main
+            else [],
         )
         summary = Summary(self.run_dir, self.step, 0.0)
         try:
@@ -330,7 +334,8 @@ class Trainer:
                     and self.step < recipe.train.max_steps
                 ):
                     self._log_eval(reporter, "during training")
-            self.save()
+            if output.save_every:  # 0: no checkpoint (no optimizer state), only the model
+                self.save()
             if recipe.eval.after:
                 summary.after = self._log_eval(reporter, "after training")
         finally:
@@ -356,13 +361,14 @@ class Trainer:
             return
         if not self.world.is_main:
             return
-        path.mkdir(parents=True, exist_ok=True)
-        if self.loaded.peft is not None:
-            self.loaded.peft.save_pretrained(path)
-            (path / "lmloss_base_model.txt").write_text(self.recipe.model.name + "\n")
-        else:
-            model_loading.save_model(self.model, path)
-        self.ctx.tokenizer.save_pretrained(path)
+        export_run_model(
+            self.model,
+            self.ctx.tokenizer,
+            path.parent,
+            peft=self.loaded.peft,
+            base_name=self.recipe.model.name,
+            merge_lora=self.recipe.output.merge_lora,
+        )
 
 
 def train(recipe: Recipe, *, resume: bool = False, echo=print) -> Summary:

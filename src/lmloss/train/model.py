@@ -144,6 +144,8 @@ def load_trained(run_or_model_dir: str | Path, trust_remote_code: bool = False):
     path = Path(run_or_model_dir)
     if (path / "model").is_dir():
         path = path / "model"
+    elif (path / "adapter").is_dir():  # a LoRA run with output.merge_lora = false
+        path = path / "adapter"
     base_file = path / "lmloss_base_model.txt"
     if (path / "adapter_config.json").is_file() and base_file.is_file():
         from peft import PeftModel

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmloss._checks import require_choice
-from lmloss.train import formats, tasks
+from lmloss.train import formats, loggers, tasks
 from lmloss.train.config import Recipe
 from lmloss.train.data import load_rows, rename_columns
 from lmloss.train.files import read_rows
@@ -197,6 +197,9 @@ def check(
     if recipe.eval.task is not None:
         require_choice("eval.task", recipe.eval.task, tasks.TASKS)
         report.lines.append(f"eval task: {recipe.eval.task}")
+    names = loggers.backends(recipe.output)
+    loggers.check_installed(names)
+    report.lines.append(f"loggers: metrics.jsonl{''.join(', ' + n for n in names)}")
     if resume:
         report.lines.append(check_resume(run_dir))
     return report
