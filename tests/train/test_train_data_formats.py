@@ -152,3 +152,65 @@ def test_train_on_all_trains_the_prompt_of_prompt_completion_rows(tiny_model, tm
     counts = {on: t.mode.prepare(t.examples[:1]).tokens for on, t in runs.items()}
     prompt = len(runs["all"].encoder.prompt("say ab"))
     assert counts["all"] == counts["assistant"] + prompt - 1  # the first token has no target
+
+
+@pytest.mark.parametrize("train_on", ["assistant", "all"])
+def test_packed_loss_and_gradients_equal_unpacked(tiny_model, tmp_path, train_on):
+    import torch
+
+    rows = [{"prompt": f"say {w}", "completion": w * (i + 1)} for i, w in enumerate("abcdef")]
+    data = write_jsonl(tmp_path / "d.jsonl", rows[:6])
+    results = {}
+    for packed in (False, True):
+        run = recipe(
+            tiny_model,
+            data,
+            tmp_path / f"run{packed}",
+            {"name": "ce"},
+            data={"packing": packed, "train_on": train_on},
+        )
+        trainer = Trainer(run, **QUIET)
+        batch = trainer.mode.prepare(trainer.examples)
+        loss = trainer.mode.loss(batch, batch.tokens).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.trainable.items()}
+        results[packed] = (len(trainer.examples), batch.tokens, loss.detach(), grads)
+    assert results[True][0] < results[False][0]  # rows did share sequences
+    assert results[True][1] == results[False][1]  # the same trained tokens
+    torch.testing.assert_close(results[True][2], results[False][2], atol=1e-5, rtol=1e-5)
+    for name, grad in results[False][3].items():
+        torch.testing.assert_close(results[True][3][name], grad, atol=1e-5, rtol=1e-4)
+
+
+def test_epochs_set_the_number_of_steps(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS["prompt_completion"] * 5)  # 20 rows
+    run = recipe(
+        tiny_model, data, tmp_path / "run", {"name": "ce"}, train={"epochs": 1.5, "batch_size": 4}
+    )
+    trainer = Trainer(run, **QUIET)
+    assert trainer.recipe.train.max_steps == 8  # ceil(1.5 * 20 / 4)
+    assert trainer.run().steps == 8
+    assert trainer.sampler.epoch == 1  # the second pass is under way
+
+
+def test_eval_path_logs_held_out_loss_and_samples(tiny_model, tmp_path):
+    import json
+
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS["messages"])
+    run = recipe(
+        tiny_model,
+        data,
+        tmp_path / "run",
+        {"name": "ce"},
+        data={"eval_path": str(data)},
+        eval={"every": 1, "max_new_tokens": 3},
+        train={"max_steps": 2},
+    )
+    summary = train(run, **QUIET)
+    evals = [json.loads(x) for x in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 1, 2]
+    # the same four rows, one batch: the first held-out loss is the first training loss
+    assert abs(evals[0]["eval_loss"] - summary.losses[0]) < 1e-5
+    samples = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
+    first = json.loads(samples[0])
+    assert first["step"] == 0 and first["prompt"].endswith("<|assistant|>") and "output" in first

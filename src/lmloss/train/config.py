@@ -184,14 +184,14 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """[eval] a held-out metric on a verifiable task, before and after training."""
+    """[eval] held-out metrics (a verifiable task; data.eval_path's loss), before and after."""
 
     task: str | None = _doc("built-in task to evaluate ('arithmetic'); none: no evaluation", None)
     size: int = _doc("held-out problems", 100)
     seed: int = _doc("seed of the held-out split (disjoint from the training rows)", 0)
     before: bool = _doc("evaluate before the first step", True)
     after: bool = _doc("evaluate after the last step", True)
-    every: int = _doc("also evaluate every N steps (0: never)", 0)
+    every: int = _doc("also evaluate (eval.task, data.eval_path) every N steps (0: never)", 0)
     max_new_tokens: int = _doc("generation budget per answer (greedy)", 32)
     batch_size: int = _doc("prompts per generate call", 50)
 

@@ -227,7 +227,7 @@ class Sequences:
     """
 
     ids: torch.Tensor
-    attention: torch.Tensor
+    attention: torch.Tensor | None  # None: packed rows, attention follows the position ids
     targets: torch.Tensor
 
     @property

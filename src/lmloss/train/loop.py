@@ -16,7 +16,9 @@ ranks before clipping (see :mod:`lmloss.train.distributed`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import random
 import time
 from contextlib import nullcontext
@@ -33,7 +35,9 @@ from lmloss.train.data import Encoder, Sampler
 from lmloss.train.distributed import World, full_optimizer_state, full_tensors
 from lmloss.train.evaluate import evaluate_task
 from lmloss.train.export import export_run_model
+from lmloss.train.heldout import SAMPLES, HeldOut, append_samples
 from lmloss.train.modes import TOKENS, Batch, Context, mode_for
+from lmloss.train.packing import pack
 from lmloss.train.progress import EVALS, METRICS, Reporter, truncate_after
 from lmloss.train.reference import ModelReference
 from lmloss.train.token_store import TokenStore
@@ -99,6 +103,13 @@ class Trainer:
         if self.sharded:  # after the reference copy: that one stays whole
             self.world.shard_blocks(list(model_loading.blocks_of(self.model)))
         self.examples = self._examples()
+        self.heldout = None
+        if self.checked.eval_table is not None:
+            if self.world.active:
+                raise ValueError("data.eval_path is not supported under torchrun yet")
+            self.heldout = HeldOut(self.mode, self.checked.eval_table.rows, train.batch_size)
+        self._steps_from_epochs()
+        train = self.recipe.train
         self.sampler = Sampler(len(self.examples), train.seed, recipe.data.shuffle)
 
         self.trainable = self.loaded.trainable()
@@ -170,7 +181,25 @@ class Trainer:
             self.echo(line)
         if not examples:
             raise ValueError(f"{source}: no row is left to train on (see the length report)")
+        if self.recipe.data.packing:
+            examples = pack(examples, self.recipe.data.max_length)
+            self.echo(
+                f"  packed into {len(examples)} sequences of <= {self.recipe.data.max_length}"
+            )
         return examples
+
+    def _steps_from_epochs(self) -> None:
+        """``train.epochs`` passes over the examples, as optimizer steps (``max_steps``)."""
+        train = self.recipe.train
+        if train.epochs is None:
+            return
+        per_step = train.batch_size * train.grad_accum
+        steps = max(1, math.ceil(train.epochs * len(self.examples) / per_step))
+        self.recipe = dataclasses.replace(
+            self.recipe, train=dataclasses.replace(train, max_steps=steps)
+        )
+        self.ctx.recipe = self.recipe
+        self.echo(f"train.epochs = {train.epochs:g}: {steps} steps of {per_step} examples")
 
     def _save_recipe(self) -> None:
         (self.run_dir / "recipe.json").write_text(json.dumps(self.recipe.as_dict(), indent=2))
@@ -211,7 +240,7 @@ class Trainer:
         self.step = found.step
         self.resumed = True
         if self.world.is_main:
-            for name in (METRICS, EVALS):
+            for name in (METRICS, EVALS, SAMPLES):
                 truncate_after(self.run_dir / name, self.step)
         self.echo(f"resumed from {found.path} (step {self.step})")
 
@@ -285,6 +314,12 @@ class Trainer:
     def _log_eval(self, reporter: Reporter, label: str) -> dict | None:
         if not self.world.is_main:  # rank 0 evaluates; the others meet it at the next step
             return None
+        if self.heldout is not None:
+            loss = self.heldout.loss()
+            reporter.evaluation({"step": self.step, "eval_loss": loss})
+            reporter.write(f"eval loss {label} (step {self.step}): {loss:.4g}")
+            samples = self.heldout.samples(self.recipe.eval.max_new_tokens, self.autocast())
+            append_samples(self.run_dir, self.step, samples)
         result = self.evaluate()
         if result is None:
             return None

@@ -172,6 +172,13 @@ def validate(recipe: Recipe) -> None:
         ("policy.top_k", p.top_k),
     ]:
         _positive(where, value, zero_ok=True)
+    if t.epochs is not None:
+        _positive("train.epochs", t.epochs)
+    if d.packing and recipe.entry.family != "likelihood":
+        raise ValueError(
+            f"data.packing = true is for likelihood objectives (SFT); {recipe.objective!r} is "
+            f"a {recipe.entry.family} objective"
+        )
     if not 0 < p.top_p <= 1:
         raise ValueError(f"policy.top_p must be in (0, 1], got {p.top_p}")
     if not 0 <= t.decay_fraction <= 1 or not 0 <= t.min_lr_ratio <= 1:
