@@ -47,3 +47,13 @@ def test_example_validates_and_trains_one_step(
     assert any(line.startswith("data:") for line in report.lines)
     summary = train(recipe, echo=lambda *_: None)
     assert summary.steps == 1 and summary.losses[0] == summary.losses[0]
+
+
+def test_classifier_example_trains(tiny_model):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("classifier", ROOT / "examples" / "classifier.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    losses = module.main(["--model", str(tiny_model), "--steps", "5", "--lr", "0.05"])
+    assert len(losses) == 5 and losses[-1] < losses[0]
