@@ -138,3 +138,22 @@ def test_demo_help_and_describe_columns(capsys):
     assert stop.value.code == 0 and "usage: lmloss demo" in capsys.readouterr().out
     assert cli.main(["describe", "kto"]) == 0
     assert "data columns (lmloss train): prompt + completion + label" in capsys.readouterr().out
+
+
+def test_a_hub_id_in_the_local_cache_resolves_and_loads(tiny_model, tmp_path, monkeypatch):
+    import shutil
+
+    from huggingface_hub import constants
+
+    from lmloss.train.validate import resolve_model
+
+    snapshot = tmp_path / "models--someone--tiny" / "snapshots" / "abc123"
+    shutil.copytree(tiny_model, snapshot)
+    (tmp_path / "models--someone--tiny" / "refs").mkdir()
+    (tmp_path / "models--someone--tiny" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert resolve_model("someone/tiny") == str(snapshot)
+    with pytest.raises(ValueError, match="nor a Hub id in the local cache"):
+        resolve_model("someone/absent")
+    model, _ = model_loading.load_pretrained("someone/tiny")
+    assert model.config.vocab_size == 49

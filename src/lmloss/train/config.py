@@ -27,7 +27,8 @@ class ModelConfig:
     """[model] the causal LM to train."""
 
     name: str = _doc(
-        "'smollm2' (the bundled SmolLM2-135M-Instruct) or a local Hugging Face model directory"
+        "'smollm2' (the bundled SmolLM2-135M-Instruct), a local Hugging Face model directory, "
+        "or a Hub id already in the local cache"
     )
     dtype: str = _doc("parameter dtype", "float32", choices=("float32", "bfloat16"))
     trust_remote_code: bool = _doc("allow the model directory's own Python code", False)
@@ -54,7 +55,7 @@ class LoraConfig:
 class DataConfig:
     """[data] where the examples come from and how they become tokens."""
 
-    path: str | None = _doc("local JSONL / Parquet / CSV file (format from the extension)", None)
+    path: str | None = _doc("local JSONL / JSON / Parquet / CSV file (rows: see data.format)", None)
     task: str | None = _doc("built-in generated task instead of a file ('arithmetic')", None)
     task_size: int = _doc("rows generated for a built-in task", 2000)
     columns: dict[str, str] = field(
