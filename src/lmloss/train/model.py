@@ -1,8 +1,8 @@
 """Load the model and tokenizer of a run, choose what trains, and add LoRA adapters.
 
 Models come from the bundled SmolLM2 (``name = "smollm2"``), a local Hugging Face
-directory or a Hub id already in the local cache; nothing is downloaded and the directory's own code runs only with
-``trust_remote_code = true``.
+directory or a Hub id already in the local cache; nothing is downloaded and the
+directory's own code runs only with ``trust_remote_code = true``.
 """
 
 from __future__ import annotations
