@@ -214,3 +214,10 @@ def test_eval_path_logs_held_out_loss_and_samples(tiny_model, tmp_path):
     samples = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
     first = json.loads(samples[0])
     assert first["step"] == 0 and first["prompt"].endswith("<|assistant|>") and "output" in first
+
+
+def test_a_named_format_the_rows_do_not_have_is_named():
+    with pytest.raises(DataError, match=r"f.jsonl:4: no column 'chosen'"):
+        normalize(ROWS["prompt_completion"][:1], [4], "f.jsonl", "preference")
+    with pytest.raises(DataError, match=r"f.jsonl:4: column 'messages' is missing or empty"):
+        normalize(ROWS["prompt_completion"][:1], [4], "f.jsonl", "messages")

@@ -157,3 +157,43 @@ def test_a_hub_id_in_the_local_cache_resolves_and_loads(tiny_model, tmp_path, mo
         resolve_model("someone/absent")
     model, _ = model_loading.load_pretrained("someone/tiny")
     assert model.config.vocab_size == 49
+
+
+def test_reward_signatures(tmp_path, monkeypatch):
+    from lmloss.train.validate import check_reward
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "my_rewards.py").write_text(
+        "def good(completions, prompts, answer):\n    return [0.0] * len(completions)\n"
+        "def loose(completions, **columns):\n    return [0.0] * len(completions)\n"
+        "def narrow(completions, answer):\n    return [0.0] * len(completions)\n"
+        "def needy(completions, score, **columns):\n    return [0.0] * len(completions)\n"
+    )
+    check_reward("my_rewards:good", {"answer"})
+    check_reward("my_rewards:loose", {"answer", "id"})
+    with pytest.raises(ValueError, match=r"does not take the argument\(s\) 'prompts'"):
+        check_reward("my_rewards:narrow", {"answer"})
+    with pytest.raises(ValueError, match=r"needs argument\(s\) 'score'"):
+        check_reward("my_rewards:needy", {"answer"})
+
+
+def test_csv_json_and_parquet_rows_keep_their_types(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lmloss.train.files import read_rows
+
+    (tmp_path / "d.csv").write_text('prompt,completion,label\n"a, b",x,1\nc,y,0\n')
+    rows, positions = read_rows(tmp_path / "d.csv")
+    assert rows[0] == {"prompt": "a, b", "completion": "x", "label": 1} and positions == [2, 3]
+    (tmp_path / "d.json").write_text('[{"prompt": "a"}, {"prompt": "b"}]')
+    assert read_rows(tmp_path / "d.json")[0] == [{"prompt": "a"}, {"prompt": "b"}]
+    pq.write_table(pa.table({"prompt": ["a", "b"], "score": [0.5, 1.0]}), tmp_path / "d.parquet")
+    rows, positions = read_rows(tmp_path / "d.parquet")
+    assert rows[1] == {"prompt": "b", "score": 1.0} and positions == [1, 2]
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="bad.parquet: not a readable Parquet file"):
+        read_rows(tmp_path / "bad.parquet")
+    (tmp_path / "list.jsonl").write_text('{"prompt": "a"}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"list.jsonl:2: a row must be a JSON object"):
+        read_rows(tmp_path / "list.jsonl")

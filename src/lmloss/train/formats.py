@@ -93,6 +93,10 @@ class RowChecker:
 
     def text(self, index: int, row: dict, column: str) -> str:
         value = row.get(column)
+        if column not in row:
+            raise self.error(
+                index, f"no column {column!r} (the row has {', '.join(map(repr, sorted(row)))})"
+            )
         if value is None:
             raise self.error(index, f"column {column!r} is empty (null)")
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -102,7 +106,7 @@ class RowChecker:
     def messages(self, index: int, value, column: str, roles=None) -> list[dict]:
         """A list of ``{role, content}`` messages (``roles``: ShareGPT ``from``/``value``)."""
         if value is None:
-            raise self.error(index, f"column {column!r} is empty (null)")
+            raise self.error(index, f"column {column!r} is missing or empty (null)")
         if not isinstance(value, list) or not value:
             raise self.error(index, f"column {column!r} must be a non-empty list of messages")
         key_role, key_content = ("from", "value") if roles else ("role", "content")

@@ -143,11 +143,11 @@ def check_reward(name: str, columns: set[str]) -> None:
             f"reward {name!r} needs argument(s) {', '.join(map(repr, missing))}, which are "
             f"neither completions, prompts nor a data column ({', '.join(sorted(columns))})"
         )
-    if not takes_any and not (given - {"prompts"}) <= names | {"prompts"}:
-        extra = sorted(given - names - {"prompts"})
+    if not takes_any and not given <= names:
+        extra = sorted(given - names)
         raise ValueError(
-            f"reward {name!r} does not take the data column(s) {', '.join(map(repr, extra))} it "
-            "is given: add **columns to its signature"
+            f"reward {name!r} does not take the argument(s) {', '.join(map(repr, extra))} it "
+            "is given (prompts and every data column): add **columns to its signature"
         )
 
 
