@@ -192,7 +192,7 @@ def test_csv_json_and_parquet_rows_keep_their_types(tmp_path):
     rows, positions = read_rows(tmp_path / "d.parquet")
     assert rows[1] == {"prompt": "b", "score": 1.0} and positions == [1, 2]
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
-    with pytest.raises(ValueError, match="bad.parquet: not a readable Parquet file"):
+    with pytest.raises(ValueError, match=r"bad\.parquet: not a readable Parquet file"):
         read_rows(tmp_path / "bad.parquet")
     (tmp_path / "list.jsonl").write_text('{"prompt": "a"}\n[1, 2]\n')
     with pytest.raises(ValueError, match=r"list.jsonl:2: a row must be a JSON object"):
