@@ -203,7 +203,9 @@ class OutputConfig:
 
     dir: str = _doc("run directory (metrics, checkpoints, plot, final model)", "runs/latest")
     log_every: int = _doc("write metrics every N steps", 1)
-    save_every: int = _doc("checkpoint every N steps (0: only at the end)", 0)
+    save_every: int = _doc(
+        "checkpoint every N steps, and at the end (0: no checkpoint, only the final model)", 0
+    )
     keep: int = _doc("checkpoints kept on disk", 2)
     save_model: bool = _doc("write the final model (safetensors) to run_dir/model", True)
     plot: bool = _doc("draw run_dir/curves.png at the end", True)
