@@ -1,5 +1,5 @@
-"""The ``lmloss`` command line: ``train``, ``eval``, ``plot``, ``precompute``, ``list``,
-``describe``, ``demo``."""
+"""The ``lmloss`` command line: ``train``, ``validate``, ``eval``, ``plot``, ``precompute``,
+``list``, ``describe``, ``demo``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ def _describe(args: argparse.Namespace) -> int:
     print(json.dumps(info, indent=2, default=repr))
     print()
     print(formula)
+    from lmloss.train.formats import objective_columns
+
+    print()
+    print(f"data columns (lmloss train): {objective_columns(registry.get(args.name))}")
     return 0
 
 
@@ -52,11 +56,30 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.set)
     if args.output:
         overrides.append(f"output.dir={json.dumps(args.output)}")
-    recipe = load_recipe(args.recipe, overrides)
+    recipe = load_recipe(args.recipe, overrides, warn=_warn)
     summary = train(recipe, resume=args.resume, overwrite=args.overwrite)
     if World.from_env().is_main:  # under torchrun, one report from rank 0
         print(run_report.write(summary, _command_line()))
     return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from lmloss.train import load_recipe
+    from lmloss.train.validate import check
+
+    overrides = list(args.set)
+    if args.output:
+        overrides.append(f"output.dir={json.dumps(args.output)}")
+    recipe = load_recipe(args.recipe, overrides, warn=_warn)
+    print(f"recipe: {recipe.source}: objective {recipe.objective!r} ({recipe.entry.family})")
+    for line in check(recipe, resume=args.resume).lines:
+        print(line)
+    print("ok: no problem found (the checks that need the model's weights run at train time)")
+    return 0
+
+
+def _warn(text: str) -> None:
+    print(f"lmloss: warning: {text}", file=sys.stderr)
 
 
 def _precompute(args: argparse.Namespace) -> int:
@@ -122,6 +145,19 @@ def _add_training_commands(sub) -> None:
     )
     p.set_defaults(run=_train)
 
+    p = sub.add_parser(
+        "validate",
+        help="check a recipe, its data rows, rewards and names without loading the model",
+        description="Every check of `lmloss train` that needs no model weights, in seconds: "
+        "recipe keys and values, every data row, the columns the objective needs, reward "
+        "functions, the resume target, the eval task and the model name.",
+    )
+    p.add_argument("recipe", nargs="?", help=f"TOML file or bundled recipe name ({recipes})")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--output", help="run directory (same as --set output.dir=...)")
+    p.add_argument("--resume", action="store_true", help="also check the checkpoint to resume")
+    p.set_defaults(run=_validate)
+
     p = sub.add_parser("eval", help="held-out accuracy of a model or a run on a verifiable task")
     p.add_argument("model", help="run directory, model directory or 'smollm2'")
     p.add_argument("--task", required=True, help="built-in task, e.g. arithmetic")
@@ -164,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # the demo parses its own options, --help included
+        return _demo(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     from lmloss.train.nonfinite import NonFiniteError
     from lmloss.train.rewards import RewardError

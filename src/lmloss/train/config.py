@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmloss import registry
+from lmloss.train.formats import FORMATS as DATA_FORMATS
 
 
 def _doc(text: str, default: Any = dataclasses.MISSING, **choices: Any) -> Any:
@@ -26,7 +27,8 @@ class ModelConfig:
     """[model] the causal LM to train."""
 
     name: str = _doc(
-        "'smollm2' (the bundled SmolLM2-135M-Instruct) or a local Hugging Face model directory"
+        "'smollm2' (the bundled SmolLM2-135M-Instruct), a local Hugging Face model directory, "
+        "or a Hub id already in the local cache"
     )
     dtype: str = _doc("parameter dtype", "float32", choices=("float32", "bfloat16"))
     trust_remote_code: bool = _doc("allow the model directory's own Python code", False)
@@ -53,7 +55,7 @@ class LoraConfig:
 class DataConfig:
     """[data] where the examples come from and how they become tokens."""
 
-    path: str | None = _doc("local JSONL / Parquet / CSV file (format from the extension)", None)
+    path: str | None = _doc("local JSONL / JSON / Parquet / CSV file (rows: see data.format)", None)
     task: str | None = _doc("built-in generated task instead of a file ('arithmetic')", None)
     task_size: int = _doc("rows generated for a built-in task", 2000)
     columns: dict[str, str] = field(
@@ -74,6 +76,26 @@ class DataConfig:
         choices=("error", "drop"),
     )
     shuffle: bool = _doc("reshuffle the rows every epoch (seeded)", True)
+    format: str = _doc(
+        "row format (auto: detected from the columns; see README 'Data formats')",
+        "auto",
+        choices=("auto", *DATA_FORMATS),
+    )
+    unpair: bool = _doc("turn paired prompt/chosen/rejected rows into unpaired ones (KTO)", False)
+    train_on: str = _doc(
+        "tokens trained: every assistant turn, the last one, or all tokens (prompt too)",
+        "assistant",
+        choices=("assistant", "last", "all"),
+    )
+    packing: bool = _doc(
+        "likelihood objectives: pack rows into max_length sequences (attention kept within "
+        "each row)",
+        False,
+    )
+    eval_path: str | None = _doc(
+        "held-out file in a format like path's: eval loss (and samples.jsonl) at each eval",
+        None,
+    )
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,11 @@ class TrainConfig:
     """[train] the optimization loop."""
 
     max_steps: int = _doc("optimizer steps", 100)
+    epochs: float | None = _doc(
+        "passes over the data instead of max_steps (steps = ceil(epochs * rows / "
+        "(batch_size * grad_accum)))",
+        None,
+    )
     batch_size: int = _doc("examples (policy: prompts) per micro-batch", 8)
     grad_accum: int = _doc("micro-batches per optimizer step", 1)
     lr: float = _doc("peak learning rate of AdamW", 1e-5)
@@ -167,14 +194,14 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """[eval] a held-out metric on a verifiable task, before and after training."""
+    """[eval] held-out metrics (a verifiable task; data.eval_path's loss), before and after."""
 
     task: str | None = _doc("built-in task to evaluate ('arithmetic'); none: no evaluation", None)
     size: int = _doc("held-out problems", 100)
     seed: int = _doc("seed of the held-out split (disjoint from the training rows)", 0)
     before: bool = _doc("evaluate before the first step", True)
     after: bool = _doc("evaluate after the last step", True)
-    every: int = _doc("also evaluate every N steps (0: never)", 0)
+    every: int = _doc("also evaluate (eval.task, data.eval_path) every N steps (0: never)", 0)
     max_new_tokens: int = _doc("generation budget per answer (greedy)", 32)
     batch_size: int = _doc("prompts per generate call", 50)
 
@@ -185,12 +212,19 @@ class OutputConfig:
 
     dir: str = _doc("run directory (metrics, checkpoints, plot, final model)", "runs/latest")
     log_every: int = _doc("write metrics every N steps", 1)
-    save_every: int = _doc("checkpoint every N steps (0: only at the end)", 0)
+    save_every: int = _doc(
+        "checkpoint every N steps, and at the end (0: no checkpoint, only the final model)", 0
+    )
     keep: int = _doc("checkpoints kept on disk", 2)
     save_model: bool = _doc("write the final model (safetensors) to run_dir/model", True)
     plot: bool = _doc("draw run_dir/curves.png at the end", True)
     progress: bool = _doc("show a progress bar with ETA and live metrics", True)
-    tensorboard: bool = _doc("also log to TensorBoard when it is installed", True)
+    tensorboard: bool | None = _doc("deprecated: use report_to = ['tensorboard']", None)
+    report_to: tuple[str, ...] = _doc(
+        "metric loggers besides metrics.jsonl: 'tensorboard', 'wandb' (installed separately)",
+        (),
+    )
+    merge_lora: bool = _doc("LoRA runs: also write the merged model to run_dir/model", True)
 
 
 SECTIONS: dict[str, type] = {

@@ -5,7 +5,8 @@
 * Chat templates: prompts (strings or lists of ``{role, content}`` messages) are wrapped in
   the tokenizer's chat template with the generation prompt; a completion is the assistant
   turn that follows, ending with the template's end-of-turn token.
-* Prompt masking: only completion (assistant) tokens are trained.
+* Prompt masking (``data.train_on``): ``assistant`` trains every assistant turn (the
+  completion), ``last`` only the last assistant turn, ``all`` every token.
 * Lengths: a prompt over ``max_prompt_length`` stops the run with an error naming the row
   (or, with ``long_prompts = "drop"``, the row is dropped); a sequence over ``max_length``
   loses the end of its completion. Both are counted and reported, never silent.
@@ -23,8 +24,8 @@ import torch
 
 from lmloss.train import tasks
 from lmloss.train.config import DataConfig
+from lmloss.train.files import read_rows
 
-FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 IGNORE = -100
 
 
@@ -47,27 +48,21 @@ def load_rows(config: DataConfig, run_dir: Path, seed: int) -> tuple[list[dict],
 
 
 def read_file(path: Path) -> list[dict]:
-    """Rows of a local JSONL / Parquet / CSV file through ``datasets`` (no hub access)."""
-    if not path.is_file():
-        raise ValueError(f"data file {str(path)!r} does not exist")
-    builder = FORMATS.get(path.suffix.lower())
-    if builder is None:
-        raise ValueError(
-            f"data file {str(path)!r}: unknown format {path.suffix!r} "
-            f"(use one of {', '.join(FORMATS)})"
-        )
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    import datasets
-
-    datasets.disable_progress_bars()
-    dataset = datasets.load_dataset(
-        builder, data_files=str(path), split="train", keep_in_memory=True
-    )
-    return dataset.to_list()
+    """Rows of a local JSONL / JSON / CSV / Parquet file (errors name the file and row)."""
+    return read_rows(path)[0]
 
 
-def rename_columns(rows: list[dict], columns: dict[str, str]) -> list[dict]:
-    """``data.columns = {canonical = "name in the file"}`` applied to every row."""
+def rename_columns(rows: list[dict], columns: dict[str, str], source: str = "data") -> list[dict]:
+    """``data.columns = {canonical = "name in the file"}`` applied to every row; a name
+    the file does not have is an error (a typo would otherwise be ignored)."""
+    if rows and columns:
+        missing = {k: v for k, v in columns.items() if v not in rows[0]}
+        if missing:
+            canonical, actual = next(iter(missing.items()))
+            raise ValueError(
+                f"{source}: data.columns renames {actual!r} to {canonical!r}, but the file has "
+                f"no column {actual!r}; it has {', '.join(map(repr, sorted(rows[0])))}"
+            )
     out = []
     for row in rows:
         row = dict(row)
@@ -175,10 +170,13 @@ class Encoder:
             raise ValueError("a messages column needs a chat template (data.chat_template)")
         messages = self._messages(messages)
         ids = self._template(messages, generation_prompt=False)
+        if self.config.train_on == "all":
+            return ids, [True] * len(ids)
+        assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+        if self.config.train_on == "last":
+            assistant = assistant[-1:]
         trained = [False] * len(ids)
-        for i, message in enumerate(messages):
-            if message.get("role") != "assistant":
-                continue
+        for i in assistant:
             start = self._template(messages[:i], generation_prompt=True)
             end = self._template(messages[: i + 1], generation_prompt=False)
             if ids[: len(start)] != start or ids[: len(end)] != end:
@@ -229,7 +227,7 @@ class Sequences:
     """
 
     ids: torch.Tensor
-    attention: torch.Tensor
+    attention: torch.Tensor | None  # None: packed rows, attention follows the position ids
     targets: torch.Tensor
 
     @property

@@ -16,6 +16,7 @@ ranks before clipping (see :mod:`lmloss.train.distributed`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -27,14 +28,17 @@ from pathlib import Path
 
 import torch
 
-from lmloss.train import checkpoint, rundir, schedule
+from lmloss.train import checkpoint, loggers, rundir, schedule, validate
 from lmloss.train import model as model_loading
 from lmloss.train.config import Recipe
-from lmloss.train.data import Encoder, Sampler, load_rows, rename_columns
+from lmloss.train.data import Encoder, Sampler
 from lmloss.train.distributed import World, full_optimizer_state, full_tensors
 from lmloss.train.evaluate import evaluate_task
+from lmloss.train.export import export_run_model
+from lmloss.train.heldout import SAMPLES, HeldOut, append_samples
 from lmloss.train.modes import TOKENS, Batch, Context, mode_for
 from lmloss.train.nonfinite import Guard, finite, first_problem
+from lmloss.train.packing import pack
 from lmloss.train.progress import EVALS, METRICS, Reporter, truncate_after
 from lmloss.train.reference import ModelReference
 from lmloss.train.token_store import TokenStore
@@ -118,6 +122,9 @@ class Trainer:
         random.seed(train.seed)
         self.guard = Guard(train.on_nonfinite, train.max_skips)
         self.autocast = _bf16_autocast if train.precision == "bf16" else nullcontext
+        # every weight-free check (data rows, rewards, resume target, names) before loading
+        self.checked = validate.check(recipe, resume=resume, run_dir=self.run_dir, writes=True)
+        self.report_to = loggers.backends(recipe.output)
 
         self.loaded = model_loading.load(recipe.model, recipe.lora)
         self.model = self.loaded.model
@@ -135,6 +142,13 @@ class Trainer:
         if self.sharded:  # after the reference copy: that one stays whole
             self.world.shard_blocks(list(model_loading.blocks_of(self.model)))
         self.examples = self._examples()
+        self.heldout = None
+        if self.checked.eval_table is not None:
+            if self.world.active:
+                raise ValueError("data.eval_path is not supported under torchrun yet")
+            self.heldout = HeldOut(self.mode, self.checked.eval_table.rows, train.batch_size)
+        self._steps_from_epochs()
+        train = self.recipe.train
         self.sampler = Sampler(len(self.examples), train.seed, recipe.data.shuffle)
 
         self.trainable = self.loaded.trainable()
@@ -196,8 +210,7 @@ class Trainer:
         return base.with_name(base.name + ".reference.safetensors")
 
     def _examples(self) -> list:
-        rows, source = load_rows(self.recipe.data, self.run_dir, self.recipe.train.seed)
-        rows = rename_columns(rows, self.recipe.data.columns)
+        rows, source = self.checked.table.rows, self.checked.table.source
         self.mode.check_columns(rows, source)
         encoded = [self.mode.encode(i, row) for i, row in enumerate(rows)]
         examples = [e for e in encoded if e is not None]
@@ -207,7 +220,25 @@ class Trainer:
             self.echo(line)
         if not examples:
             raise ValueError(f"{source}: no row is left to train on (see the length report)")
+        if self.recipe.data.packing:
+            examples = pack(examples, self.recipe.data.max_length)
+            self.echo(
+                f"  packed into {len(examples)} sequences of <= {self.recipe.data.max_length}"
+            )
         return examples
+
+    def _steps_from_epochs(self) -> None:
+        """``train.epochs`` passes over the examples, as optimizer steps (``max_steps``)."""
+        train = self.recipe.train
+        if train.epochs is None:
+            return
+        per_step = train.batch_size * train.grad_accum
+        steps = max(1, math.ceil(train.epochs * len(self.examples) / per_step))
+        self.recipe = dataclasses.replace(
+            self.recipe, train=dataclasses.replace(train, max_steps=steps)
+        )
+        self.ctx.recipe = self.recipe
+        self.echo(f"train.epochs = {train.epochs:g}: {steps} steps of {per_step} examples")
 
     def _save_recipe(self) -> None:
         (self.run_dir / "recipe.json").write_text(json.dumps(self.recipe.as_dict(), indent=2))
@@ -251,7 +282,7 @@ class Trainer:
         self.step = found.step
         self.resumed = True
         if self.world.is_main:
-            for name in (METRICS, EVALS):
+            for name in (METRICS, EVALS, SAMPLES):
                 truncate_after(self.run_dir / name, self.step)
         self.echo(f"resumed from {found.path} (step {self.step})")
 
@@ -334,6 +365,12 @@ class Trainer:
     def _log_eval(self, reporter: Reporter, label: str) -> dict | None:
         if not self.world.is_main:  # rank 0 evaluates; the others meet it at the next step
             return None
+        if self.heldout is not None:
+            loss = self.heldout.loss()
+            reporter.evaluation({"step": self.step, "eval_loss": loss})
+            reporter.write(f"eval loss {label} (step {self.step}): {loss:.4g}")
+            samples = self.heldout.samples(self.recipe.eval.max_new_tokens, self.autocast())
+            append_samples(self.run_dir, self.step, samples)
         result = self.evaluate()
         if result is None:
             return None
@@ -357,8 +394,10 @@ class Trainer:
             recipe.train.max_steps,
             self.step,
             bar=output.progress,
-            tensorboard=output.tensorboard,
             enabled=self.world.is_main,
+            loggers=loggers.open_loggers(self.report_to, self.run_dir, recipe.as_dict())
+            if self.world.is_main
+            else [],
         )
         summary = Summary(self.run_dir, self.step, 0.0)
         try:
@@ -381,7 +420,8 @@ class Trainer:
                     and self.step < recipe.train.max_steps
                 ):
                     self._log_eval(reporter, "during training")
-            self.save()
+            if output.save_every:  # 0: no checkpoint (no optimizer state), only the model
+                self.save()
             if recipe.eval.after:
                 summary.after = self._log_eval(reporter, "after training")
         finally:
@@ -411,13 +451,14 @@ class Trainer:
             return
         if not self.world.is_main:
             return
-        path.mkdir(parents=True, exist_ok=True)
-        if self.loaded.peft is not None:
-            self.loaded.peft.save_pretrained(path)
-            (path / "lmloss_base_model.txt").write_text(self.recipe.model.name + "\n")
-        else:
-            model_loading.save_model(self.model, path)
-        self.ctx.tokenizer.save_pretrained(path)
+        export_run_model(
+            self.model,
+            self.ctx.tokenizer,
+            path.parent,
+            peft=self.loaded.peft,
+            base_name=self.recipe.model.name,
+            merge_lora=self.recipe.output.merge_lora,
+        )
 
 
 def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, echo=print) -> Summary:

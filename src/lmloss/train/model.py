@@ -1,8 +1,8 @@
 """Load the model and tokenizer of a run, choose what trains, and add LoRA adapters.
 
-Models come from the bundled SmolLM2 (``name = "smollm2"``) or a local Hugging Face
-directory; nothing is downloaded and the directory's own code runs only with
-``trust_remote_code = true``.
+Models come from the bundled SmolLM2 (``name = "smollm2"``), a local Hugging Face
+directory or a Hub id already in the local cache; nothing is downloaded and the
+directory's own code runs only with ``trust_remote_code = true``.
 """
 
 from __future__ import annotations
@@ -40,12 +40,9 @@ def load_pretrained(name: str, dtype: str = "float32", trust_remote_code: bool =
 
         model, tokenizer = smollm2(DTYPES[dtype])
     else:
-        path = Path(name)
-        if not path.is_dir():
-            raise ValueError(
-                f"model.name {name!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}) "
-                "nor a local model directory"
-            )
+        from lmloss.train.validate import resolve_model
+
+        path = Path(resolve_model(name))  # a local folder or a Hub id's cached snapshot
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         options = {"trust_remote_code": trust_remote_code, "local_files_only": True}
@@ -144,6 +141,8 @@ def load_trained(run_or_model_dir: str | Path, trust_remote_code: bool = False):
     path = Path(run_or_model_dir)
     if (path / "model").is_dir():
         path = path / "model"
+    elif (path / "adapter").is_dir():  # a LoRA run with output.merge_lora = false
+        path = path / "adapter"
     base_file = path / "lmloss_base_model.txt"
     if (path / "adapter_config.json").is_file() and base_file.is_file():
         from peft import PeftModel

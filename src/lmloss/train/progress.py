@@ -1,4 +1,4 @@
-"""What a run reports while it trains: a progress bar, metrics files, TensorBoard.
+"""What a run reports while it trains: a progress bar, metrics files, loggers (TensorBoard...).
 
 ``metrics.jsonl`` gets one JSON object per logged step (``step`` is the number of
 optimizer steps done); ``eval.jsonl`` one per evaluation. On resume, lines past the
@@ -47,15 +47,17 @@ class Reporter:
         start: int,
         *,
         bar: bool,
-        tensorboard: bool,
         enabled: bool = True,
+        loggers: list | None = None,
     ):
-        """``enabled = False`` (data-parallel ranks other than 0) writes and shows nothing."""
+        """``enabled = False`` (data-parallel ranks other than 0) writes and shows nothing;
+        ``loggers``: :mod:`lmloss.train.loggers` objects that get every row too."""
         self.run_dir = run_dir
         self.enabled = enabled
         self.bar = None
+        self.loggers = list(loggers or []) if enabled else []
         if not enabled:
-            bar = tensorboard = False
+            bar = False
         if bar:
             from tqdm.auto import tqdm
 
@@ -67,23 +69,12 @@ class Reporter:
                 file=sys.stderr,
                 dynamic_ncols=True,
             )
-        self.board = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # TensorBoard is optional
-                pass
-            else:
-                self.board = SummaryWriter(str(run_dir / "tensorboard"))
 
     def _append(self, name: str, row: dict) -> None:
         with (self.run_dir / name).open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.board is not None:
-            prefix = "eval/" if name == EVALS else ""
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.board.add_scalar(prefix + key, value, row["step"])
+        for logger in self.loggers:
+            logger.log(row, "eval/" if name == EVALS else "")
 
     def step(self, row: dict, write: bool) -> None:
         if write and self.enabled:
@@ -108,5 +99,5 @@ class Reporter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.board is not None:
-            self.board.close()
+        for logger in self.loggers:
+            logger.close()

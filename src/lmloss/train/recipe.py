@@ -49,6 +49,8 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
         origin = typing.get_origin(hint)
     if origin is tuple:  # tuple[X, ...]: a TOML array of X
         item = typing.get_args(hint)[0]
+        if item is str and isinstance(value, str):  # one name for a list of names
+            value = [] if value == "none" else [value]
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"{where} must be a list of {item.__name__}, got {value!r}")
         return tuple(_check_type(f"{where}[{i}]", v, item) for i, v in enumerate(value))
@@ -216,6 +218,13 @@ def validate(recipe: Recipe) -> None:
         ("policy.top_k", p.top_k),
     ]:
         _positive(where, value, zero_ok=True)
+    if t.epochs is not None:
+        _positive("train.epochs", t.epochs)
+    if d.packing and recipe.entry.family != "likelihood":
+        raise ValueError(
+            f"data.packing = true is for likelihood objectives (SFT); {recipe.objective!r} is "
+            f"a {recipe.entry.family} objective"
+        )
     if not 0 < p.top_p <= 1:
         raise ValueError(f"policy.top_p must be in (0, 1], got {p.top_p}")
     if not 0 <= t.decay_fraction <= 1 or not 0 <= t.min_lr_ratio <= 1:
@@ -284,10 +293,42 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load(spec: str | None, overrides: list[str] = ()) -> Recipe:
-    """The recipe from a file or bundled name (or only overrides), with ``--set`` applied."""
+def load(spec: str | None, overrides: list[str] = (), warn=None) -> Recipe:
+    """The recipe from a file or bundled name (or only overrides), with ``--set`` applied.
+
+    When ``--set objective.name=X`` changes the objective, the file's hyper-parameters that
+    X does not take are dropped and those it takes are kept, each with a warning."""
     data, source = ({}, "<flags>") if spec is None else read_toml(spec)
-    return parse(apply_overrides(data, list(overrides)), source)
+    changed = apply_overrides(data, list(overrides))
+    before = (data.get("objective") or {}).get("name")
+    after = (changed.get("objective") or {}).get("name")
+    if before is not None and isinstance(after, str) and after != before:
+        changed["objective"] = _switch_objective(data["objective"], changed["objective"], warn)
+    return parse(changed, source)
+
+
+def _switch_objective(old: dict, new: dict, warn) -> dict:
+    """``new`` without the hyper-parameters of the recipe's objective that ``new`` lacks."""
+    import warnings
+
+    warn = warn or (lambda text: warnings.warn(text, UserWarning, stacklevel=3))
+    entry = registry.get(new["name"])
+    out = dict(new)
+    for key, value in old.items():
+        if key == "name" or new.get(key) is not value:
+            continue  # set by --set: checked as usual
+        if key in entry.hyper:
+            warn(
+                f"objective {entry.name!r} keeps {key} = {value!r} from the recipe (written for "
+                f"{old['name']!r}; {entry.name}'s default is {entry.hyper[key]!r})"
+            )
+        else:
+            warn(
+                f"objective {entry.name!r} takes no {key!r}: dropped {key} = {value!r} "
+                f"(written for {old['name']!r})"
+            )
+            del out[key]
+    return out
 
 
 def _type_name(hint: Any) -> str:

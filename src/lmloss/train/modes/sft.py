@@ -8,6 +8,7 @@ computes the gradients in its forward pass, without logits.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from lmloss.likelihood import fused_likelihood_loss
 from lmloss.output import LossOutput
+from lmloss.train import packing
 from lmloss.train.data import require_columns
 from lmloss.train.modes.base import TOKENS, Batch, Context, Example, Mode, head_kwargs
 
@@ -34,10 +36,13 @@ def encode_text_example(mode: Mode, index: int, row: dict) -> Example | None:
     prompt_ids = encoder.prompt(row["prompt"])
     if not encoder.check_prompt(prompt_ids, index):
         return None
-    completion = encoder.completion(row["prompt"], prompt_ids, str(row["completion"]))
-    return Example(
-        index, row, {"prompt": prompt_ids, "completion": encoder.fit(prompt_ids, completion)}
+    completion = encoder.fit(
+        prompt_ids, encoder.completion(row["prompt"], prompt_ids, str(row["completion"]))
     )
+    if encoder.config.train_on == "all":  # the prompt's tokens are trained too
+        ids = prompt_ids + completion
+        return Example(index, row, {"conversation": ids}, [True] * len(ids))
+    return Example(index, row, {"prompt": prompt_ids, "completion": completion})
 
 
 def require_text_columns(rows: list[dict], source: str, why: str) -> None:
@@ -67,14 +72,23 @@ class SFTMode(Mode):
 
     def prepare(self, examples: list[Example]) -> Batch:
         seqs = self.sequences_of(examples)
-        return Batch(examples=len(examples), tokens=seqs.trained_tokens, tensors={"seqs": seqs})
+        tensors = {"seqs": seqs}
+        if packing.is_packed(examples):  # no 2-D mask: attention follows the position ids
+            tensors["seqs"] = dataclasses.replace(seqs, attention=None)
+            tensors["position_ids"] = packing.position_ids(examples, seqs.ids.shape[1])
+        return Batch(examples=len(examples), tokens=seqs.trained_tokens, tensors=tensors)
 
     def normalizer(self) -> str:
         return TOKENS
 
     def loss(self, batch: Batch, num_items: int | None) -> LossOutput:
         seqs = batch.tensors["seqs"]
-        hidden = self.policy_hidden(seqs)
+        packed = (
+            {"position_ids": batch.tensors["position_ids"]}
+            if "position_ids" in batch.tensors
+            else {}
+        )
+        hidden = self.policy_hidden(seqs, **packed)
         extra = {} if self.table is None else {"embedding_table": self.table}
         out = fused_likelihood_loss(
             self.ctx.entry.name,
