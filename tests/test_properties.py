@@ -34,6 +34,7 @@ PROPERTY = settings(
     max_examples=3,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 F64 = torch.float64

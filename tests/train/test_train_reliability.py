@@ -407,7 +407,8 @@ def test_cli_reports_a_non_finite_stop_in_one_line(tiny_model, tmp_path, capsys,
 
 def test_skip_mode_drops_the_bad_update_and_goes_on(tiny_model, tmp_path):
     run = _run(tiny_model, tmp_path, train={"on_nonfinite": "skip"})
-    trainer = Trainer(run, **QUIET)
+    said = []
+    trainer = Trainer(run, echo=said.append)
     _poison(trainer, 2, "loss")
     trainer.train_step()
     before, lr_before = _weights(trainer), trainer.scheduler.get_last_lr()
@@ -418,6 +419,7 @@ def test_skip_mode_drops_the_bad_update_and_goes_on(tiny_model, tmp_path):
     assert trainer.scheduler.get_last_lr() == lr_before
     assert "skipped" not in trainer.train_step()
     assert trainer.guard.skipped == 1
+    assert "step 2: the loss is nan; update skipped (1 so far)" in said
     trainer.close()
 
 

@@ -330,7 +330,11 @@ class Trainer:
         row = {"loss": total, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens, **metrics}
         problem = first_problem(losses, float(grad_norm))
         if self.world.sum(int(problem is not None)):  # every rank skips or stops together
-            self.guard.bad_step(self.step + 1, problem or "another rank's loss is not finite")
+            problem = problem or "another rank's loss is not finite"
+            self.guard.bad_step(self.step + 1, problem)
+            self.echo(
+                f"step {self.step + 1}: {problem}; update skipped ({self.guard.skipped} so far)"
+            )
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             return {**row, "skipped": 1}
