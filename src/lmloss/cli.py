@@ -25,11 +25,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    info = registry.describe(args.name)
-    formula = info.pop("formula")
-    print(json.dumps(info, indent=2, default=repr))
+    entry = registry.get(args.name)
+    print(entry.spec.summary())
     print()
-    print(formula)
+    print(entry.formula)
     return 0
 
 
@@ -135,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="every objective: family, paper, hyper-parameters")
     p.add_argument("--family", choices=FAMILIES)
     p.set_defaults(run=_list)
-    p = sub.add_parser("describe", help="formula, paper and hyper-parameters of one objective")
+    p = sub.add_parser(
+        "describe",
+        help="what one objective needs (inputs, data columns, statistics, reference model, "
+        "normalizer, hyper-parameters), its paper and its formula",
+    )
     p.add_argument("name")
     p.set_defaults(run=_describe)
     p = sub.add_parser("demo", help="the engine on the bundled SmolLM2 model", add_help=False)

@@ -32,26 +32,20 @@ on-policy samples ``online_logps``, ``online_mask``, ``ref_online_logps`` [B, T]
 
 from __future__ import annotations
 
-import difflib
-import inspect
-import typing
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 
 from lmloss import _checks, registry
+from lmloss.objectives.binding import bind
 from lmloss.objectives.preference import options as opt
-from lmloss.objectives.preference.inputs import INPUT_KINDS, TOKEN_STATISTICS, Completions, Pairs
+from lmloss.objectives.preference.inputs import TOKEN_STATISTICS, Completions, Pairs, kind_of
 from lmloss.output import LossOutput
 from lmloss.stats import STATISTICS, token_stats
+from lmloss.stats.divergence_api import token_pair_terms
 
 Tensor = torch.Tensor
 FAMILY = "preference"
-
-# two-model statistics an objective may declare in ``stats``: token_divergence name -> the
-# per-token input suffix it fills (KL(teacher ‖ student) with teacher = reference)
-TWO_MODEL_STATISTICS = {"forward_kl": "kl"}
 
 
 @dataclass(frozen=True)
@@ -75,7 +69,6 @@ class _Options:
 
 def preference_loss(
     name: str,
-    /,
     *,
     chosen_logps: Tensor | None = None,
     rejected_logps: Tensor | None = None,
@@ -131,7 +124,7 @@ def preference_loss(
     return _evaluate(registry.get(name, family=FAMILY), inputs, options)
 
 
-def lcpo(name: str, /, *, noise: float = 0.1, **kwargs) -> LossOutput:
+def lcpo(name: str, *, noise: float = 0.1, **kwargs) -> LossOutput:
     """LCPO: the pairwise objective ``name`` with EM label-noise re-weighting.
 
     Each pair's loss becomes q·ℓ(y_w, y_l) + (1 − q)·ℓ(y_l, y_w), q the posterior that its
@@ -153,27 +146,6 @@ def lcpo(name: str, /, *, noise: float = 0.1, **kwargs) -> LossOutput:
 # --------------------------------------------------------------------------- shared core
 
 
-@cache
-def input_kind(fn) -> type:
-    """The input kind (``Pairs``, ``Unpaired``, ...) annotated on an objective's first
-    parameter: what the front door builds from keywords, and what data a trainer feeds."""
-    first = next(iter(inspect.signature(fn).parameters))
-    kind = typing.get_type_hints(fn).get(first)
-    if kind not in INPUT_KINDS:
-        raise TypeError(f"{fn.__qualname__}: first parameter must be annotated with an input kind")
-    return kind
-
-
-@cache
-def _objective_inputs(fn) -> tuple[str, ...]:
-    """Keyword-only parameters without a default: tensors the objective needs (``strength``)."""
-    return tuple(
-        p.name
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
-    )
-
-
 def _check_options(entry: registry.Entry, kind: type, options: _Options) -> None:
     asked = options.asked()
     if asked and kind is not Pairs:
@@ -182,31 +154,16 @@ def _check_options(entry: registry.Entry, kind: type, options: _Options) -> None
             f"{kind.__name__} inputs"
         )
     per_pair = [name for name in asked if name in ("wpo", "lcpo")]
-    if per_pair and opt.is_batch_coupled(entry.fn):
+    if per_pair and entry.spec.batch_coupled:
         raise ValueError(
             f"{', '.join(per_pair)} needs per-pair losses, but {entry.name!r} sorts the batch "
             "(its per-example terms belong to ranks, not to pairs)"
         )
 
 
-def _reject_unknown(entry: registry.Entry, unknown: dict) -> None:
-    if not unknown:
-        return
-    known = [*entry.hyper, *_objective_inputs(entry.fn), "wpo", "ld_alpha", "hypo_weight"]
-    lines = []
-    for key in sorted(unknown):
-        close = difflib.get_close_matches(key, known, n=3)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        lines.append(f"{key!r}{hint}")
-    raise ValueError(
-        f"{entry.name!r} got unexpected arguments: {'; '.join(lines)}. Its hyper-parameters: "
-        f"{', '.join(entry.hyper) or 'none'}"
-    )
-
-
 def _evaluate(entry: registry.Entry, inputs: dict, options: _Options) -> LossOutput:
     """Build the objective's inputs, run it with its options. ``inputs`` is consumed."""
-    kind = input_kind(entry.fn)
+    kind = kind_of(entry.spec)
     _check_options(entry, kind, options)
     primary = f"{kind.PRIMARY[0]}logps"
     if inputs.get(primary) is None:
@@ -215,13 +172,7 @@ def _evaluate(entry: registry.Entry, inputs: dict, options: _Options) -> LossOut
     online = None
     if options.hypo_weight is not None:
         online = Completions.from_keywords(inputs, "online_", ndim=(2, 3))
-    needed = {}
-    for key in _objective_inputs(entry.fn):
-        if inputs.get(key) is None:
-            raise ValueError(f"{entry.name!r} needs {key}= (see lmloss.describe({entry.name!r}))")
-        needed[key] = inputs.pop(key)
-    hyper = {k: inputs.pop(k) for k in list(inputs) if k in entry.hyper}
-    _reject_unknown(entry, inputs)
+    needed, hyper = bind(entry.spec, inputs)
 
     if options.ld_alpha is not None:
         batch = opt.length_desensitized(batch, options.ld_alpha)
@@ -251,7 +202,6 @@ class _Group:
 
 def fused_preference_loss(
     name: str,
-    /,
     *,
     hidden: Tensor,
     weight: Tensor,
@@ -325,21 +275,21 @@ def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> 
         "logit_scale": kw.pop("logit_scale", 1.0),
         "memory_budget": kw.pop("memory_budget", None),
     }
-    kind = input_kind(entry.fn)
+    kind = kind_of(entry.spec)
     groups = _groups(kind, kw, with_online=options.hypo_weight is not None)
 
     engine_stats = {"logp", *(s for s in entry.spec.stats if s in STATISTICS)}
     if options.wpo:
-        engine_stats.add("sum_sq_probs")
+        engine_stats.add(TOKEN_STATISTICS["sum_sq_probs"])
     policy = _stats_of_groups(
         groups, lambda g: g.hidden, weight, bias, sorted(engine_stats), engine
     )
     for (prefix, group), stats in zip(groups.items(), policy):
         kw[f"{prefix}logps"] = stats["logp"]
         kw[f"{prefix}mask"] = group.targets != engine["ignore_index"]
-        for stat in TOKEN_STATISTICS:
-            if stat in engine_stats and stat != "logp":
-                kw[f"{prefix}{stat}"] = stats[stat]
+        for suffix, stat in TOKEN_STATISTICS.items():
+            if stat in engine_stats:
+                kw[f"{prefix}{suffix}"] = stats[stat]
 
     with_ref = {p: g for p, g in groups.items() if g.ref_hidden is not None}
     if with_ref:
@@ -351,9 +301,10 @@ def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> 
         for prefix, stats in zip(with_ref, ref):
             kw[f"ref_{prefix}logps"] = stats["logp"]
 
-    for stat in entry.spec.stats:
-        if stat not in STATISTICS:
-            _two_model_statistic(stat, groups, weight, bias, ref_weight, ref_bias, engine, kw)
+    for suffix, stat in TOKEN_STATISTICS.items():
+        if stat in entry.spec.stats and stat not in STATISTICS:
+            two_model = (weight, bias, ref_weight, ref_bias)
+            _two_model_statistic(stat, suffix, groups, two_model, engine, kw)
     return _evaluate(entry, kw, options)
 
 
@@ -428,11 +379,9 @@ def _require_ref_head(ref_weight, with_ref: dict, kw: dict) -> None:
             raise ValueError(f"give either ref_{prefix}hidden or ref_{prefix}logps, not both")
 
 
-def _two_model_statistic(stat, groups, weight, bias, ref_weight, ref_bias, engine, kw) -> None:
+def _two_model_statistic(stat, suffix, groups, heads, engine, kw) -> None:
     """Per-token divergence between reference (teacher) and policy (student), per group."""
-    suffix = TWO_MODEL_STATISTICS[stat]
-    from lmloss import distill  # the distillation family owns the two-model engine
-
+    weight, bias, ref_weight, ref_bias = heads
     if engine["softcap"] is not None or engine["logit_scale"] != 1.0:
         raise ValueError(
             f"the per-token {stat} supports temperature only: pass softcap=None and "
@@ -447,15 +396,15 @@ def _two_model_statistic(stat, groups, weight, bias, ref_weight, ref_bias, engin
                 f"(or {prefix}{suffix}= precomputed)"
             )
         mask = group.targets != engine["ignore_index"]
-        kw[f"{prefix}{suffix}"] = distill.token_divergence(
-            stat,
+        kw[f"{prefix}{suffix}"] = token_pair_terms(
             group.hidden,
             weight,
+            (stat,),
+            student_bias=bias,
             teacher_hidden=group.ref_hidden,
             teacher_weight=ref_weight,
-            student_bias=bias,
             teacher_bias=ref_bias,
             mask=mask,
             temperature=engine["temperature"],
             memory_budget=engine["memory_budget"],
-        )
+        )[stat]

@@ -29,7 +29,7 @@ REDUCTIONS = ("token_mean", "sequence_mean", "sum", "none")
 
 def check_reduction(reduction: str, num_items: object, ndim: int) -> None:
     """Validate the reduction name, ``num_items`` and the token layout it needs."""
-    _checks.require_choice("reduction", reduction, REDUCTIONS)
+    _checks.require_choice("aggregation (reduction)", reduction, REDUCTIONS)
     if num_items is not None:
         if reduction not in ("token_mean", "sequence_mean"):
             raise ValueError(

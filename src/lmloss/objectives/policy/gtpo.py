@@ -12,7 +12,15 @@ from __future__ import annotations
 import torch
 
 from lmloss import _checks
-from lmloss.objectives.policy.common import batch, check_clip, choose, finish, token_log_ratio
+from lmloss.objectives.policy.common import (
+    DEFAULT_OPTIONS,
+    PolicyOptions,
+    Rollouts,
+    check_clip,
+    choose,
+    finish,
+    token_log_ratio,
+)
 from lmloss.objectives.policy.surrogates import clip_loss
 from lmloss.objectives.reduce import masked_mean
 from lmloss.objectives.spec import objective
@@ -44,27 +52,16 @@ def conflict_tokens(
     stats=("logp", "entropy"),
 )
 def gtpo(
-    logps: Tensor,
-    mask: Tensor,
-    advantages: Tensor,
-    old_logps: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    entropy: Tensor | None = None,
-    token_ids: Tensor | None = None,
+    b: Rollouts,
     *,
+    token_ids: Tensor,
     group_size: int | None = None,
     positive_weight: float = 2.0,
     entropy_threshold: float = 0.7,
     entropy_scale: float = 0.1,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    kl_importance_weighted: bool = False,
-    entropy_coef: float = 0.0,
-    aggregation: str = "seq_mean_token_mean",
-    num_items: float | Tensor | None = None,
-    max_tokens: float | None = None,
+    options: PolicyOptions = DEFAULT_OPTIONS,
 ) -> LossOutput:
     """GTPO: group-relative policy gradient with conflict-token protection and entropy filter.
 
@@ -97,8 +94,8 @@ def gtpo(
     Returns:
         ``LossOutput``; extra metrics ``conflict_frac`` and ``filtered_frac``.
     """
-    if token_ids is None or entropy is None:
-        raise ValueError("gtpo needs token_ids= and entropy= ([B, T] each)")
+    if b.entropy is None:
+        raise ValueError("gtpo needs entropy= ([B, T] token entropies)")
     if group_size is None or isinstance(group_size, bool) or not isinstance(group_size, int):
         raise TypeError(f"gtpo needs group_size= (an int), got {group_size!r}")
     _checks.require_positive("group_size", group_size)
@@ -106,7 +103,6 @@ def gtpo(
     _checks.require_in_range("entropy_threshold", entropy_threshold, 0.0, float("inf"))
     _checks.require_in_range("entropy_scale", entropy_scale, 0.0, float("inf"))
     check_clip(eps_low, eps_high)
-    b = batch(logps, mask, advantages, old_logps, ref_logps, entropy)
     if b.seq_advantages is None:
         raise ValueError("gtpo needs sequence advantages [B]; got per-token advantages")
     rows = b.logps.shape[0]
@@ -130,14 +126,8 @@ def gtpo(
     return finish(
         per_token,
         b,
+        options,
         ratio=ratio,
-        beta=beta,
-        kl_estimator=kl_estimator,
-        kl_importance_weighted=kl_importance_weighted,
-        entropy_coef=entropy_coef,
-        aggregation=aggregation,
-        num_items=num_items,
-        max_tokens=max_tokens,
         clipped_low=low,
         clipped_high=high,
         extra_metrics={

@@ -36,8 +36,15 @@ from lmloss.objectives.reduce import as_mask, masked_mean, masked_sum, token_cou
 
 Tensor = torch.Tensor
 
-# Optional per-token statistics a group may carry, by keyword suffix.
-TOKEN_STATISTICS = ("sum_sq_probs", "kl", "reward_weights", "kl_weights")
+# Optional per-token values a group may carry: keyword suffix -> the engine statistic that
+# computes it on the fused path (one model: ``lmloss.stats.STATISTICS``; two models, the
+# reference as teacher: a divergence), or None for values only the caller can give.
+TOKEN_STATISTICS = {
+    "sum_sq_probs": "sum_sq_probs",
+    "kl": "forward_kl",
+    "reward_weights": None,
+    "kl_weights": None,
+}
 
 
 def _floating(name: str, value: object) -> Tensor:
@@ -320,6 +327,12 @@ class Lists:
 
 
 INPUT_KINDS = (Pairs, Unpaired, Negatives, Lists)
+_KIND_BY_NAME = {kind.__name__: kind for kind in INPUT_KINDS}
+
+
+def kind_of(spec) -> type:
+    """The input kind class an :class:`~lmloss.objectives.spec.ObjectiveSpec` names."""
+    return _KIND_BY_NAME[spec.kind]
 
 
 def with_weights(completions: Completions, weights: Tensor) -> Completions:

@@ -9,7 +9,7 @@ door applies them around the objective, in this order:
 4. ``with_online_kl`` adds HyPO's on-policy KL term.
 
 Every per-pair option needs the objective's ``per_example[i]`` to belong to pair ``i``;
-objectives that sort the batch are marked :func:`batch_coupled` and refuse them.
+objectives that sort the batch declare ``batch_coupled=True`` and refuse them.
 """
 
 from __future__ import annotations
@@ -24,16 +24,6 @@ from lmloss.objectives.reduce import masked_mean
 from lmloss.output import LossOutput
 
 Tensor = torch.Tensor
-
-
-def batch_coupled(fn: Callable) -> Callable:
-    """Mark an objective whose per-example terms are not tied to one pair (e.g. AOT sorts)."""
-    fn.batch_coupled = True
-    return fn
-
-
-def is_batch_coupled(fn: Callable) -> bool:
-    return getattr(fn, "batch_coupled", False)
 
 
 def length_desensitized(pairs: Pairs, ld_alpha: float) -> Pairs:
