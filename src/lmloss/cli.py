@@ -1,5 +1,5 @@
 """The ``lmloss`` command line: ``train``, ``eval``, ``plot``, ``precompute``, ``list``,
-``describe``, ``demo``."""
+``describe``. (The engine demo on SmolLM2 is ``python examples/demo.py``.)"""
 
 from __future__ import annotations
 
@@ -30,12 +30,6 @@ def _describe(args: argparse.Namespace) -> int:
     print()
     print(entry.formula)
     return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from lmloss.demo import main as demo_main
-
-    return demo_main(args.rest)
 
 
 def _command_line() -> str:
@@ -141,9 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name")
     p.set_defaults(run=_describe)
-    p = sub.add_parser("demo", help="the engine on the bundled SmolLM2 model", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(run=_demo)
     return parser
 
 

@@ -25,12 +25,12 @@ import torch
 from lmloss import _checks, registry
 from lmloss.objectives import reduce
 from lmloss.objectives.binding import ObjectiveArgumentError, bind, positional_tensors, renamed
-from lmloss.objectives.likelihood.reduction import (
+from lmloss.objectives.likelihood.reweight import sequence_factors
+from lmloss.objectives.reduce import (
     check_reduction,
     check_token_weights,
     token_coefficients,
 )
-from lmloss.objectives.likelihood.reweight import sequence_factors
 from lmloss.objectives.signatures import FRONT_DOOR_NAMES
 from lmloss.output import LossOutput
 from lmloss.stats import token_stats

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from lmloss import _checks
+from lmloss.objectives.numerics import MAX_EXPONENT
 from lmloss.objectives.preference.inputs import Pairs
 from lmloss.objectives.preference.margin import (
-    EXP_LIMIT,
     check_beta,
     check_label_noise,
     dpo_margin,
@@ -265,7 +265,7 @@ def discopop(
     tau = _checks.require_positive("tau", tau)
     logits = _margin_logits(pairs, beta, divergence, alpha)
     modulation = torch.sigmoid(logits / tau)
-    exponential = torch.exp((-logits + F.logsigmoid(logits / tau)).clamp(max=EXP_LIMIT))
+    exponential = torch.exp((-logits + F.logsigmoid(logits / tau)).clamp(max=MAX_EXPONENT))
     per_pair = -F.logsigmoid(logits) * (1 - modulation) + exponential
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
