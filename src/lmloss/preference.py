@@ -25,7 +25,8 @@ Objective-specific inputs are keywords too (``strength=`` for OSP, per-token ``c
 for TDPO, ...); ``lmloss.describe(name)`` shows the formula and hyper-parameters.
 
 Options for every pairwise objective: ``wpo=True`` (needs ``chosen_sum_sq_probs`` /
-``rejected_sum_sq_probs``, or computed fused), ``ld_alpha=`` (LD-DPO), ``hypo_weight=`` with
+``rejected_sum_sq_probs``, or computed fused; ``wpo_clamp=True`` caps the pair weight at 1
+as the authors' code does), ``ld_alpha=`` (LD-DPO), ``hypo_weight=`` with
 on-policy samples ``online_logps``, ``online_mask``, ``ref_online_logps`` [B, T] or [B, K, T]
 (HyPO), and the :func:`lcpo` wrapper.
 """
@@ -48,12 +49,20 @@ Tensor = torch.Tensor
 FAMILY = "preference"
 
 
+_OPTION_KEYWORDS = ("wpo", "wpo_clamp", "ld_alpha", "hypo_weight")
+
+
 @dataclass(frozen=True)
 class _Options:
     wpo: bool = False
+    wpo_clamp: bool = False
     ld_alpha: float | None = None
     hypo_weight: float | None = None
     lcpo_noise: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.wpo_clamp and not self.wpo:
+            raise ValueError("wpo_clamp=True caps WPO's pair weights: it needs wpo=True")
 
     def asked(self) -> list[str]:
         names = [("wpo", self.wpo), ("ld_alpha", self.ld_alpha is not None)]
@@ -77,6 +86,7 @@ def preference_loss(
     ref_chosen_logps: Tensor | None = None,
     ref_rejected_logps: Tensor | None = None,
     wpo: bool = False,
+    wpo_clamp: bool = False,
     ld_alpha: float | None = None,
     hypo_weight: float | None = None,
     **kwargs,
@@ -92,6 +102,7 @@ def preference_loss(
         ref_chosen_logps, ref_rejected_logps: reference log-probs, ``[B, T]`` per token or
             ``[B]`` already summed, or None for reference-free objectives.
         wpo: weight each pair by WPO's weight (needs per-token ``*_sum_sq_probs``).
+        wpo_clamp: cap that weight at 1, as the authors' code (``wzhouad/WPO``) does.
         ld_alpha: LD-DPO weight in [0, 1] of tokens past the shorter completion.
         hypo_weight: λ of HyPO's on-policy KL term (needs ``online_*`` samples).
         **kwargs: hyper-parameters (``beta=``, ``eps=``, ``divergence=`` ...) and the inputs
@@ -120,7 +131,7 @@ def preference_loss(
         "ref_rejected_logps": ref_rejected_logps,
     }
     inputs = {k: v for k, v in pair_inputs.items() if v is not None} | kwargs
-    options = _Options(wpo=wpo, ld_alpha=ld_alpha, hypo_weight=hypo_weight)
+    options = _Options(wpo=wpo, wpo_clamp=wpo_clamp, ld_alpha=ld_alpha, hypo_weight=hypo_weight)
     return _evaluate(registry.get(name, family=FAMILY), inputs, options)
 
 
@@ -138,7 +149,7 @@ def lcpo(name: str, *, noise: float = 0.1, **kwargs) -> LossOutput:
     entry = registry.get(name, family=FAMILY)
     if fused:
         return _fused(entry, dict(kwargs), lcpo_noise=noise)
-    plain = {k: kwargs.pop(k) for k in ("wpo", "ld_alpha", "hypo_weight") if k in kwargs}
+    plain = {k: kwargs.pop(k) for k in _OPTION_KEYWORDS if k in kwargs}
     options = _Options(**plain, lcpo_noise=noise)
     return _evaluate(entry, kwargs, options)
 
@@ -172,7 +183,7 @@ def _evaluate(entry: registry.Entry, inputs: dict, options: _Options) -> LossOut
     online = None
     if options.hypo_weight is not None:
         online = Completions.from_keywords(inputs, "online_", ndim=(2, 3))
-    needed, hyper = bind(entry.spec, inputs)
+    needed, hyper = bind(entry.spec, inputs, suggest=_OPTION_KEYWORDS)
 
     if options.ld_alpha is not None:
         batch = opt.length_desensitized(batch, options.ld_alpha)
@@ -182,7 +193,7 @@ def _evaluate(entry: registry.Entry, inputs: dict, options: _Options) -> LossOut
 
     out = run(batch) if options.lcpo_noise is None else opt.lcpo_em(run, batch, options.lcpo_noise)
     if options.wpo:
-        out = opt.reweighted(out, opt.wpo_weights(batch))
+        out = opt.reweighted(out, opt.wpo_weights(batch, clamp=options.wpo_clamp))
     if online is not None:
         out = opt.with_online_kl(out, online, options.hypo_weight)
     return out
@@ -216,6 +227,7 @@ def fused_preference_loss(
     logit_scale: float = 1.0,
     memory_budget: int | None = None,
     wpo: bool = False,
+    wpo_clamp: bool = False,
     ld_alpha: float | None = None,
     hypo_weight: float | None = None,
     **kwargs,
@@ -252,7 +264,8 @@ def fused_preference_loss(
         hidden=hidden, weight=weight, targets=targets, bias=bias, ref_hidden=ref_hidden,
         ref_weight=ref_weight, ref_bias=ref_bias, ignore_index=ignore_index,
         temperature=temperature, softcap=softcap, logit_scale=logit_scale,
-        memory_budget=memory_budget, wpo=wpo, ld_alpha=ld_alpha, hypo_weight=hypo_weight,
+        memory_budget=memory_budget, wpo=wpo, wpo_clamp=wpo_clamp, ld_alpha=ld_alpha,
+        hypo_weight=hypo_weight,
     )  # fmt: skip
     return _fused(registry.get(name, family=FAMILY), kwargs)
 
@@ -260,6 +273,7 @@ def fused_preference_loss(
 def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> LossOutput:
     options = _Options(
         wpo=kw.pop("wpo", False),
+        wpo_clamp=kw.pop("wpo_clamp", False),
         ld_alpha=kw.pop("ld_alpha", None),
         hypo_weight=kw.pop("hypo_weight", None),
         lcpo_noise=lcpo_noise,

@@ -70,7 +70,7 @@ def bind(
     spec: ObjectiveSpec,
     arguments: Mapping[str, Any],
     *,
-    accepted: Iterable[str] = (),
+    suggest: Iterable[str] = (),
     family_inputs: Iterable[str] = (),
     require: Iterable[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -79,8 +79,7 @@ def bind(
     Args:
         spec: the objective's spec.
         arguments: the keywords left after the front door took its own.
-        accepted: further names the front door accepts here (its options), returned with
-            the hyper-parameters.
+        suggest: the front door's own keywords (its options), offered as suggestions too.
         family_inputs: inputs other objectives of the family take: naming one that this
             objective does not take gets a "does not take" message instead of a suggestion.
         require: the inputs that must be present and not None (default: the objective's
@@ -94,7 +93,7 @@ def bind(
         ObjectiveArgumentError: an argument it does not take, or a required one missing.
     """
     takes = set(spec.takes)
-    hyper_names = {*spec.hyper_defaults, *accepted}
+    hyper_names = set(spec.hyper_defaults)
     inputs, hyper, unknown = {}, {}, []
     family_inputs = set(family_inputs)
     where = f"{spec.family} objective {spec.name!r}"
@@ -112,7 +111,7 @@ def bind(
         else:
             unknown.append(key)
     if unknown:
-        valid = [*spec.hyper_defaults, *spec.takes, *accepted]
+        valid = [*spec.hyper_defaults, *spec.takes, *suggest]
         named = "; ".join(f"{key!r}{_suggestion(key, valid)}" for key in sorted(unknown))
         raise ObjectiveArgumentError(
             f"{where} got unexpected arguments: {named}. An unknown argument is neither a "

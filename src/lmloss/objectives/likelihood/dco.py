@@ -34,6 +34,14 @@ def dco(logp: Tensor, *, n: float = 4.0) -> Tensor:
     Returns:
         The per-token loss.
 
+    Differs from the paper: there ``p`` is the probability of the whole answer (pass@N of
+    a sampled response), so the factor ``F(p)`` weighs a sequence; lmloss applies the
+    formula per token with ``p`` the token's probability, which is what a per-token
+    likelihood objective can express (and what the fused path computes in one pass). For
+    the paper's sequence-level form, take the per-token ``logps`` summed over the answer
+    and call ``dco`` on that one value per sequence (``likelihood_loss("dco",
+    logps=answer_logps)`` with ``answer_logps`` shaped ``[B]``).
+
     References:
         arXiv:2502.07154 (abstract in ``seeds/``); the formula is the catalog's
         (``OBJECTIVES.md`` §1), recalled from the paper rather than read from its code.

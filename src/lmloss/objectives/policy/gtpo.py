@@ -59,6 +59,7 @@ def gtpo(
     positive_weight: float = 2.0,
     entropy_threshold: float = 0.7,
     entropy_scale: float = 0.1,
+    group_sum: bool = False,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     options: PolicyOptions = DEFAULT_OPTIONS,
@@ -79,7 +80,9 @@ def gtpo(
     code keeps only the leading run of conflict positions counted from the start and the
     trailing run counted from each completion's end); each completion's loss is not divided
     by its number of conflict tokens (the code does so; the abstract does not); conflict
-    signs use the advantages before the entropy shift (as the code).
+    signs use the advantages before the entropy shift (as the code); the completions of a
+    group are averaged, as every GRPO-family objective here, where the authors sum them
+    (``group_sum=True`` gives the authors' form: the loss times ``group_size``).
 
     Args:
         logps, mask, old_logps, ref_logps: as :func:`~.surrogates.clipped_surrogate`.
@@ -90,6 +93,7 @@ def gtpo(
         positive_weight: weight of conflict tokens in positive completions.
         entropy_threshold: drop completions with mean entropy above it (nats).
         entropy_scale: advantage shift per nat of mean entropy.
+        group_sum: sum over a group's completions instead of averaging (the authors').
 
     Returns:
         ``LossOutput``; extra metrics ``conflict_frac`` and ``filtered_frac``.
@@ -123,7 +127,7 @@ def gtpo(
 
     ratio = torch.exp(token_log_ratio(b))
     per_token, low, high = clip_loss(ratio, token_advantages, eps_low, eps_high)
-    return finish(
+    out = finish(
         per_token,
         b,
         options,
@@ -135,3 +139,6 @@ def gtpo(
             "filtered_frac": (~kept).to(b.logps.dtype).mean(),
         },
     )
+    if not group_sum:
+        return out
+    return LossOutput(out.loss * group_size, out.per_example * group_size, out.metrics)

@@ -191,11 +191,16 @@ def rpo_liu(
     eta: float = 1.0,
     divergence: str = "reverse_kl",
     alpha: float = 0.5,
+    sft_mean: bool = False,
 ) -> LossOutput:
     """Regularized Preference Optimization ("your SFT loss is an adversarial regularizer").
 
     ``−log σ(βh) − η·β·log π_θ(y_w)`` with the *summed* log-prob of the chosen completion
-    (the paper's baseline responses are the chosen ones here); η = 0 is DPO.
+    (the paper's baseline responses are the chosen ones here); η = 0 is DPO. The sum is
+    the paper's: its SFT term is ``−log π_θ(ỹ | x)``, the log-probability of the whole
+    baseline response. ``sft_mean=True`` averages over the response's tokens instead
+    (``−(1/|y_w|) Σ_t log π_θ``, the SFT term of TRL's ``rpo_alpha``), which makes η
+    independent of the response length; it is lmloss's option, not the paper's.
 
     References:
         Liu et al., "Provably Mitigating Overoptimization in RLHF: Your SFT Loss is
@@ -204,7 +209,8 @@ def rpo_liu(
     """
     _checks.require_in_range("eta", eta, 0.0, float("inf"))
     logits = _margin_logits(pairs, beta, divergence, alpha)
-    per_pair = -F.logsigmoid(logits) - eta * beta * pairs.chosen.token_sum_logp()
+    sft = -pairs.chosen.nll() if sft_mean else pairs.chosen.token_sum_logp()
+    per_pair = -F.logsigmoid(logits) - eta * beta * sft
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
@@ -296,6 +302,12 @@ def osp(
     """Soft-preference cross-entropy: ``−[p log σ(βh) + (1 − p) log σ(−βh)]``.
 
     p is the strength of the preference for y_w over y_l, given per pair; p = 1 is DPO.
+
+    lmloss's own reading: the paper (abstract in ``seeds/``; no authors' code to check
+    against) trains on self-judged preference strengths; that the loss is this binary
+    cross-entropy against p on the DPO margin (and composes with the f-DPO ``divergence``)
+    is our reading of its soft-preference objective. How p is obtained (the model judging
+    its own samples) happens outside the loss.
 
     Args:
         strength: ``[B]`` preference strengths p in [0, 1].

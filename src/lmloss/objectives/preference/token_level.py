@@ -114,6 +114,10 @@ def sparsepo(
     model's activations, or learned by a small head on the policy's hidden states (the
     paper's two variants), are computed by the caller; learned masks receive gradients.
 
+    lmloss's own reading (no authors' code to check against): the placement of the masks
+    inside TDPO's sequence rewards and KL sums as written above, the ``stop_gradient`` on
+    the chosen KL sum taken from TDPO2, and the default all-ones masks.
+
     References:
         Christopoulou et al., "SparsePO: Controlling Preference Alignment of LLMs via Sparse
         Token Masks", arXiv:2410.05102 (the SparsePO objective built on TDPO's).
