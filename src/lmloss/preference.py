@@ -172,17 +172,23 @@ def _check_options(entry: registry.Entry, kind: type, options: _Options) -> None
         )
 
 
-def _evaluate(entry: registry.Entry, inputs: dict, options: _Options) -> LossOutput:
-    """Build the objective's inputs, run it with its options. ``inputs`` is consumed."""
+def _evaluate(
+    entry: registry.Entry, inputs: dict, options: _Options, computed: dict | None = None
+) -> LossOutput:
+    """Build the objective's inputs, run it with its options. ``inputs`` is consumed;
+    ``computed`` holds the fused path's per-group values (prefix -> field -> tensor)."""
+    computed = computed or {}
     kind = kind_of(entry.spec)
     _check_options(entry, kind, options)
     primary = f"{kind.PRIMARY[0]}logps"
-    if inputs.get(primary) is None:
+    if inputs.get(primary) is None and kind.PRIMARY[0] not in computed:
         raise ValueError(f"{entry.name!r} takes {kind.SIGNATURE}; missing {primary}")
-    batch = kind.from_keywords(inputs)
+    batch = kind.from_keywords(inputs, computed)
     online = None
     if options.hypo_weight is not None:
-        online = Completions.from_keywords(inputs, "online_", ndim=(2, 3))
+        online = Completions.from_keywords(
+            inputs, "online_", ndim=(2, 3), computed=computed.get("online_")
+        )
     needed, hyper = bind(entry.spec, inputs, suggest=_OPTION_KEYWORDS)
 
     if options.ld_alpha is not None:
@@ -298,12 +304,14 @@ def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> 
     policy = _stats_of_groups(
         groups, lambda g: g.hidden, weight, bias, sorted(engine_stats), engine
     )
-    for (prefix, group), stats in zip(groups.items(), policy):
-        kw[f"{prefix}logps"] = stats["logp"]
-        kw[f"{prefix}mask"] = group.targets != engine["ignore_index"]
-        for suffix, stat in TOKEN_STATISTICS.items():
-            if stat in engine_stats:
-                kw[f"{prefix}{suffix}"] = stats[stat]
+    computed = {
+        prefix: {
+            "logps": stats["logp"],
+            "mask": group.targets != engine["ignore_index"],
+            **{k: stats[stat] for k, stat in TOKEN_STATISTICS.items() if stat in engine_stats},
+        }
+        for (prefix, group), stats in zip(groups.items(), policy)
+    }
 
     with_ref = {p: g for p, g in groups.items() if g.ref_hidden is not None}
     if with_ref:
@@ -313,13 +321,18 @@ def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> 
                 with_ref, lambda g: g.ref_hidden, ref_weight, ref_bias, ["logp"], engine
             )
         for prefix, stats in zip(with_ref, ref):
-            kw[f"ref_{prefix}logps"] = stats["logp"]
+            computed[prefix]["ref_logps"] = stats["logp"]
 
     for suffix, stat in TOKEN_STATISTICS.items():
         if stat in entry.spec.stats and stat not in STATISTICS:
-            two_model = (weight, bias, ref_weight, ref_bias)
-            _two_model_statistic(stat, suffix, groups, two_model, engine, kw)
-    return _evaluate(entry, kw, options)
+            heads = (weight, bias, ref_weight, ref_bias)
+            for prefix, group in groups.items():
+                if kw.get(f"{prefix}{suffix}") is None:  # else the caller precomputed it
+                    name = f"{prefix}{suffix}"
+                    computed[prefix][suffix] = _two_model_statistic(
+                        stat, name, group, heads, engine
+                    )
+    return _evaluate(entry, kw, options, computed)
 
 
 def _groups(kind: type, kw: dict, *, with_online: bool) -> dict[str, _Group]:
@@ -393,32 +406,29 @@ def _require_ref_head(ref_weight, with_ref: dict, kw: dict) -> None:
             raise ValueError(f"give either ref_{prefix}hidden or ref_{prefix}logps, not both")
 
 
-def _two_model_statistic(stat, suffix, groups, heads, engine, kw) -> None:
-    """Per-token divergence between reference (teacher) and policy (student), per group."""
+def _two_model_statistic(stat: str, name: str, group: _Group, heads: tuple, engine) -> Tensor:
+    """Per-token divergence ``stat`` between reference (teacher) and policy (student): the
+    group's input ``name`` (e.g. ``chosen_kl``)."""
     weight, bias, ref_weight, ref_bias = heads
     if engine["softcap"] is not None or engine["logit_scale"] != 1.0:
         raise ValueError(
             f"the per-token {stat} supports temperature only: pass softcap=None and "
-            f"logit_scale=1.0, or per-token *_{suffix} precomputed"
+            f"logit_scale=1.0, or {name}= precomputed"
         )
-    for prefix, group in groups.items():
-        if kw.get(f"{prefix}{suffix}") is not None:
-            continue
-        if group.ref_hidden is None or ref_weight is None:
-            raise ValueError(
-                f"the per-token KL needs the reference model: pass ref_hidden= and ref_weight= "
-                f"(or {prefix}{suffix}= precomputed)"
-            )
-        mask = group.targets != engine["ignore_index"]
-        kw[f"{prefix}{suffix}"] = token_pair_terms(
-            group.hidden,
-            weight,
-            (stat,),
-            student_bias=bias,
-            teacher_hidden=group.ref_hidden,
-            teacher_weight=ref_weight,
-            teacher_bias=ref_bias,
-            mask=mask,
-            temperature=engine["temperature"],
-            memory_budget=engine["memory_budget"],
-        )[stat]
+    if group.ref_hidden is None or ref_weight is None:
+        raise ValueError(
+            "the per-token KL needs the reference model: pass ref_hidden= and ref_weight= "
+            f"(or {name}= precomputed)"
+        )
+    return token_pair_terms(
+        group.hidden,
+        weight,
+        (stat,),
+        student_bias=bias,
+        teacher_hidden=group.ref_hidden,
+        teacher_weight=ref_weight,
+        teacher_bias=ref_bias,
+        mask=group.targets != engine["ignore_index"],
+        temperature=engine["temperature"],
+        memory_budget=engine["memory_budget"],
+    )[stat]

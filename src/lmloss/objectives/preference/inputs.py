@@ -21,7 +21,9 @@ value where masked), ``{p}mask`` (0/1 or bool completion mask), ``ref_{p}logps``
 log-probs per token, or already summed per sequence, or absent) and optional per-token
 statistics ``{p}sum_sq_probs`` (``log Σ_v p_v²``, for WPO), ``{p}kl`` (``KL(π_ref ‖ π_θ)``
 per token, for TDPO / SparsePO), ``{p}reward_weights`` and ``{p}kl_weights`` (SparsePO
-token masks). ``from_keywords`` pops the names it uses from a dict, checking each.
+token masks). ``from_keywords`` pops the names it uses from a dict, checking each; the
+fused front door hands the values it computed per group as ``computed`` (by field:
+``logps``, ``mask``, ``ref_logps`` and statistic suffixes), not as keyword strings.
 """
 
 from __future__ import annotations
@@ -149,28 +151,45 @@ class Completions:
 
     @classmethod
     def from_keywords(
-        cls, kw: dict, prefix: str, *, ndim: int | tuple[int, ...], required: bool = True
+        cls,
+        kw: dict,
+        prefix: str,
+        *,
+        ndim: int | tuple[int, ...],
+        required: bool = True,
+        computed: dict[str, Tensor] | None = None,
     ) -> Completions | None:
         """Pop and check the group ``prefix`` from ``kw``; ``None`` when optional and absent.
 
         ``ndim`` is 2 for ``[B, T]`` groups, 3 for ``[B, K, T]`` ones (or a tuple of both).
+        ``computed`` holds values the fused path computed for this group, by field name; they
+        take the place of the keywords.
         """
         logps_name, mask_name, ref_name = f"{prefix}logps", f"{prefix}mask", f"ref_{prefix}logps"
-        if kw.get(logps_name) is None:
+        fields = {
+            "logps": kw.pop(logps_name, None),
+            "mask": kw.pop(mask_name, None),
+            "ref_logps": kw.pop(ref_name, None),
+            **{suffix: kw.pop(f"{prefix}{suffix}", None) for suffix in TOKEN_STATISTICS},
+        }
+        fields.update(computed or {})
+        if fields["logps"] is None:
             if required:
                 raise ValueError(f"missing {logps_name}: per-token policy log-probs are required")
+            if any(value is not None for value in fields.values()):
+                raise ValueError(f"the {prefix.rstrip('_')} group needs {logps_name} too")
             return None
-        logps = _floating(logps_name, kw.pop(logps_name))
+        logps = _floating(logps_name, fields["logps"])
         ndims = (ndim,) if isinstance(ndim, int) else ndim
         want = " or ".join({2: "[B, T]", 3: "[B, K, T]"}[n] for n in ndims)
         if logps.dim() not in ndims:
             raise ValueError(f"{logps_name} must be {want}, got shape {tuple(logps.shape)}")
         _checks.require_nonempty(logps_name, logps)
-        if kw.get(mask_name) is None:
+        if fields["mask"] is None:
             raise ValueError(
                 f"missing {mask_name}: a {want} completion mask must go with {logps_name}"
             )
-        mask = as_mask(mask_name, kw.pop(mask_name), logps, logps_name)
+        mask = as_mask(mask_name, fields["mask"], logps, logps_name)
         empty = (token_count(mask) == 0).nonzero()
         if empty.numel():
             raise ValueError(
@@ -180,7 +199,7 @@ class Completions:
             )
         inside = mask != 0
         logps = _zero_outside(logps, inside)
-        ref = kw.pop(ref_name, None)
+        ref = fields["ref_logps"]
         if ref is not None:
             ref = _floating(ref_name, ref)
             if ref.shape == logps.shape:
@@ -193,7 +212,7 @@ class Completions:
                 )
         stats = {}
         for stat in TOKEN_STATISTICS:
-            value = kw.pop(f"{prefix}{stat}", None)
+            value = fields[stat]
             if value is not None:
                 value = _floating(f"{prefix}{stat}", value)
                 _checks.require_shape(f"{prefix}{stat}", value, logps.shape, logps_name)
@@ -237,9 +256,12 @@ class Pairs:
         return Pairs(chosen=fn(self.chosen, self.rejected), rejected=fn(self.rejected, self.chosen))
 
     @classmethod
-    def from_keywords(cls, kw: dict) -> Pairs:
-        chosen = Completions.from_keywords(kw, "chosen_", ndim=2)
-        rejected = Completions.from_keywords(kw, "rejected_", ndim=2)
+    def from_keywords(cls, kw: dict, computed: dict | None = None) -> Pairs:
+        computed = computed or {}
+        chosen = Completions.from_keywords(kw, "chosen_", ndim=2, computed=computed.get("chosen_"))
+        rejected = Completions.from_keywords(
+            kw, "rejected_", ndim=2, computed=computed.get("rejected_")
+        )
         _require_same_batch("rejected_logps", rejected, "chosen_logps", chosen)
         return cls(chosen=chosen, rejected=rejected)
 
@@ -266,9 +288,12 @@ class Unpaired:
         return self.completions.batch_shape[0]
 
     @classmethod
-    def from_keywords(cls, kw: dict) -> Unpaired:
-        completions = Completions.from_keywords(kw, "", ndim=2)
-        reference_point = Completions.from_keywords(kw, "kl_", ndim=2, required=False)
+    def from_keywords(cls, kw: dict, computed: dict | None = None) -> Unpaired:
+        computed = computed or {}
+        completions = Completions.from_keywords(kw, "", ndim=2, computed=computed.get(""))
+        reference_point = Completions.from_keywords(
+            kw, "kl_", ndim=2, required=False, computed=computed.get("kl_")
+        )
         return cls(completions=completions, reference_point=reference_point)
 
 
@@ -291,9 +316,12 @@ class Negatives:
         return self.negatives.batch_shape[0]
 
     @classmethod
-    def from_keywords(cls, kw: dict) -> Negatives:
-        negatives = Completions.from_keywords(kw, "", ndim=2)
-        samples = Completions.from_keywords(kw, "sample_", ndim=3, required=False)
+    def from_keywords(cls, kw: dict, computed: dict | None = None) -> Negatives:
+        computed = computed or {}
+        negatives = Completions.from_keywords(kw, "", ndim=2, computed=computed.get(""))
+        samples = Completions.from_keywords(
+            kw, "sample_", ndim=3, required=False, computed=computed.get("sample_")
+        )
         if samples is not None:
             _require_same_batch("sample_logps", samples, "logps", negatives)
         return cls(negatives=negatives, samples=samples)
@@ -322,8 +350,9 @@ class Lists:
         return self.items.batch_shape[0]
 
     @classmethod
-    def from_keywords(cls, kw: dict) -> Lists:
-        return cls(items=Completions.from_keywords(kw, "", ndim=3))
+    def from_keywords(cls, kw: dict, computed: dict | None = None) -> Lists:
+        items = Completions.from_keywords(kw, "", ndim=3, computed=(computed or {}).get(""))
+        return cls(items=items)
 
 
 INPUT_KINDS = (Pairs, Unpaired, Negatives, Lists)
