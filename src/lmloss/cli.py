@@ -1,5 +1,5 @@
 """The ``lmloss`` command line: ``train``, ``eval``, ``plot``, ``precompute``, ``list``,
-``describe``. (The engine demo on SmolLM2 is ``python examples/demo.py``.)"""
+``describe``. (The engine demo on SmolLM2 is ``python benchmarks/demo.py``.)"""
 
 from __future__ import annotations
 

@@ -228,6 +228,18 @@ def _require_same_batch(name: str, group: Completions, like_name: str, like: Com
         )
 
 
+def _main_and_extra(
+    kw: dict, computed: dict | None, extra: str, *, extra_ndim: int
+) -> tuple[Completions, Completions | None]:
+    """The unprefixed ``[B, T]`` group and the optional group ``extra`` of a kind."""
+    computed = computed or {}
+    main = Completions.from_keywords(kw, "", ndim=2, computed=computed.get(""))
+    other = Completions.from_keywords(
+        kw, extra, ndim=extra_ndim, required=False, computed=computed.get(extra)
+    )
+    return main, other
+
+
 @dataclass(frozen=True)
 class Pairs:
     """Chosen (preferred, y_w) and rejected (y_l) completions of the same ``B`` prompts."""
@@ -289,11 +301,7 @@ class Unpaired:
 
     @classmethod
     def from_keywords(cls, kw: dict, computed: dict | None = None) -> Unpaired:
-        computed = computed or {}
-        completions = Completions.from_keywords(kw, "", ndim=2, computed=computed.get(""))
-        reference_point = Completions.from_keywords(
-            kw, "kl_", ndim=2, required=False, computed=computed.get("kl_")
-        )
+        completions, reference_point = _main_and_extra(kw, computed, "kl_", extra_ndim=2)
         return cls(completions=completions, reference_point=reference_point)
 
 
@@ -317,11 +325,7 @@ class Negatives:
 
     @classmethod
     def from_keywords(cls, kw: dict, computed: dict | None = None) -> Negatives:
-        computed = computed or {}
-        negatives = Completions.from_keywords(kw, "", ndim=2, computed=computed.get(""))
-        samples = Completions.from_keywords(
-            kw, "sample_", ndim=3, required=False, computed=computed.get("sample_")
-        )
+        negatives, samples = _main_and_extra(kw, computed, "sample_", extra_ndim=3)
         if samples is not None:
             _require_same_batch("sample_logps", samples, "logps", negatives)
         return cls(negatives=negatives, samples=samples)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,18 @@ _SCORES: dict[str, Callable[[Tensor, float], Tensor]] = {
 }
 # the f-divergences of f-DPO (not the distillation divergences of lmloss.stats)
 MARGIN_DIVERGENCES = tuple(_SCORES)
+
+
+@dataclass(frozen=True)
+class FDivergence:
+    """The f-DPO regularizer every margin-based objective takes; the registry flattens its
+    fields into the objective's hyper-parameters (``divergence=``, ``alpha=``)."""
+
+    divergence: str = "reverse_kl"
+    alpha: float = 0.5
+
+
+REVERSE_KL = FDivergence()
 
 
 def check_beta(beta: float) -> float:

@@ -13,8 +13,8 @@ import argparse
 import gc
 
 import torch
-from _profiling import measure  # beside this file
 
+from _harness import measure
 from lmloss.hf import causal_lm_forward
 from lmloss.models import smollm2
 
@@ -122,7 +122,7 @@ def _train_step_both_ways(model, vocab, batch, length, seed):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python examples/demo.py", description=__doc__.splitlines()[0]
+        prog="python benchmarks/demo.py", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--batch", type=int, default=4)
