@@ -259,6 +259,7 @@ def divergence_loss(
             (``forward_kl``, ``reverse_kl``, ``jsd``, ``tvd``, ``skew_kl``,
             ``skew_reverse_kl``, ``alpha_beta``, ``hellinger``, ``chi2``), ``bdkd``, ``pld``
             or ``sinkhorn_kd``.
+        *args: deprecated: ``student_logits, teacher_logits`` given by position.
         student_logits: ``[N, V]`` or ``[B, T, V]`` raw student logits.
         teacher_logits: the teacher's raw logits, same shape; or a sparse teacher:
         teacher_topk_ids, teacher_topk_logprobs: ``[..., k]`` ids and the teacher's
@@ -319,7 +320,8 @@ def fused_divergence_loss(
     """A distillation objective from hidden states and LM-head weights, without ``[N, V]``.
 
     The same objectives and arguments as :func:`divergence_loss`, with the student given as
-    ``student_hidden [..., H]`` and ``student_weight [V, H]`` (+ ``student_bias``) and the
+    ``student_hidden= [..., H]`` and ``student_weight= [V, H]`` (+ ``student_bias``; by
+    position is deprecated) and the
     teacher as a head (``teacher_hidden``, ``teacher_weight``, ``teacher_bias``), as
     ``teacher_logits [..., V]``, or sparse (``teacher_topk_ids``/``teacher_topk_logprobs``).
     Teacher gradients are off unless ``teacher_requires_grad=True`` (online distillation;

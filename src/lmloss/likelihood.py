@@ -286,7 +286,7 @@ def fused_likelihood_loss(
     ``ignore_index``. Gradients w.r.t. ``hidden``, ``weight`` and ``bias`` are computed
     during this call (one pass over the vocabulary) and handed out by ``backward``; with
     ``reweight`` the per-sequence weights need the losses first, which costs one extra
-    forward pass. With ``reduction="none"`` the per-token losses are differentiable
+    forward pass. With ``aggregation="none"`` the per-token losses are differentiable
     (they go through :func:`lmloss.token_stats`, whose backward recomputes the logits).
 
     Args:
@@ -306,7 +306,7 @@ def fused_likelihood_loss(
 
     Returns:
         :class:`LossOutput`; ``per_example`` holds the per-token losses (detached unless
-        ``reduction="none"``), zeros at ignored targets.
+        ``aggregation="none"``), zeros at ignored targets.
     """
     hidden, weight, targets, bias = positional_tensors(
         "fused_likelihood_loss", args, _HEAD, (hidden, weight, targets, bias)

@@ -66,12 +66,12 @@ def check_reduction(reduction: str, num_items: object, ndim: int) -> None:
     if num_items is not None:
         if reduction not in ("token_mean", "sequence_mean"):
             raise ValueError(
-                f"num_items normalizes a mean; it cannot be combined with reduction={reduction!r}"
+                f"num_items normalizes a mean; it cannot be combined with aggregation={reduction!r}"
             )
         value = float(num_items.detach()) if isinstance(num_items, Tensor) else num_items
         _checks.require_positive("num_items", value)
     if reduction == "sequence_mean" and ndim != 2:
-        raise ValueError(f"reduction='sequence_mean' needs [B, T] tokens, got {ndim}-D")
+        raise ValueError(f"aggregation='sequence_mean' needs [B, T] tokens, got {ndim}-D")
 
 
 def check_token_weights(weights: object, like: Tensor) -> Tensor:
