@@ -86,6 +86,8 @@ def test_inputs_and_data_columns():
     assert "entropy" in lmloss.spec("gtpo").inputs
     assert lmloss.spec("z_loss").inputs == ("logps", "lse")
     assert lmloss.spec("kto").kind == "Unpaired" and lmloss.spec("grpo").kind == "Rollouts"
+    assert "chosen_kl" in lmloss.spec("tdpo1").optional_inputs  # computed fused, or given
+    assert "rejected_kl_weights" in lmloss.spec("sparsepo").optional_inputs  # declared
 
 
 def test_policy_options_are_flat_hyper_parameters():

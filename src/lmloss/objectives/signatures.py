@@ -155,6 +155,7 @@ def complete(spec: ObjectiveSpec, fn: Callable) -> ObjectiveSpec:
     if unknown:
         raise TypeError(f"objective {spec.name!r} sets defaults of unknown {unknown}")
     facts = _READERS[spec.family](spec, fn, extra)
+    facts["optional_inputs"] = (*facts["optional_inputs"], *spec.optional_inputs)
     full = replace(
         spec,
         extra_inputs=extra,

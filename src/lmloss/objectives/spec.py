@@ -40,6 +40,8 @@ class ObjectiveSpec:
             registry names share one function (e.g. ``tdpo2`` is ``tdpo`` with ``alpha=0.5``).
         reference: ``"required"``, ``"optional"`` or ``"none"`` (of :data:`REFERENCE`).
         batch_coupled: its per-example terms are not tied to one row (AOT sorts the batch).
+        optional_inputs: keyword tensors it may take that its signature cannot show (the
+            token masks of SparsePO, read from its input kind); completed below.
 
     Read from the signature at registration (see :mod:`lmloss.objectives.signatures`):
         kind: the input kind the front door builds (``"Pairs"``, ``"Rollouts"``,
@@ -131,6 +133,7 @@ def objective(
     defaults: dict[str, Any] | None = None,
     reference: str | None = None,
     batch_coupled: bool = False,
+    optional_inputs: tuple[str, ...] = (),
 ) -> Callable[[Callable], Callable]:
     """Tag a function as the objective ``name``. Can be stacked to register variants.
 
@@ -153,6 +156,7 @@ def objective(
         defaults=tuple(sorted((defaults or {}).items())),
         reference=reference,
         batch_coupled=batch_coupled,
+        optional_inputs=tuple(optional_inputs),
     )
 
     def tag(fn: Callable) -> Callable:

@@ -100,6 +100,11 @@ def tdpo(
     family=PREF,
     paper="Christopoulou et al. 2024 (SparsePO), arXiv:2410.05102",
     stats=TOKEN_KL,
+    optional_inputs=tuple(
+        f"{side}_{mask}"
+        for mask in ("reward_weights", "kl_weights")
+        for side in ("chosen", "rejected")
+    ),
 )
 def sparsepo(
     pairs: Pairs, *, beta: float = 0.1, alpha: float = 1.0, stop_gradient: bool = False
