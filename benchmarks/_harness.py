@@ -60,6 +60,17 @@ def _vm_hwm_mb() -> float:
     return _peak_rss_mb()
 
 
+def measure(fn: Callable[[], object]) -> tuple[object, float, float]:
+    """Run ``fn()`` in this process: its result, seconds, and peak resident memory above
+    the start in MB (Linux; for one-off measurements such as ``demo.py``)."""
+    base = _rss_mb()
+    _reset_peak()
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    return result, seconds, max(0.0, _vm_hwm_mb() - base)
+
+
 def child(script_globals: dict, method: str, case: dict) -> None:
     fn = script_globals["METHODS"][method]
     fn(script_globals["build"](script_globals["QUICK_CASES"][0]))  # lazy imports and set-up

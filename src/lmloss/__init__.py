@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lmloss.objectives.binding import ObjectiveArgumentError
+from lmloss.objectives.spec import ObjectiveSpec
 from lmloss.output import LossOutput
-from lmloss.registry import describe, list_objectives
+from lmloss.registry import describe, list_objectives, spec
 from lmloss.stats import LogitTransform, TokenStats, token_stats, token_stats_from_logits
 
 __version__ = "0.1.0"
@@ -48,9 +50,12 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "LogitTransform",
     "LossOutput",
+    "ObjectiveArgumentError",
+    "ObjectiveSpec",
     "TokenStats",
     "describe",
     "list_objectives",
+    "spec",
     "token_stats",
     "token_stats_from_logits",
     *_LAZY,

@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from lmloss import _checks, registry
+from lmloss.objectives.binding import bind, renamed
 from lmloss.output import LossOutput
 
 Tensor = torch.Tensor
 
 FAMILY = "classify"
-_REDUCTIONS = ("mean", "sum")
-
-
-def _extra_inputs(fn) -> set[str]:
-    """Optional tensor inputs an objective takes besides logits and labels (e.g. ``mask``)."""
-    params = list(inspect.signature(fn).parameters.values())[2:]
-    return {p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD}
+_AGGREGATIONS = ("mean", "sum")
 
 
 def classification_loss(
-    name: str, *, logits: Tensor, labels: Tensor, reduction: str = "mean", **kwargs
+    name: str,
+    *,
+    logits: Tensor,
+    labels: Tensor,
+    aggregation: str | None = None,
+    **kwargs,
 ) -> LossOutput:
     """A classification or ranking objective on ``[N, C]`` logits (or scores).
 
@@ -33,7 +31,8 @@ def classification_loss(
             ``hl_gauss``, ``ensloss``.
         logits: the scores; their layout depends on the objective (its docstring says).
         labels: class indices, 0/1 labels, multi-hot positives or regression targets.
-        reduction: ``"mean"`` (default) or ``"sum"`` of the per-example losses.
+        aggregation: ``"mean"`` (default) or ``"sum"`` of the per-example losses (formerly
+            ``reduction=``, deprecated).
         **kwargs: the objective's hyper-parameters and optional inputs (``mask``).
 
     Returns:
@@ -46,14 +45,11 @@ def classification_loss(
         >>> out.per_example.shape
         torch.Size([4])
     """
+    aggregation = renamed(kwargs, "reduction", "aggregation", aggregation, "classification_loss")
+    aggregation = aggregation or "mean"
     entry = registry.get(name, family=FAMILY)
-    _checks.require_choice("reduction", reduction, _REDUCTIONS)
-    unknown = sorted(set(kwargs) - set(entry.hyper) - _extra_inputs(entry.fn))
-    if unknown:
-        raise TypeError(
-            f"classification objective {entry.name!r} got unknown argument(s) {unknown}; "
-            f"it takes {sorted(set(entry.hyper) | _extra_inputs(entry.fn))}"
-        )
-    per_example = entry(logits, labels, **kwargs)
-    loss = per_example.mean() if reduction == "mean" else per_example.sum()
+    _checks.require_choice("aggregation (reduction)", aggregation, _AGGREGATIONS)
+    inputs, hyper = bind(entry.spec, kwargs)
+    per_example = entry(logits, labels, **inputs, **hyper)
+    loss = per_example.mean() if aggregation == "mean" else per_example.sum()
     return LossOutput(loss=loss, per_example=per_example)

@@ -1,5 +1,5 @@
 """The ``lmloss`` command line: ``train``, ``validate``, ``eval``, ``plot``, ``precompute``,
-``list``, ``describe``, ``demo``."""
+``list``, ``describe``. (The engine demo on SmolLM2 is ``python benchmarks/demo.py``.)"""
 
 from __future__ import annotations
 
@@ -25,22 +25,15 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    info = registry.describe(args.name)
-    formula = info.pop("formula")
-    print(json.dumps(info, indent=2, default=repr))
+    entry = registry.get(args.name)
+    print(entry.spec.summary())
     print()
-    print(formula)
+    print(entry.formula)
     from lmloss.train.formats import objective_columns
 
     print()
-    print(f"data columns (lmloss train): {objective_columns(registry.get(args.name))}")
+    print(f"data columns (lmloss train): {objective_columns(entry)}")
     return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from lmloss.demo import main as demo_main
-
-    return demo_main(args.rest)
 
 
 def _command_line() -> str:
@@ -190,19 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="every objective: family, paper, hyper-parameters")
     p.add_argument("--family", choices=FAMILIES)
     p.set_defaults(run=_list)
-    p = sub.add_parser("describe", help="formula, paper and hyper-parameters of one objective")
+    p = sub.add_parser(
+        "describe",
+        help="what one objective needs (inputs, data columns, statistics, reference model, "
+        "normalizer, hyper-parameters), its paper and its formula",
+    )
     p.add_argument("name")
     p.set_defaults(run=_describe)
-    p = sub.add_parser("demo", help="the engine on the bundled SmolLM2 model", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(run=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["demo"]:  # the demo parses its own options, --help included
-        return _demo(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     from lmloss.train.nonfinite import NonFiniteError
     from lmloss.train.rewards import RewardError

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from lmloss import _checks, registry
+from lmloss.objectives.binding import bind, positional_tensors
 from lmloss.objectives.distill.pld import plackett_luce_order
 from lmloss.objectives.distill.sparse import check_sparse_teacher, sparse_support
 from lmloss.output import LossOutput
@@ -35,13 +36,14 @@ Tensor = torch.Tensor
 Models = LogitsModels | HeadModels
 
 FAMILY = "distill"
+_STUDENT_HEAD = ("student_hidden", "student_weight")
 
 
 def token_divergence(
     name: str,
-    student_hidden: Tensor,
-    student_weight: Tensor,
-    *,
+    *args: Tensor,
+    student_hidden: Tensor | None = None,
+    student_weight: Tensor | None = None,
     teacher_hidden: Tensor | None = None,
     teacher_weight: Tensor | None = None,
     teacher_logits: Tensor | None = None,
@@ -58,6 +60,7 @@ def token_divergence(
     Args:
         name: one of ``forward_kl`` (``KL(p_t ‖ p_s)``), ``reverse_kl``, ``jsd``, ``tvd``,
             ``skew_kl``, ``skew_reverse_kl``, ``alpha_beta``, ``hellinger``, ``chi2``.
+        *args: deprecated: ``student_hidden, student_weight`` given by position.
         student_hidden: ``[N, H]`` or ``[B, T, H]``; student_weight: ``[V, H]``.
         teacher_hidden, teacher_weight: the teacher head (``[..., H_t]``, ``[V, H_t]``), or
         teacher_logits: ``[..., V]`` instead.
@@ -72,6 +75,9 @@ def token_divergence(
         Per-token values shaped like ``student_hidden.shape[:-1]``, zeros where
         ``mask == 0``; differentiable w.r.t. the student (and the teacher if asked).
     """
+    student_hidden, student_weight = positional_tensors(
+        "token_divergence", args, _STUDENT_HEAD, (student_hidden, student_weight)
+    )
     _checks.require_choice("divergence", name, DIVERGENCES)
     unknown = sorted(set(hyper) - set(PAIR_TERMS[name].defaults))
     if unknown:
@@ -175,13 +181,8 @@ _BUILDERS: dict[str, Callable[[Models, Mapping, object, object], dict]] = {
 
 def _resolve(name: str, hyper: Mapping[str, object]) -> tuple[registry.Entry, dict]:
     entry = registry.get(name, family=FAMILY)
-    unknown = sorted(set(hyper) - set(entry.hyper))
-    if unknown:
-        raise TypeError(
-            f"distill objective {entry.name!r} got unknown argument(s) {unknown}; "
-            f"its hyper-parameters are {sorted(entry.hyper)}"
-        )
-    return entry, {**entry.hyper, **hyper}
+    _, given = bind(entry.spec, hyper, require=())
+    return entry, {**entry.hyper, **given}
 
 
 def _run(
@@ -239,9 +240,9 @@ def _sparse_teacher(ids, logprobs, models: Models, teacher_requires_grad: bool):
 
 def divergence_loss(
     name: str,
-    student_logits: Tensor,
+    *args: Tensor,
+    student_logits: Tensor | None = None,
     teacher_logits: Tensor | None = None,
-    *,
     mask: Tensor | None = None,
     labels: Tensor | None = None,
     temperature: float = 1.0,
@@ -258,6 +259,7 @@ def divergence_loss(
             (``forward_kl``, ``reverse_kl``, ``jsd``, ``tvd``, ``skew_kl``,
             ``skew_reverse_kl``, ``alpha_beta``, ``hellinger``, ``chi2``), ``bdkd``, ``pld``
             or ``sinkhorn_kd``.
+        *args: deprecated: ``student_logits, teacher_logits`` given by position.
         student_logits: ``[N, V]`` or ``[B, T, V]`` raw student logits.
         teacher_logits: the teacher's raw logits, same shape; or a sparse teacher:
         teacher_topk_ids, teacher_topk_logprobs: ``[..., k]`` ids and the teacher's
@@ -275,6 +277,12 @@ def divergence_loss(
     Returns:
         :class:`~lmloss.output.LossOutput`.
     """
+    student_logits, teacher_logits = positional_tensors(
+        "divergence_loss",
+        args,
+        ("student_logits", "teacher_logits"),
+        (student_logits, teacher_logits),
+    )
     entry, full = _resolve(name, hyper)
     if (
         teacher_logits is not None
@@ -291,9 +299,9 @@ def divergence_loss(
 
 def fused_divergence_loss(
     name: str,
-    student_hidden: Tensor,
-    student_weight: Tensor,
-    *,
+    *args: Tensor,
+    student_hidden: Tensor | None = None,
+    student_weight: Tensor | None = None,
     teacher_hidden: Tensor | None = None,
     teacher_weight: Tensor | None = None,
     teacher_logits: Tensor | None = None,
@@ -312,7 +320,8 @@ def fused_divergence_loss(
     """A distillation objective from hidden states and LM-head weights, without ``[N, V]``.
 
     The same objectives and arguments as :func:`divergence_loss`, with the student given as
-    ``student_hidden [..., H]`` and ``student_weight [V, H]`` (+ ``student_bias``) and the
+    ``student_hidden= [..., H]`` and ``student_weight= [V, H]`` (+ ``student_bias``; by
+    position is deprecated) and the
     teacher as a head (``teacher_hidden``, ``teacher_weight``, ``teacher_bias``), as
     ``teacher_logits [..., V]``, or sparse (``teacher_topk_ids``/``teacher_topk_logprobs``).
     Teacher gradients are off unless ``teacher_requires_grad=True`` (online distillation;
@@ -331,6 +340,9 @@ def fused_divergence_loss(
         :class:`~lmloss.output.LossOutput`, equal to :func:`divergence_loss` on the
         materialized logits (values and gradients).
     """
+    student_hidden, student_weight = positional_tensors(
+        "fused_divergence_loss", args, _STUDENT_HEAD, (student_hidden, student_weight)
+    )
     entry, full = _resolve(name, hyper)
     models = HeadModels(
         (student_hidden, student_weight, student_bias),

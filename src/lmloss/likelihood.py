@@ -10,14 +10,13 @@ Two entry points, one definition of each loss (``lmloss.objectives.likelihood``)
   (:func:`lmloss.stats.engine.eager_token_loss`): one pass over the vocabulary, no
   ``[N, V]`` logits, 6·N·H·V FLOPs as for a plain forward + backward.
 
-An objective's positional parameters name its inputs: engine statistics (``logp``,
-``lse``, ``mean_logit``, ``expectation``, ...) and per-token side inputs derived on the
-fused path (``target_embedding``). Its keyword-only parameters are its hyper-parameters.
+An objective's spec (``lmloss.spec(name).inputs``) names its inputs: engine statistics
+(``logps``, ``lse``, ``mean_logit``, ``expectation``, ...) and per-token side inputs derived
+on the fused path (``target_embedding``); its hyper-parameters are ``spec.hyper``.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -25,12 +24,14 @@ import torch
 
 from lmloss import _checks, registry
 from lmloss.objectives import reduce
-from lmloss.objectives.likelihood.reduction import (
+from lmloss.objectives.binding import ObjectiveArgumentError, bind, positional_tensors, renamed
+from lmloss.objectives.likelihood.reweight import sequence_factors
+from lmloss.objectives.reduce import (
     check_reduction,
     check_token_weights,
     token_coefficients,
 )
-from lmloss.objectives.likelihood.reweight import sequence_factors
+from lmloss.objectives.signatures import FRONT_DOOR_NAMES
 from lmloss.output import LossOutput
 from lmloss.stats import token_stats
 from lmloss.stats.api import check_head, check_targets
@@ -49,38 +50,27 @@ _DERIVED: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
-def _input_names(fn: Callable) -> tuple[str, ...]:
-    """The objective's tensor inputs: its parameters without defaults."""
-    return tuple(
-        p.name
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-        and p.default is inspect.Parameter.empty
-    )
+_HEAD = ("hidden", "weight", "targets", "bias")
+# front-door keyword -> the objective's parameter name
+_PARAMETER = {door: param for param, door in FRONT_DOOR_NAMES.items()}
 
 
-def _check_hyper(entry: registry.Entry, hyper: dict) -> None:
-    unknown = sorted(set(hyper) - set(entry.hyper))
-    if unknown:
-        raise TypeError(
-            f"likelihood objective {entry.name!r} got unknown argument(s) {unknown}; "
-            f"its hyper-parameters are {sorted(entry.hyper)}"
-        )
+def _parameters(entry: registry.Entry) -> tuple[str, ...]:
+    """The objective's per-token inputs, by its own parameter names (``logp``, ``lse``, ...)."""
+    return tuple(_PARAMETER.get(k, k) for k in entry.spec.inputs)
 
 
-def _split_inputs(name: str, kwargs: dict) -> tuple[registry.Entry, tuple[str, ...], dict, dict]:
-    """The objective, its input names, the per-token inputs given and its hyper-parameters.
+def _bind(name: str, kwargs: dict) -> tuple[registry.Entry, dict, dict]:
+    """The objective, the per-token inputs it takes and the hyper-parameters given.
 
     Any engine statistic may be passed (``**stats.asdict()`` works for every objective);
-    those the objective does not need are ignored.
+    those the objective does not take are ignored.
     """
     entry = registry.get(name, family=FAMILY)
-    input_names = _input_names(entry.fn)
-    known = set(ALL_STATISTICS) | set(_DERIVED) | set(input_names)
-    tensors = {k: v for k, v in kwargs.items() if k in known}
-    hyper = {k: v for k, v in kwargs.items() if k not in known}
-    _check_hyper(entry, hyper)
-    return entry, input_names, tensors, hyper
+    ignored = (set(ALL_STATISTICS) | set(_DERIVED)) - set(entry.spec.takes)
+    given = {k: v for k, v in kwargs.items() if k not in ignored}
+    tensors, hyper = bind(entry.spec, given, require=())
+    return entry, tensors, hyper
 
 
 def _check_token_input(name: str, value: object, like: Tensor) -> Tensor:
@@ -120,10 +110,10 @@ def _reduce(
 def likelihood_loss(
     name: str,
     *,
-    logp: Tensor,
+    logps: Tensor | None = None,
     mask: Tensor | None = None,
     weights: Tensor | None = None,
-    reduction: str = "token_mean",
+    aggregation: str | None = None,
     num_items: float | Tensor | None = None,
     reweight: str | None = None,
     reweight_temperature: float = 1.0,
@@ -134,12 +124,14 @@ def likelihood_loss(
     Args:
         name: registry name (``lmloss.list_objectives("likelihood")``): ``ce``,
             ``label_smoothing``, ``z_loss``, ``dco``, ``comp_sum``, ``focal``, ``emo``.
-        logp: ``[N]`` or ``[B, T]`` log-probability of each target.
-        mask: 0/1 or bool, shaped like ``logp``: the tokens to train on (default: all).
+        logps: ``[N]`` or ``[B, T]`` log-probability of each target (formerly ``logp=``,
+            deprecated).
+        mask: 0/1 or bool, shaped like ``logps``: the tokens to train on (default: all).
         weights: optional per-token weights ≥ 0 (token-weighted cross-entropy, FAIT-style):
             the token mean becomes ``Σ w·ℓ / Σ w``.
-        reduction: ``token_mean`` (default), ``sequence_mean`` (``[B, T]`` only), ``sum`` or
-            ``none`` (loss is the sum; ``per_example`` holds the per-token losses).
+        aggregation: ``token_mean`` (default), ``sequence_mean`` (``[B, T]`` only), ``sum``
+            or ``none`` (loss is the sum; ``per_example`` holds the per-token losses).
+            Formerly ``reduction=`` (deprecated).
         num_items: replaces the local count of a mean by a global one (tokens for
             ``token_mean``, sequences for ``sequence_mean``) — the gradient-accumulation
             and data-parallel correct normalizer.
@@ -154,19 +146,22 @@ def likelihood_loss(
         :class:`LossOutput` with the scalar loss, the per-token losses (zeros at masked
         positions) and ``metrics["num_tokens"]``.
     """
-    entry, input_names, tensors, hyper = _split_inputs(name, inputs_and_hyper)
-    logp = _checks.require_floating("logp", logp)
-    _checks.require_nonempty("logp", logp)
+    where = "likelihood_loss"
+    logps = renamed(inputs_and_hyper, "logp", "logps", logps, where)
+    reduction = renamed(inputs_and_hyper, "reduction", "aggregation", aggregation, where)
+    reduction = reduction or "token_mean"
+    entry, tensors, hyper = _bind(name, inputs_and_hyper)
+    logp = _checks.require_floating("logps", logps)
+    _checks.require_nonempty("logps", logp)
     logp = logp.to(compute_dtype(logp.dtype))
-    given = {"logp": logp, **tensors}
-    missing = [k for k in input_names if given.get(k) is None]
+    given = {"logp": logp, **{_PARAMETER.get(k, k): v for k, v in tensors.items()}}
+    parameters = _parameters(entry)
+    missing = [k for k in parameters if given.get(k) is None]
     if missing:
-        raise ValueError(
+        raise ObjectiveArgumentError(
             f"likelihood objective {entry.name!r} needs {missing}; pass them as keyword arguments"
         )
-    values = {
-        k: logp if k == "logp" else _check_token_input(k, given[k], logp) for k in input_names
-    }
+    values = {k: logp if k == "logp" else _check_token_input(k, given[k], logp) for k in parameters}
     check_reduction(reduction, num_items, logp.dim())
     mask = torch.ones_like(logp) if mask is None else reduce.as_mask("mask", mask, logp, "logp")
     weights = None if weights is None else check_token_weights(weights, logp)
@@ -206,9 +201,9 @@ class _Objective:
         return self.entry(**inputs, **self.hyper)
 
 
-def _bind(entry, hyper, targets, valid, table) -> _Objective:
+def _with_side_inputs(entry, hyper, targets, valid, table) -> _Objective:
     """Derive the side inputs (``target_embedding``) the objective takes, for every token."""
-    names = _input_names(entry.fn)
+    names = _parameters(entry)
     safe_targets = torch.where(valid, targets, 0).reshape(-1)
     derived = {k: fn(table, safe_targets) for k, fn in _DERIVED.items() if k in names}
     return _Objective(entry, names, hyper, derived)
@@ -266,13 +261,13 @@ def _connected_zero(dtype: torch.dtype, *tensors: Tensor | None) -> Tensor:
 
 def fused_likelihood_loss(
     name: str,
-    hidden: Tensor,
-    weight: Tensor,
-    targets: Tensor,
+    *args: Tensor,
+    hidden: Tensor | None = None,
+    weight: Tensor | None = None,
+    targets: Tensor | None = None,
     bias: Tensor | None = None,
-    *,
     weights: Tensor | None = None,
-    reduction: str = "token_mean",
+    aggregation: str | None = None,
     num_items: float | Tensor | None = None,
     reweight: str | None = None,
     reweight_temperature: float = 1.0,
@@ -291,16 +286,17 @@ def fused_likelihood_loss(
     ``ignore_index``. Gradients w.r.t. ``hidden``, ``weight`` and ``bias`` are computed
     during this call (one pass over the vocabulary) and handed out by ``backward``; with
     ``reweight`` the per-sequence weights need the losses first, which costs one extra
-    forward pass. With ``reduction="none"`` the per-token losses are differentiable
+    forward pass. With ``aggregation="none"`` the per-token losses are differentiable
     (they go through :func:`lmloss.token_stats`, whose backward recomputes the logits).
 
     Args:
         name: registry name, see :func:`likelihood_loss`.
+        *args: deprecated: ``hidden, weight, targets, bias`` given by position.
         hidden: ``[N, H]`` or ``[B, T, H]`` final hidden states.
         weight: ``[V, H]`` LM-head weight.
         targets: ``[N]`` or ``[B, T]`` next-token ids, ``ignore_index`` where not trained.
         bias: optional ``[V]`` head bias.
-        weights, reduction, num_items, reweight, reweight_temperature: see
+        weights, aggregation, num_items, reweight, reweight_temperature: see
             :func:`likelihood_loss`.
         ignore_index, temperature, softcap, logit_scale, memory_budget: see
             :func:`lmloss.token_stats`.
@@ -310,10 +306,15 @@ def fused_likelihood_loss(
 
     Returns:
         :class:`LossOutput`; ``per_example`` holds the per-token losses (detached unless
-        ``reduction="none"``), zeros at ignored targets.
+        ``aggregation="none"``), zeros at ignored targets.
     """
+    hidden, weight, targets, bias = positional_tensors(
+        "fused_likelihood_loss", args, _HEAD, (hidden, weight, targets, bias)
+    )
+    reduction = renamed(hyper, "reduction", "aggregation", aggregation, "fused_likelihood_loss")
+    reduction = reduction or "token_mean"
     entry = registry.get(name, family=FAMILY)
-    _check_hyper(entry, hyper)
+    _, hyper = bind(entry.spec, hyper, require=())
     check_head(hidden, weight, bias)
     transform = LogitTransform(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
     leading = tuple(hidden.shape[:-1])
@@ -324,7 +325,7 @@ def fused_likelihood_loss(
     token_weights = None if weights is None else check_token_weights(weights, mask)
     stats = entry.spec.stats
     uses_table = any(s in TABLE_STATISTICS for s in stats) or any(
-        k in _DERIVED for k in _input_names(entry.fn)
+        k in _DERIVED for k in entry.spec.inputs
     )
     table = _check_table(embedding_table, uses_table, weight.shape[0], entry.name)
     engine_kwargs = {
@@ -336,7 +337,7 @@ def fused_likelihood_loss(
         "memory_budget": memory_budget,
         **({} if table is None else {"expect": table}),
     }
-    objective = _bind(entry, hyper, targets, valid, table)
+    objective = _with_side_inputs(entry, hyper, targets, valid, table)
     head = (hidden, weight, targets, bias)
     metrics = {"num_tokens": mask.sum()}
 

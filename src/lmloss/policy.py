@@ -21,16 +21,16 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from lmloss import _checks, registry
+from lmloss.objectives.binding import bind
 from lmloss.objectives.policy.advantages import (
     ADVANTAGE_ESTIMATORS,
     dynamic_sampling_mask,
     estimate_advantages,
 )
+from lmloss.objectives.policy.common import rollouts
 from lmloss.objectives.policy.kl import KL_ESTIMATORS, kl_estimate, kl_in_reward
 from lmloss.output import LossOutput
 from lmloss.stats import token_stats
@@ -49,7 +49,8 @@ __all__ = [
 ]
 
 # Per-token inputs beyond (logps, mask, advantages) that some objectives take.
-_OPTIONAL_INPUTS = ("old_logps", "ref_logps", "entropy", "token_ids", "proxy_logps")
+_FAMILY_INPUTS = ("old_logps", "ref_logps", "entropy", "token_ids", "proxy_logps")
+_ROLLOUTS = ("logps", "mask", "advantages", "old_logps", "ref_logps", "entropy")
 
 
 def advantages(
@@ -65,18 +66,12 @@ def advantages(
     return estimate_advantages(name, rewards, group_size, mask=mask, **options)
 
 
-def _run(
-    name: str, logps: Tensor, mask: Tensor, adv: Tensor, inputs: dict, hyper: dict
-) -> LossOutput:
+def _run(name: str, given: dict) -> LossOutput:
+    """Bind the keywords to the objective's spec, build its :class:`Rollouts`, run it."""
     entry = registry.get(name, family="policy")
-    accepted = inspect.signature(entry.fn).parameters
-    given = {key: value for key, value in inputs.items() if value is not None}
-    for key in given:
-        if key not in accepted:
-            raise ValueError(f"policy objective {name!r} does not take {key}")
-    for key in hyper:
-        _checks.require_choice(f"hyper-parameter of {name!r}", key, entry.hyper)
-    return entry(logps, mask, adv, **given, **hyper)
+    inputs, hyper = bind(entry.spec, given, family_inputs=_FAMILY_INPUTS)
+    kind = rollouts(*(inputs.pop(k, None) for k in _ROLLOUTS))
+    return entry(kind, **inputs, **hyper)
 
 
 def policy_loss(
@@ -112,13 +107,16 @@ def policy_loss(
         ``LossOutput(loss, per_example [B], metrics)``.
     """
     inputs = {
+        "logps": logps,
+        "mask": mask,
+        "advantages": advantages,
         "old_logps": old_logps,
         "ref_logps": ref_logps,
         "entropy": entropy,
         "token_ids": token_ids,
         "proxy_logps": proxy_logps,
     }
-    return _run(name, logps, mask, advantages, inputs, hyper)
+    return _run(name, {**inputs, **hyper})
 
 
 def _engine_mask(mask: Tensor | None, targets: Tensor, ignore_index: int) -> Tensor:
@@ -208,12 +206,14 @@ def fused_policy_loss(
                 **engine,
             ).logp
 
-    accepted = inspect.signature(entry.fn).parameters
     inputs = {
+        "logps": stats.logp,
+        "mask": mask,
+        "advantages": advantages,
         "old_logps": old_logps,
         "ref_logps": ref_logps,
         "entropy": stats.entropy,
-        "token_ids": targets if "token_ids" in accepted else None,
+        "token_ids": targets if "token_ids" in entry.spec.takes else None,
         "proxy_logps": proxy_logps,
     }
-    return _run(name, stats.logp, mask, advantages, inputs, hyper)
+    return _run(name, {**inputs, **hyper})

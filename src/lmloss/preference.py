@@ -25,41 +25,44 @@ Objective-specific inputs are keywords too (``strength=`` for OSP, per-token ``c
 for TDPO, ...); ``lmloss.describe(name)`` shows the formula and hyper-parameters.
 
 Options for every pairwise objective: ``wpo=True`` (needs ``chosen_sum_sq_probs`` /
-``rejected_sum_sq_probs``, or computed fused), ``ld_alpha=`` (LD-DPO), ``hypo_weight=`` with
+``rejected_sum_sq_probs``, or computed fused; ``wpo_clamp=True`` caps the pair weight at 1
+as the authors' code does), ``ld_alpha=`` (LD-DPO), ``hypo_weight=`` with
 on-policy samples ``online_logps``, ``online_mask``, ``ref_online_logps`` [B, T] or [B, K, T]
 (HyPO), and the :func:`lcpo` wrapper.
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
-import typing
 from dataclasses import dataclass
-from functools import cache
 
 import torch
 
 from lmloss import _checks, registry
+from lmloss.objectives.binding import bind
 from lmloss.objectives.preference import options as opt
-from lmloss.objectives.preference.inputs import INPUT_KINDS, TOKEN_STATISTICS, Completions, Pairs
+from lmloss.objectives.preference.inputs import TOKEN_STATISTICS, Completions, Pairs, kind_of
 from lmloss.output import LossOutput
 from lmloss.stats import STATISTICS, token_stats
+from lmloss.stats.divergence_api import token_pair_terms
 
 Tensor = torch.Tensor
 FAMILY = "preference"
 
-# two-model statistics an objective may declare in ``stats``: token_divergence name -> the
-# per-token input suffix it fills (KL(teacher ‖ student) with teacher = reference)
-TWO_MODEL_STATISTICS = {"forward_kl": "kl"}
+
+_OPTION_KEYWORDS = ("wpo", "wpo_clamp", "ld_alpha", "hypo_weight")
 
 
 @dataclass(frozen=True)
 class _Options:
     wpo: bool = False
+    wpo_clamp: bool = False
     ld_alpha: float | None = None
     hypo_weight: float | None = None
     lcpo_noise: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.wpo_clamp and not self.wpo:
+            raise ValueError("wpo_clamp=True caps WPO's pair weights: it needs wpo=True")
 
     def asked(self) -> list[str]:
         names = [("wpo", self.wpo), ("ld_alpha", self.ld_alpha is not None)]
@@ -75,7 +78,6 @@ class _Options:
 
 def preference_loss(
     name: str,
-    /,
     *,
     chosen_logps: Tensor | None = None,
     rejected_logps: Tensor | None = None,
@@ -84,6 +86,7 @@ def preference_loss(
     ref_chosen_logps: Tensor | None = None,
     ref_rejected_logps: Tensor | None = None,
     wpo: bool = False,
+    wpo_clamp: bool = False,
     ld_alpha: float | None = None,
     hypo_weight: float | None = None,
     **kwargs,
@@ -99,6 +102,7 @@ def preference_loss(
         ref_chosen_logps, ref_rejected_logps: reference log-probs, ``[B, T]`` per token or
             ``[B]`` already summed, or None for reference-free objectives.
         wpo: weight each pair by WPO's weight (needs per-token ``*_sum_sq_probs``).
+        wpo_clamp: cap that weight at 1, as the authors' code (``wzhouad/WPO``) does.
         ld_alpha: LD-DPO weight in [0, 1] of tokens past the shorter completion.
         hypo_weight: λ of HyPO's on-policy KL term (needs ``online_*`` samples).
         **kwargs: hyper-parameters (``beta=``, ``eps=``, ``divergence=`` ...) and the inputs
@@ -127,11 +131,11 @@ def preference_loss(
         "ref_rejected_logps": ref_rejected_logps,
     }
     inputs = {k: v for k, v in pair_inputs.items() if v is not None} | kwargs
-    options = _Options(wpo=wpo, ld_alpha=ld_alpha, hypo_weight=hypo_weight)
+    options = _Options(wpo=wpo, wpo_clamp=wpo_clamp, ld_alpha=ld_alpha, hypo_weight=hypo_weight)
     return _evaluate(registry.get(name, family=FAMILY), inputs, options)
 
 
-def lcpo(name: str, /, *, noise: float = 0.1, **kwargs) -> LossOutput:
+def lcpo(name: str, *, noise: float = 0.1, **kwargs) -> LossOutput:
     """LCPO: the pairwise objective ``name`` with EM label-noise re-weighting.
 
     Each pair's loss becomes q·ℓ(y_w, y_l) + (1 − q)·ℓ(y_l, y_w), q the posterior that its
@@ -145,33 +149,12 @@ def lcpo(name: str, /, *, noise: float = 0.1, **kwargs) -> LossOutput:
     entry = registry.get(name, family=FAMILY)
     if fused:
         return _fused(entry, dict(kwargs), lcpo_noise=noise)
-    plain = {k: kwargs.pop(k) for k in ("wpo", "ld_alpha", "hypo_weight") if k in kwargs}
+    plain = {k: kwargs.pop(k) for k in _OPTION_KEYWORDS if k in kwargs}
     options = _Options(**plain, lcpo_noise=noise)
     return _evaluate(entry, kwargs, options)
 
 
 # --------------------------------------------------------------------------- shared core
-
-
-@cache
-def input_kind(fn) -> type:
-    """The input kind (``Pairs``, ``Unpaired``, ...) annotated on an objective's first
-    parameter: what the front door builds from keywords, and what data a trainer feeds."""
-    first = next(iter(inspect.signature(fn).parameters))
-    kind = typing.get_type_hints(fn).get(first)
-    if kind not in INPUT_KINDS:
-        raise TypeError(f"{fn.__qualname__}: first parameter must be annotated with an input kind")
-    return kind
-
-
-@cache
-def _objective_inputs(fn) -> tuple[str, ...]:
-    """Keyword-only parameters without a default: tensors the objective needs (``strength``)."""
-    return tuple(
-        p.name
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
-    )
 
 
 def _check_options(entry: registry.Entry, kind: type, options: _Options) -> None:
@@ -182,46 +165,31 @@ def _check_options(entry: registry.Entry, kind: type, options: _Options) -> None
             f"{kind.__name__} inputs"
         )
     per_pair = [name for name in asked if name in ("wpo", "lcpo")]
-    if per_pair and opt.is_batch_coupled(entry.fn):
+    if per_pair and entry.spec.batch_coupled:
         raise ValueError(
             f"{', '.join(per_pair)} needs per-pair losses, but {entry.name!r} sorts the batch "
             "(its per-example terms belong to ranks, not to pairs)"
         )
 
 
-def _reject_unknown(entry: registry.Entry, unknown: dict) -> None:
-    if not unknown:
-        return
-    known = [*entry.hyper, *_objective_inputs(entry.fn), "wpo", "ld_alpha", "hypo_weight"]
-    lines = []
-    for key in sorted(unknown):
-        close = difflib.get_close_matches(key, known, n=3)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        lines.append(f"{key!r}{hint}")
-    raise ValueError(
-        f"{entry.name!r} got unexpected arguments: {'; '.join(lines)}. Its hyper-parameters: "
-        f"{', '.join(entry.hyper) or 'none'}"
-    )
-
-
-def _evaluate(entry: registry.Entry, inputs: dict, options: _Options) -> LossOutput:
-    """Build the objective's inputs, run it with its options. ``inputs`` is consumed."""
-    kind = input_kind(entry.fn)
+def _evaluate(
+    entry: registry.Entry, inputs: dict, options: _Options, computed: dict | None = None
+) -> LossOutput:
+    """Build the objective's inputs, run it with its options. ``inputs`` is consumed;
+    ``computed`` holds the fused path's per-group values (prefix -> field -> tensor)."""
+    computed = computed or {}
+    kind = kind_of(entry.spec)
     _check_options(entry, kind, options)
     primary = f"{kind.PRIMARY[0]}logps"
-    if inputs.get(primary) is None:
+    if inputs.get(primary) is None and kind.PRIMARY[0] not in computed:
         raise ValueError(f"{entry.name!r} takes {kind.SIGNATURE}; missing {primary}")
-    batch = kind.from_keywords(inputs)
+    batch = kind.from_keywords(inputs, computed)
     online = None
     if options.hypo_weight is not None:
-        online = Completions.from_keywords(inputs, "online_", ndim=(2, 3))
-    needed = {}
-    for key in _objective_inputs(entry.fn):
-        if inputs.get(key) is None:
-            raise ValueError(f"{entry.name!r} needs {key}= (see lmloss.describe({entry.name!r}))")
-        needed[key] = inputs.pop(key)
-    hyper = {k: inputs.pop(k) for k in list(inputs) if k in entry.hyper}
-    _reject_unknown(entry, inputs)
+        online = Completions.from_keywords(
+            inputs, "online_", ndim=(2, 3), computed=computed.get("online_")
+        )
+    needed, hyper = bind(entry.spec, inputs, suggest=_OPTION_KEYWORDS)
 
     if options.ld_alpha is not None:
         batch = opt.length_desensitized(batch, options.ld_alpha)
@@ -231,7 +199,7 @@ def _evaluate(entry: registry.Entry, inputs: dict, options: _Options) -> LossOut
 
     out = run(batch) if options.lcpo_noise is None else opt.lcpo_em(run, batch, options.lcpo_noise)
     if options.wpo:
-        out = opt.reweighted(out, opt.wpo_weights(batch))
+        out = opt.reweighted(out, opt.wpo_weights(batch, clamp=options.wpo_clamp))
     if online is not None:
         out = opt.with_online_kl(out, online, options.hypo_weight)
     return out
@@ -251,7 +219,6 @@ class _Group:
 
 def fused_preference_loss(
     name: str,
-    /,
     *,
     hidden: Tensor,
     weight: Tensor,
@@ -266,6 +233,7 @@ def fused_preference_loss(
     logit_scale: float = 1.0,
     memory_budget: int | None = None,
     wpo: bool = False,
+    wpo_clamp: bool = False,
     ld_alpha: float | None = None,
     hypo_weight: float | None = None,
     **kwargs,
@@ -302,7 +270,8 @@ def fused_preference_loss(
         hidden=hidden, weight=weight, targets=targets, bias=bias, ref_hidden=ref_hidden,
         ref_weight=ref_weight, ref_bias=ref_bias, ignore_index=ignore_index,
         temperature=temperature, softcap=softcap, logit_scale=logit_scale,
-        memory_budget=memory_budget, wpo=wpo, ld_alpha=ld_alpha, hypo_weight=hypo_weight,
+        memory_budget=memory_budget, wpo=wpo, wpo_clamp=wpo_clamp, ld_alpha=ld_alpha,
+        hypo_weight=hypo_weight,
     )  # fmt: skip
     return _fused(registry.get(name, family=FAMILY), kwargs)
 
@@ -310,6 +279,7 @@ def fused_preference_loss(
 def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> LossOutput:
     options = _Options(
         wpo=kw.pop("wpo", False),
+        wpo_clamp=kw.pop("wpo_clamp", False),
         ld_alpha=kw.pop("ld_alpha", None),
         hypo_weight=kw.pop("hypo_weight", None),
         lcpo_noise=lcpo_noise,
@@ -325,21 +295,23 @@ def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> 
         "logit_scale": kw.pop("logit_scale", 1.0),
         "memory_budget": kw.pop("memory_budget", None),
     }
-    kind = input_kind(entry.fn)
+    kind = kind_of(entry.spec)
     groups = _groups(kind, kw, with_online=options.hypo_weight is not None)
 
     engine_stats = {"logp", *(s for s in entry.spec.stats if s in STATISTICS)}
     if options.wpo:
-        engine_stats.add("sum_sq_probs")
+        engine_stats.add(TOKEN_STATISTICS["sum_sq_probs"])
     policy = _stats_of_groups(
         groups, lambda g: g.hidden, weight, bias, sorted(engine_stats), engine
     )
-    for (prefix, group), stats in zip(groups.items(), policy):
-        kw[f"{prefix}logps"] = stats["logp"]
-        kw[f"{prefix}mask"] = group.targets != engine["ignore_index"]
-        for stat in TOKEN_STATISTICS:
-            if stat in engine_stats and stat != "logp":
-                kw[f"{prefix}{stat}"] = stats[stat]
+    computed = {
+        prefix: {
+            "logps": stats["logp"],
+            "mask": group.targets != engine["ignore_index"],
+            **{k: stats[stat] for k, stat in TOKEN_STATISTICS.items() if stat in engine_stats},
+        }
+        for (prefix, group), stats in zip(groups.items(), policy)
+    }
 
     with_ref = {p: g for p, g in groups.items() if g.ref_hidden is not None}
     if with_ref:
@@ -349,12 +321,18 @@ def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> 
                 with_ref, lambda g: g.ref_hidden, ref_weight, ref_bias, ["logp"], engine
             )
         for prefix, stats in zip(with_ref, ref):
-            kw[f"ref_{prefix}logps"] = stats["logp"]
+            computed[prefix]["ref_logps"] = stats["logp"]
 
-    for stat in entry.spec.stats:
-        if stat not in STATISTICS:
-            _two_model_statistic(stat, groups, weight, bias, ref_weight, ref_bias, engine, kw)
-    return _evaluate(entry, kw, options)
+    for suffix, stat in TOKEN_STATISTICS.items():
+        if stat in entry.spec.stats and stat not in STATISTICS:
+            heads = (weight, bias, ref_weight, ref_bias)
+            for prefix, group in groups.items():
+                if kw.get(f"{prefix}{suffix}") is None:  # else the caller precomputed it
+                    name = f"{prefix}{suffix}"
+                    computed[prefix][suffix] = _two_model_statistic(
+                        stat, name, group, heads, engine
+                    )
+    return _evaluate(entry, kw, options, computed)
 
 
 def _groups(kind: type, kw: dict, *, with_online: bool) -> dict[str, _Group]:
@@ -428,34 +406,29 @@ def _require_ref_head(ref_weight, with_ref: dict, kw: dict) -> None:
             raise ValueError(f"give either ref_{prefix}hidden or ref_{prefix}logps, not both")
 
 
-def _two_model_statistic(stat, groups, weight, bias, ref_weight, ref_bias, engine, kw) -> None:
-    """Per-token divergence between reference (teacher) and policy (student), per group."""
-    suffix = TWO_MODEL_STATISTICS[stat]
-    from lmloss import distill  # the distillation family owns the two-model engine
-
+def _two_model_statistic(stat: str, name: str, group: _Group, heads: tuple, engine) -> Tensor:
+    """Per-token divergence ``stat`` between reference (teacher) and policy (student): the
+    group's input ``name`` (e.g. ``chosen_kl``)."""
+    weight, bias, ref_weight, ref_bias = heads
     if engine["softcap"] is not None or engine["logit_scale"] != 1.0:
         raise ValueError(
             f"the per-token {stat} supports temperature only: pass softcap=None and "
-            f"logit_scale=1.0, or per-token *_{suffix} precomputed"
+            f"logit_scale=1.0, or {name}= precomputed"
         )
-    for prefix, group in groups.items():
-        if kw.get(f"{prefix}{suffix}") is not None:
-            continue
-        if group.ref_hidden is None or ref_weight is None:
-            raise ValueError(
-                f"the per-token KL needs the reference model: pass ref_hidden= and ref_weight= "
-                f"(or {prefix}{suffix}= precomputed)"
-            )
-        mask = group.targets != engine["ignore_index"]
-        kw[f"{prefix}{suffix}"] = distill.token_divergence(
-            stat,
-            group.hidden,
-            weight,
-            teacher_hidden=group.ref_hidden,
-            teacher_weight=ref_weight,
-            student_bias=bias,
-            teacher_bias=ref_bias,
-            mask=mask,
-            temperature=engine["temperature"],
-            memory_budget=engine["memory_budget"],
+    if group.ref_hidden is None or ref_weight is None:
+        raise ValueError(
+            "the per-token KL needs the reference model: pass ref_hidden= and ref_weight= "
+            f"(or {name}= precomputed)"
         )
+    return token_pair_terms(
+        group.hidden,
+        weight,
+        (stat,),
+        student_bias=bias,
+        teacher_hidden=group.ref_hidden,
+        teacher_weight=ref_weight,
+        teacher_bias=ref_bias,
+        mask=group.targets != engine["ignore_index"],
+        temperature=engine["temperature"],
+        memory_budget=engine["memory_budget"],
+    )[stat]

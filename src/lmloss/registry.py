@@ -1,7 +1,9 @@
 """Names → objectives. The trainer, the CLI and the front-door functions find objectives here.
 
 Objective modules tag their functions with :func:`lmloss.objectives.spec.objective`; this
-module imports the objective packages and indexes every tagged function by name and alias.
+module imports the objective packages, completes each declared spec from its function's
+signature once (:func:`lmloss.objectives.signatures.complete`) and indexes the entries by
+name and alias. :func:`spec` is the public view of what an objective needs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from lmloss._checks import require_choice
+from lmloss.objectives import signatures
 from lmloss.objectives import spec as _spec
 
 
@@ -35,8 +38,8 @@ class Entry:
 
     @property
     def hyper(self) -> dict[str, Any]:
-        """Hyper-parameters with this entry's defaults applied."""
-        return {**_spec.hyper_parameters(self.fn), **dict(self.spec.defaults)}
+        """Hyper-parameters with this entry's defaults applied (``spec.hyper``)."""
+        return self.spec.hyper_defaults
 
     @property
     def formula(self) -> str:
@@ -44,7 +47,9 @@ class Entry:
         return inspect.cleandoc(self.fn.__doc__ or "")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **{**dict(self.spec.defaults), **kwargs})
+        """The function with this entry's hyper-parameters (defaults, then ``kwargs``), option
+        groups packed into their dataclasses."""
+        return self.fn(*args, **self.spec.group({**self.spec.hyper_defaults, **kwargs}))
 
 
 def _objective_modules() -> list[Any]:
@@ -62,7 +67,8 @@ def _table() -> dict[str, Entry]:
     table: dict[str, Entry] = {}
     for module in _objective_modules():
         for value in vars(module).values():
-            for spec in getattr(value, "__objective_specs__", ()):
+            for declared in getattr(value, "__objective_specs__", ()):
+                spec = signatures.complete(declared, value)
                 entry = Entry(spec=spec, fn=value)
                 for key in (spec.name, *spec.aliases):
                     known = table.get(key)
@@ -94,6 +100,18 @@ def list_objectives(family: str | None = None) -> list[str]:
     return sorted({e.name for e in _table().values() if family is None or e.family == family})
 
 
+def spec(name: str) -> _spec.ObjectiveSpec:
+    """The :class:`~lmloss.objectives.spec.ObjectiveSpec` of ``name`` (or an alias): its
+    inputs, statistics, hyper-parameters with defaults, reference model, normalizer.
+
+    Example:
+        >>> import lmloss
+        >>> lmloss.spec("simpo").reference, lmloss.spec("dpo").reference
+        ('none', 'required')
+    """
+    return get(name).spec
+
+
 def describe(name: str) -> dict[str, Any]:
     """Name, family, paper, required statistics, hyper-parameters and formula of ``name``."""
     entry = get(name)
@@ -104,5 +122,10 @@ def describe(name: str) -> dict[str, Any]:
         "aliases": list(entry.spec.aliases),
         "stats": list(entry.spec.stats),
         "hyper": entry.hyper,
+        "kind": entry.spec.kind,
+        "inputs": list(entry.spec.inputs),
+        "optional_inputs": list(entry.spec.optional_inputs),
+        "reference": entry.spec.reference,
+        "normalizer": entry.spec.normalizer,
         "formula": entry.formula,
     }

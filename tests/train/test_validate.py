@@ -132,10 +132,7 @@ def test_changing_the_objective_warns_about_its_hyper_parameters(tmp_path):
     assert any("takes no 'alpha'" in s for s in said)
 
 
-def test_demo_help_and_describe_columns(capsys):
-    with pytest.raises(SystemExit) as stop:
-        cli.main(["demo", "--help"])
-    assert stop.value.code == 0 and "usage: lmloss demo" in capsys.readouterr().out
+def test_describe_lists_the_data_columns(capsys):
     assert cli.main(["describe", "kto"]) == 0
     assert "data columns (lmloss train): prompt + completion + label" in capsys.readouterr().out
 

@@ -1,37 +1,60 @@
-"""Metadata an objective carries: its registry name, family, paper and the statistics it needs.
+"""What an objective declares: the one contract every front door, the trainer and the CLI read.
 
-Objectives stay plain functions; ``@objective(...)`` attaches an :class:`ObjectiveSpec` to
-them and adds the one check they all share: a float hyper-parameter must be finite (a NaN
-or infinite ``beta`` is a ``ValueError``, never a NaN loss). :mod:`lmloss.registry` collects
-the tagged functions, so this layer never imports the registry (data and imports flow one
-way).
+Objectives stay plain functions; ``@objective(...)`` attaches the facts only the author can
+state (name, family, paper, statistics, whether a reference model is needed, ...). The
+registry then reads the rest from the function's signature once, at registration
+(:func:`lmloss.objectives.signatures.complete`), so nothing downstream inspects signatures
+or probes an objective to learn what it needs. This layer never imports the registry (data
+and imports flow one way).
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 FAMILIES = ("likelihood", "preference", "policy", "distill", "classify")
 
+# Whether the objective needs a frozen reference model's log-probs.
+REFERENCE = ("required", "optional", "none")
+
+# What the loss averages over, i.e. what the distributed-correct count is:
+# token (a global ``num_items`` token count), sequence, pair, example (one row of logits),
+# batch (the terms are coupled across the batch: no per-row split is meaningful).
+NORMALIZERS = ("token", "sequence", "pair", "example", "batch")
+
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
-    """What the registry, the CLI and the fused paths need to know about an objective.
+    """Everything the library knows about an objective, declared or read once.
 
-    Attributes:
+    Declared with :func:`objective`:
         name: registry name, lower case (``"dpo"``).
         family: one of :data:`FAMILIES`.
         paper: the reference, e.g. ``"Rafailov et al. 2023, arXiv:2305.18290"``.
-        stats: per-token statistics the fused path must compute for it, by engine name
-            (``"logp"``, ``"entropy"``, ``"lse"``, ``"sum_sq_probs"``, ``"mean_logit"``, ...).
+        stats: statistics the fused path must compute for it, by engine name
+            (``"logp"``, ``"entropy"``, ``"lse"``, ``"forward_kl"``, ...).
         aliases: other names that resolve to it.
         defaults: hyper-parameter overrides that distinguish this entry when several
             registry names share one function (e.g. ``tdpo2`` is ``tdpo`` with ``alpha=0.5``).
+        reference: ``"required"``, ``"optional"`` or ``"none"`` (of :data:`REFERENCE`).
+        batch_coupled: its per-example terms are not tied to one row (AOT sorts the batch).
+        optional_inputs: keyword tensors it may take that its signature cannot show (the
+            token masks of SparsePO, read from its input kind); completed below.
+
+    Read from the signature at registration (see :mod:`lmloss.objectives.signatures`):
+        kind: the input kind the front door builds (``"Pairs"``, ``"Rollouts"``,
+            ``"tokens"``, ``"distributions"``, ``"logits"``, ...).
+        inputs: keyword tensors that must be given (by their front-door names).
+        optional_inputs: keyword tensors it may take.
+        extra_inputs: the inputs beyond its kind's (``strength`` of OSP, ``desirable`` of
+            KTO): per-example data the trainer reads from the data column of that name.
+        hyper: hyper-parameters and their defaults (``defaults`` applied), in order.
+        groups: keyword parameters that take a dataclass of shared options, with the class;
+            their fields are flattened into ``hyper`` so callers and recipes stay flat.
+        normalizer: of :data:`NORMALIZERS`, for the default hyper-parameters (see
+            :meth:`normalizer_for`).
     """
 
     name: str
@@ -40,6 +63,64 @@ class ObjectiveSpec:
     stats: tuple[str, ...] = ("logp",)
     aliases: tuple[str, ...] = ()
     defaults: tuple[tuple[str, Any], ...] = ()
+    reference: str = "none"
+    batch_coupled: bool = False
+    kind: str = ""
+    inputs: tuple[str, ...] = ()
+    optional_inputs: tuple[str, ...] = ()
+    extra_inputs: tuple[str, ...] = ()
+    hyper: tuple[tuple[str, Any], ...] = ()
+    groups: tuple[tuple[str, type], ...] = ()
+    normalizer: str = ""
+
+    @property
+    def hyper_defaults(self) -> dict[str, Any]:
+        """Hyper-parameter name → default, for this registry entry."""
+        return dict(self.hyper)
+
+    @property
+    def takes(self) -> tuple[str, ...]:
+        """Every keyword tensor it accepts."""
+        return (*self.inputs, *self.optional_inputs)
+
+    def normalizer_for(self, hyper: dict[str, Any]) -> str:
+        """The normalizer once ``hyper`` overrides the defaults: a policy objective averages
+        over tokens exactly when its ``aggregation`` is ``token_mean``."""
+        full = {**self.hyper_defaults, **hyper}
+        if self.family == "policy":
+            return "token" if full["aggregation"] == "token_mean" else "sequence"
+        return self.normalizer
+
+    def group(self, hyper: dict[str, Any]) -> dict[str, Any]:
+        """Flat hyper-parameters → the keyword arguments of the function: the fields of
+        each option group packed into its dataclass (defaults from this entry)."""
+        out = dict(hyper)
+        for param, cls in self.groups:
+            names = cls.__dataclass_fields__
+            out[param] = cls(**{k: out.pop(k) for k in list(out) if k in names})
+        return out
+
+    def summary(self) -> str:
+        """A plain-text description: what ``lmloss describe NAME`` prints above the formula."""
+
+        def names(values) -> str:
+            return ", ".join(values) or "-"
+
+        hyper = "\n".join(f"    {k} = {v!r}" for k, v in self.hyper) or "    -"
+        lines = [
+            f"{self.name}  ({self.family})  {self.paper}",
+            f"  aliases:          {names(self.aliases)}",
+            f"  input kind:       {self.kind}",
+            f"  inputs:           {names(self.inputs)}",
+            f"  optional inputs:  {names(self.optional_inputs)}",
+            f"  per-example:      {names(self.extra_inputs)}",
+            f"  statistics:       {names(self.stats)}",
+            f"  reference model:  {self.reference}",
+            f"  normalizer:       {self.normalizer}" + ("  (batch-coupled)" * self.batch_coupled),
+            "  hyper-parameters:",
+            hyper,
+        ]
+        return "\n".join(lines)
 
 
 def objective(
@@ -50,10 +131,22 @@ def objective(
     stats: tuple[str, ...] = ("logp",),
     aliases: tuple[str, ...] = (),
     defaults: dict[str, Any] | None = None,
+    reference: str | None = None,
+    batch_coupled: bool = False,
+    optional_inputs: tuple[str, ...] = (),
 ) -> Callable[[Callable], Callable]:
-    """Tag a function as the objective ``name``. Can be stacked to register variants."""
+    """Tag a function as the objective ``name``. Can be stacked to register variants.
+
+    ``reference`` defaults to the family's convention: ``"required"`` for preference
+    objectives (declare ``"none"`` for reference-free ones such as SimPO), ``"optional"``
+    for policy objectives (used by the ``beta`` KL term), ``"none"`` elsewhere.
+    """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if reference is None:
+        reference = {"preference": "required", "policy": "optional"}.get(family, "none")
+    if reference not in REFERENCE:
+        raise ValueError(f"reference must be one of {REFERENCE}, got {reference!r}")
     spec = ObjectiveSpec(
         name=name,
         family=family,
@@ -61,37 +154,13 @@ def objective(
         stats=tuple(stats),
         aliases=tuple(aliases),
         defaults=tuple(sorted((defaults or {}).items())),
+        reference=reference,
+        batch_coupled=batch_coupled,
+        optional_inputs=tuple(optional_inputs),
     )
 
     def tag(fn: Callable) -> Callable:
-        if not hasattr(fn, "__objective_specs__"):  # stacked tags share one check
-            fn = _finite_hyper_parameters(fn)
         fn.__objective_specs__ = (*getattr(fn, "__objective_specs__", ()), spec)
         return fn
 
     return tag
-
-
-def _finite_hyper_parameters(fn: Callable) -> Callable:
-    """``fn`` refusing a NaN or infinite float for any of its hyper-parameters."""
-    names = set(hyper_parameters(fn))
-
-    @functools.wraps(fn)
-    def checked(*args: Any, **kwargs: Any) -> Any:
-        for key, value in kwargs.items():
-            if key in names and isinstance(value, float) and not math.isfinite(value):
-                objective = "/".join(s.name for s in checked.__objective_specs__)
-                raise ValueError(f"{objective}: {key} must be a finite number, got {value}")
-        return fn(*args, **kwargs)
-
-    return checked
-
-
-def hyper_parameters(fn: Callable) -> dict[str, Any]:
-    """Keyword-only parameters with defaults: the objective's hyper-parameters."""
-    params = inspect.signature(fn).parameters.values()
-    return {
-        p.name: p.default
-        for p in params
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
-    }

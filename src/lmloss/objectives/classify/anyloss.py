@@ -48,6 +48,7 @@ def soft_confusion(scores: Tensor, positive: Tensor, amplifier: float) -> tuple[
     "anyloss",
     family="classify",
     stats=(),
+    batch_coupled=True,
     paper="Han, Moniz, Chawla 2024, AnyLoss, arXiv:2405.14745",
 )
 def anyloss(

@@ -6,7 +6,7 @@ import torch
 
 from lmloss import _checks
 from lmloss.objectives.classify._inputs import binary_labels, class_logits, positives
-from lmloss.objectives.classify._numerics import masked_log1p_sum_exp, masked_logsumexp
+from lmloss.objectives.numerics import masked_log1p_sum_exp, masked_logsumexp
 from lmloss.objectives.spec import objective
 
 Tensor = torch.Tensor

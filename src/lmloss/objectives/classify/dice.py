@@ -6,7 +6,7 @@ import torch
 
 from lmloss import _checks
 from lmloss.objectives.classify._inputs import class_labels, class_logits
-from lmloss.objectives.likelihood._numerics import one_minus_p
+from lmloss.objectives.numerics import one_minus_p
 from lmloss.objectives.spec import objective
 
 Tensor = torch.Tensor

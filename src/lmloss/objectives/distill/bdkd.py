@@ -59,6 +59,11 @@ def bdkd(
     the sources available here. This smooth, bounded parametrization is ours: ``s → 0`` is
     a hard switch on the sign of Δ; at Δ = 0 both KLs weigh ½.
 
+    lmloss's own reading (no authors' code to check against): the sigmoid weights and
+    ``gap_scale``, the per-token (rather than per-sequence) entropy gap, the entropies held
+    constant, and ``hard_weight`` as the label cross-entropy's share. The paper's parts are
+    the two KLs and that the entropy gap balances them per sample.
+
     Args:
         terms: per-token ``forward_kl``, ``reverse_kl``, ``student_entropy``,
             ``teacher_entropy`` (and ``nll`` when ``hard_weight > 0``), ``[N]`` or ``[B, T]``.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lmloss import _checks
-from lmloss.objectives.likelihood._numerics import log1mexp
+from lmloss.objectives.numerics import log1mexp
 from lmloss.objectives.spec import objective
 
 Tensor = torch.Tensor
@@ -33,6 +33,14 @@ def dco(logp: Tensor, *, n: float = 4.0) -> Tensor:
 
     Returns:
         The per-token loss.
+
+    Differs from the paper: there ``p`` is the probability of the whole answer (pass@N of
+    a sampled response), so the factor ``F(p)`` weighs a sequence; lmloss applies the
+    formula per token with ``p`` the token's probability, which is what a per-token
+    likelihood objective can express (and what the fused path computes in one pass). For
+    the paper's sequence-level form, take the per-token ``logps`` summed over the answer
+    and call ``dco`` on that one value per sequence (``likelihood_loss("dco",
+    logps=answer_logps)`` with ``answer_logps`` shaped ``[B]``).
 
     References:
         arXiv:2502.07154 (abstract in ``seeds/``); the formula is the catalog's

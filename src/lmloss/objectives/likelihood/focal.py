@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lmloss import _checks
-from lmloss.objectives.likelihood._numerics import one_minus_p
+from lmloss.objectives.numerics import one_minus_p
 from lmloss.objectives.spec import objective
 
 Tensor = torch.Tensor

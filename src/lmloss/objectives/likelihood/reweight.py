@@ -22,8 +22,7 @@ from collections.abc import Callable
 import torch
 
 from lmloss import _checks
-from lmloss.objectives.likelihood.reduction import sequence_means
-from lmloss.objectives.reduce import token_count
+from lmloss.objectives.reduce import sequence_means, token_count
 
 Tensor = torch.Tensor
 

@@ -1,4 +1,10 @@
-"""What every policy objective shares: input checks, importance ratios and the finish.
+"""What every policy objective shares: its input kind, its options, ratios and the finish.
+
+:class:`Rollouts` is the input kind the front door builds once from the keyword tensors
+(:func:`rollouts`); :class:`PolicyOptions` holds the options every policy objective takes
+(the KL penalty, the entropy bonus, the aggregation and its normalizers). The registry
+flattens its fields into the objective's hyper-parameters, so callers and recipes pass
+``beta=``, ``aggregation=`` ... directly.
 
 The finish turns a per-token policy loss into a :class:`~lmloss.output.LossOutput`: it adds
 the KL penalty to the reference (``β · kl_t`` per token, TRL's placement), aggregates
@@ -33,8 +39,35 @@ LOG_RATIO_CLAMP = 20.0
 
 
 @dataclass(frozen=True)
-class Batch:
-    """Checked, masked, compute-dtype per-token inputs of one policy loss.
+class PolicyOptions:
+    """Options shared by every policy objective (see :func:`finish`).
+
+    Attributes:
+        beta: KL coefficient; needs ``ref_logps`` when non-zero.
+        kl_estimator: name in :data:`~lmloss.objectives.policy.kl.KL_ESTIMATORS`.
+        kl_importance_weighted: multiply the per-token KL by the ratio (DeepSeek-V3.2's
+            unbiased off-policy KL; TRL ``use_bias_correction_kl``).
+        entropy_coef: subtract ``entropy_coef ·`` (token mean of the entropy) from the loss
+            (TRL's convention: a plain token mean whatever the aggregation).
+        aggregation, num_items, max_tokens: see :mod:`.aggregate`.
+    """
+
+    beta: float = 0.0
+    kl_estimator: str = "k3"
+    kl_importance_weighted: bool = False
+    entropy_coef: float = 0.0
+    aggregation: str = "seq_mean_token_mean"
+    num_items: float | Tensor | None = None
+    max_tokens: float | None = None
+
+
+DEFAULT_OPTIONS = PolicyOptions()
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """The input kind of policy objectives: checked, masked, compute-dtype per-token tensors
+    of sampled completions (built by :func:`rollouts`).
 
     Attributes:
         logps: log π_θ, zero where masked.
@@ -63,14 +96,14 @@ def _per_token(name: str, value: object, like: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid, tensor, torch.zeros_like(tensor))
 
 
-def batch(
+def rollouts(
     logps: Tensor,
     mask: Tensor,
     advantages: Tensor,
     old_logps: Tensor | None = None,
     ref_logps: Tensor | None = None,
     entropy: Tensor | None = None,
-) -> Batch:
+) -> Rollouts:
     """Validate the per-token inputs and zero them at masked positions."""
     logps = _checks.require_floating("logps", logps)
     _checks.require_ndim("logps", logps, (2,))
@@ -99,7 +132,7 @@ def batch(
         old = _per_token("old_logps", old_logps, logps, valid).detach()
     ref = None if ref_logps is None else _per_token("ref_logps", ref_logps, logps, valid).detach()
     ent = None if entropy is None else _per_token("entropy", entropy, logps, valid)
-    return Batch(logps, old, ref, advantages, ent, mask, valid, seq_advantages)
+    return Rollouts(logps, old, ref, advantages, ent, mask, valid, seq_advantages)
 
 
 def choose(condition: Tensor, if_true: float, if_false: float, like: Tensor) -> Tensor:
@@ -116,18 +149,18 @@ def check_clip(eps_low: float | None, eps_high: float | None) -> None:
         _checks.require_in_range("eps_high", eps_high, 0.0, float("inf"))
 
 
-def token_log_ratio(b: Batch) -> Tensor:
+def token_log_ratio(b: Rollouts) -> Tensor:
     """log π_θ/π_old per token, clamped, zero where masked."""
     return (b.logps - b.old_logps).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
 
 
 # ratio level -> [B, T] log-ratio (a sequence level is broadcast over its tokens)
-def _sequence_mean(b: Batch) -> Tensor:
+def _sequence_mean(b: Rollouts) -> Tensor:
     # GSPO: log of the geometric mean of the token ratios, one value per sequence.
     return masked_mean(token_log_ratio(b), b.mask)[:, None].expand_as(b.logps)
 
 
-def _sequence_sum(b: Batch) -> Tensor:
+def _sequence_sum(b: Rollouts) -> Tensor:
     # RLOO (TRL): ratio of the sequence probabilities.
     total = masked_sum(token_log_ratio(b), b.mask)
     return total.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)[:, None].expand_as(b.logps)
@@ -136,13 +169,13 @@ def _sequence_sum(b: Batch) -> Tensor:
 RATIO_LEVELS = {"token": token_log_ratio, "sequence": _sequence_mean, "sequence_sum": _sequence_sum}
 
 
-def log_ratio(b: Batch, level: str) -> Tensor:
+def log_ratio(b: Rollouts, level: str) -> Tensor:
     """Importance log-ratio at ``level`` (``token`` | ``sequence`` | ``sequence_sum``)."""
     _checks.require_choice("ratio_level", level, RATIO_LEVELS)
     return RATIO_LEVELS[level](b)
 
 
-def _masked_stats(prefix: str, values: Tensor, b: Batch) -> dict[str, Tensor]:
+def _masked_stats(prefix: str, values: Tensor, b: Rollouts) -> dict[str, Tensor]:
     values = values.detach()
     if not bool(b.valid.any()):
         zero = values.new_zeros(())
@@ -155,28 +188,22 @@ def _masked_stats(prefix: str, values: Tensor, b: Batch) -> dict[str, Tensor]:
     }
 
 
-def batch_token_mean(values: Tensor, b: Batch) -> Tensor:
+def batch_token_mean(values: Tensor, b: Rollouts) -> Tensor:
     """Mean of ``values`` over all unmasked tokens of the batch (0 when all are masked)."""
     return masked_sum(values, b.mask).sum() / token_count(b.mask).sum().clamp(min=1)
 
 
-def token_fraction(flags: Tensor, b: Batch) -> Tensor:
+def token_fraction(flags: Tensor, b: Rollouts) -> Tensor:
     """Detached fraction of unmasked tokens where the bool ``flags`` hold."""
     return batch_token_mean(flags.to(b.mask.dtype), b).detach()
 
 
 def finish(
     per_token: Tensor,
-    b: Batch,
+    b: Rollouts,
+    options: PolicyOptions,
     *,
     ratio: Tensor,
-    beta: float,
-    kl_estimator: str,
-    kl_importance_weighted: bool,
-    entropy_coef: float,
-    aggregation: str,
-    num_items: float | Tensor | None,
-    max_tokens: float | None,
     clipped_low: Tensor | None = None,
     clipped_high: Tensor | None = None,
     extra_metrics: dict[str, Tensor] | None = None,
@@ -186,25 +213,19 @@ def finish(
     Args:
         per_token: ``[B, T]`` policy loss per token (anything at masked positions is ignored).
         b: the checked inputs.
+        options: the KL penalty, entropy bonus and aggregation (:class:`PolicyOptions`).
         ratio: ``[B, T]`` importance ratio used by the objective (for ratio metrics and the
             importance-weighted KL).
-        beta: KL coefficient; needs ``ref_logps`` when non-zero.
-        kl_estimator: name in :data:`~lmloss.objectives.policy.kl.KL_ESTIMATORS`.
-        kl_importance_weighted: multiply the per-token KL by ``ratio`` (DeepSeek-V3.2's
-            unbiased off-policy KL; TRL ``use_bias_correction_kl``).
-        entropy_coef: subtract ``entropy_coef ·`` (token mean of the entropy) from the loss
-            (TRL's convention: a plain token mean whatever the aggregation); needs
-            ``entropy`` when non-zero.
-        aggregation, num_items, max_tokens: see :mod:`.aggregate`.
         clipped_low, clipped_high: bool ``[B, T]`` flags of clipped tokens, for metrics.
         extra_metrics: objective-specific metrics (detached here).
 
     Returns:
         ``LossOutput`` with ``loss = per_example.mean() − entropy_coef · H̄``.
     """
+    beta, entropy_coef = options.beta, options.entropy_coef
     _checks.require_in_range("beta", beta, 0.0, float("inf"))
     _checks.require_in_range("entropy_coef", entropy_coef, float("-inf"), float("inf"))
-    check_aggregation(aggregation, num_items, max_tokens)
+    check_aggregation(options.aggregation, options.num_items, options.max_tokens)
     if beta != 0 and b.ref_logps is None:
         raise ValueError(f"beta={beta} needs ref_logps (the reference policy's log-probs)")
     if entropy_coef != 0 and b.entropy is None:
@@ -213,11 +234,17 @@ def finish(
     metrics: dict[str, Tensor] = {}
     total = per_token
     if b.ref_logps is not None:
-        kl = per_token_kl(kl_estimator, b.logps, b.ref_logps, b.valid)
+        kl = per_token_kl(options.kl_estimator, b.logps, b.ref_logps, b.valid)
         metrics["kl"] = batch_token_mean(kl, b).detach()
         if beta != 0:
-            total = total + beta * (kl * ratio if kl_importance_weighted else kl)
-    per_example = aggregate(total, b.mask, aggregation, num_items=num_items, max_tokens=max_tokens)
+            total = total + beta * (kl * ratio if options.kl_importance_weighted else kl)
+    per_example = aggregate(
+        total,
+        b.mask,
+        options.aggregation,
+        num_items=options.num_items,
+        max_tokens=options.max_tokens,
+    )
     loss = per_example.mean()
     if b.entropy is not None:
         mean_entropy = batch_token_mean(b.entropy, b)

@@ -11,8 +11,9 @@ import torch
 
 from lmloss import _checks
 from lmloss.objectives.policy.common import (
-    Batch,
-    batch,
+    DEFAULT_OPTIONS,
+    PolicyOptions,
+    Rollouts,
     batch_token_mean,
     check_clip,
     finish,
@@ -27,7 +28,7 @@ from lmloss.output import LossOutput
 Tensor = torch.Tensor
 
 
-def centered_covariance(b: Batch) -> Tensor:
+def centered_covariance(b: Rollouts) -> Tensor:
     """Per-token ``(A_t − Ā)(log π_t − mean log π)``, means over unmasked tokens (no grad)."""
     count = b.mask.sum().clamp(min=1)
     adv = b.advantages.detach()
@@ -37,7 +38,7 @@ def centered_covariance(b: Batch) -> Tensor:
     return (adv - adv_mean) * (logp - logp_mean)
 
 
-def selection_size(fraction: float, b: Batch) -> int:
+def selection_size(fraction: float, b: Rollouts) -> int:
     """``max(1, ⌊fraction · N⌋)`` tokens among the N unmasked ones (0 when N = 0)."""
     n = int(b.valid.sum())
     return 0 if n == 0 else max(1, int(fraction * n))
@@ -47,14 +48,10 @@ def selection_size(fraction: float, b: Batch) -> int:
     "clip_cov",
     family="policy",
     paper="Cui et al. 2025 (The Entropy Mechanism of RL for Reasoning LMs), arXiv:2505.22617",
+    defaults={"aggregation": "token_mean"},
 )
 def clip_cov(
-    logps: Tensor,
-    mask: Tensor,
-    advantages: Tensor,
-    old_logps: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    entropy: Tensor | None = None,
+    b: Rollouts,
     *,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
@@ -62,13 +59,7 @@ def clip_cov(
     cov_low: float = 1.0,
     cov_high: float = 5.0,
     generator: torch.Generator | None = None,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    kl_importance_weighted: bool = False,
-    entropy_coef: float = 0.0,
-    aggregation: str = "token_mean",
-    num_items: float | Tensor | None = None,
-    max_tokens: float | None = None,
+    options: PolicyOptions = DEFAULT_OPTIONS,
 ) -> LossOutput:
     """Clip-Cov: drop the gradient of a few tokens with high logp–advantage covariance.
 
@@ -84,7 +75,6 @@ def clip_cov(
     """
     check_clip(eps_low, eps_high)
     _checks.require_in_range("clip_fraction", clip_fraction, 0.0, 1.0, low_open=True)
-    b = batch(logps, mask, advantages, old_logps, ref_logps, entropy)
     ratio = torch.exp(token_log_ratio(b))
     per_token, low, high = clip_loss(ratio, b.advantages, eps_low, eps_high)
     with torch.no_grad():
@@ -101,14 +91,8 @@ def clip_cov(
     return finish(
         per_token,
         b,
+        options,
         ratio=ratio,
-        beta=beta,
-        kl_estimator=kl_estimator,
-        kl_importance_weighted=kl_importance_weighted,
-        entropy_coef=entropy_coef,
-        aggregation=aggregation,
-        num_items=num_items,
-        max_tokens=max_tokens,
         clipped_low=low,
         clipped_high=high,
         extra_metrics={"cov_clip_frac": token_fraction(detached, b)},
@@ -119,24 +103,14 @@ def clip_cov(
     "kl_cov",
     family="policy",
     paper="Cui et al. 2025 (The Entropy Mechanism of RL for Reasoning LMs), arXiv:2505.22617",
+    defaults={"aggregation": "token_mean"},
 )
 def kl_cov(
-    logps: Tensor,
-    mask: Tensor,
-    advantages: Tensor,
-    old_logps: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    entropy: Tensor | None = None,
+    b: Rollouts,
     *,
     kl_fraction: float = 2e-4,
     kl_coef: float = 1.0,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    kl_importance_weighted: bool = False,
-    entropy_coef: float = 0.0,
-    aggregation: str = "token_mean",
-    num_items: float | Tensor | None = None,
-    max_tokens: float | None = None,
+    options: PolicyOptions = DEFAULT_OPTIONS,
 ) -> LossOutput:
     """KL-Cov: a KL penalty on the tokens of largest logp–advantage covariance, no clipping.
 
@@ -147,7 +121,6 @@ def kl_cov(
     """
     _checks.require_in_range("kl_fraction", kl_fraction, 0.0, 1.0, low_open=True)
     _checks.require_in_range("kl_coef", kl_coef, 0.0, float("inf"))
-    b = batch(logps, mask, advantages, old_logps, ref_logps, entropy)
     lr = token_log_ratio(b)
     ratio = torch.exp(lr)
     with torch.no_grad():
@@ -159,19 +132,13 @@ def kl_cov(
     return finish(
         per_token,
         b,
+        options,
         ratio=ratio,
-        beta=beta,
-        kl_estimator=kl_estimator,
-        kl_importance_weighted=kl_importance_weighted,
-        entropy_coef=entropy_coef,
-        aggregation=aggregation,
-        num_items=num_items,
-        max_tokens=max_tokens,
         extra_metrics={"cov_kl_frac": token_fraction(penalized, b)},
     )
 
 
-def steer_weights(b: Batch, weight_min: float, weight_max: float, linear: bool) -> Tensor:
+def steer_weights(b: Rollouts, weight_min: float, weight_max: float, linear: bool) -> Tensor:
     """STEER token weights from the first-order entropy change ``|Ω_t|`` (no gradient).
 
     With ``x = π_θ(y_t)`` clamped to [1e-8, 1 − 1e-8],
@@ -205,14 +172,10 @@ def steer_weights(b: Batch, weight_min: float, weight_max: float, linear: bool) 
     family="policy",
     paper="Hao et al. 2025 (Rethinking Entropy Interventions in RLVR), arXiv:2510.10150",
     stats=("logp", "entropy"),
+    defaults={"aggregation": "token_mean"},
 )
 def steer(
-    logps: Tensor,
-    mask: Tensor,
-    advantages: Tensor,
-    old_logps: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    entropy: Tensor | None = None,
+    b: Rollouts,
     *,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
@@ -220,13 +183,7 @@ def steer(
     weight_min: float = 0.8,
     weight_max: float = 1.2,
     linear: bool = True,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    kl_importance_weighted: bool = False,
-    entropy_coef: float = 0.0,
-    aggregation: str = "token_mean",
-    num_items: float | Tensor | None = None,
-    max_tokens: float | None = None,
+    options: PolicyOptions = DEFAULT_OPTIONS,
 ) -> LossOutput:
     """STEER: reweight each token by its predicted entropy change.
 
@@ -235,33 +192,26 @@ def steer(
     [0.8, 1.2], linear map, dual clip c = 3, token mean) are the authors' code
     (github.com/zz-haooo/STEER, ``compute_policy_loss_with_entropy``).
     """
-    if entropy is None:
+    if b.entropy is None:
         raise ValueError("steer needs entropy= ([B, T] token entropies)")
     check_clip(eps_low, eps_high)
     check_dual_clip_and_delta(dual_clip, None)
     _checks.require_in_range("weight_min", weight_min, 0.0, weight_max, low_open=True)
-    b = batch(logps, mask, advantages, old_logps, ref_logps, entropy)
     ratio = torch.exp(token_log_ratio(b))
     per_token, low, high = clip_loss(ratio, b.advantages, eps_low, eps_high, dual_clip=dual_clip)
     weights = steer_weights(b, weight_min, weight_max, linear)
     return finish(
         weights * per_token,
         b,
+        options,
         ratio=ratio,
-        beta=beta,
-        kl_estimator=kl_estimator,
-        kl_importance_weighted=kl_importance_weighted,
-        entropy_coef=entropy_coef,
-        aggregation=aggregation,
-        num_items=num_items,
-        max_tokens=max_tokens,
         clipped_low=low,
         clipped_high=high,
         extra_metrics={"weight_mean": batch_token_mean(weights, b)},
     )
 
 
-def lowest_logp_tokens(b: Batch, among: Tensor, fraction: float) -> Tensor:
+def lowest_logp_tokens(b: Rollouts, among: Tensor, fraction: float) -> Tensor:
     """Bool ``[B, T]``: the ``max(1, ⌊fraction · n⌋)`` lowest-logp tokens among ``among``."""
     n = int(among.sum())
     picked = torch.zeros_like(among)
@@ -276,29 +226,19 @@ def lowest_logp_tokens(b: Batch, among: Tensor, fraction: float) -> Tensor:
     "lp_reg",
     family="policy",
     paper="Low-probability Regularization (Lp-Reg), arXiv:2510.03222",
+    defaults={"aggregation": "token_mean"},
 )
 def lp_reg(
-    logps: Tensor,
-    mask: Tensor,
-    advantages: Tensor,
-    old_logps: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    entropy: Tensor | None = None,
-    proxy_logps: Tensor | None = None,
+    b: Rollouts,
     *,
+    proxy_logps: Tensor,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     neg_fraction: float = 0.01,
     pos_fraction: float = 0.0,
     reg_coef: float = 1.0,
     reg_estimator: str = "low_var_kl",
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    kl_importance_weighted: bool = False,
-    entropy_coef: float = 0.0,
-    aggregation: str = "token_mean",
-    num_items: float | Tensor | None = None,
-    max_tokens: float | None = None,
+    options: PolicyOptions = DEFAULT_OPTIONS,
 ) -> LossOutput:
     """Lp-Reg: keep low-probability "reasoning sparks" alive with a KL to a min-p proxy.
 
@@ -317,13 +257,10 @@ def lp_reg(
     Args: as :func:`~.surrogates.clipped_surrogate`, plus ``proxy_logps`` ``[B, T]``
         (required, no gradient), the selected fractions, ``reg_coef`` and ``reg_estimator``.
     """
-    if proxy_logps is None:
-        raise ValueError("lp_reg needs proxy_logps= (log-probs of the min-p filtered policy)")
     check_clip(eps_low, eps_high)
     _checks.require_in_range("neg_fraction", neg_fraction, 0.0, 1.0)
     _checks.require_in_range("pos_fraction", pos_fraction, 0.0, 1.0)
     _checks.require_in_range("reg_coef", reg_coef, 0.0, float("inf"))
-    b = batch(logps, mask, advantages, old_logps, ref_logps, entropy)
     proxy = _checks.require_floating("proxy_logps", proxy_logps)
     _checks.require_shape("proxy_logps", proxy, b.logps.shape, "logps")
     proxy = torch.where(b.valid, proxy.detach().to(b.logps.dtype), 0.0)
@@ -341,14 +278,8 @@ def lp_reg(
     return finish(
         per_token,
         b,
+        options,
         ratio=ratio,
-        beta=beta,
-        kl_estimator=kl_estimator,
-        kl_importance_weighted=kl_importance_weighted,
-        entropy_coef=entropy_coef,
-        aggregation=aggregation,
-        num_items=num_items,
-        max_tokens=max_tokens,
         clipped_low=low,
         clipped_high=high,
         extra_metrics={"reg_frac": token_fraction(chosen, b)},

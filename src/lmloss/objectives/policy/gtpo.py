@@ -12,7 +12,15 @@ from __future__ import annotations
 import torch
 
 from lmloss import _checks
-from lmloss.objectives.policy.common import batch, check_clip, choose, finish, token_log_ratio
+from lmloss.objectives.policy.common import (
+    DEFAULT_OPTIONS,
+    PolicyOptions,
+    Rollouts,
+    check_clip,
+    choose,
+    finish,
+    token_log_ratio,
+)
 from lmloss.objectives.policy.surrogates import clip_loss
 from lmloss.objectives.reduce import masked_mean
 from lmloss.objectives.spec import objective
@@ -44,27 +52,17 @@ def conflict_tokens(
     stats=("logp", "entropy"),
 )
 def gtpo(
-    logps: Tensor,
-    mask: Tensor,
-    advantages: Tensor,
-    old_logps: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    entropy: Tensor | None = None,
-    token_ids: Tensor | None = None,
+    b: Rollouts,
     *,
+    token_ids: Tensor,
     group_size: int | None = None,
     positive_weight: float = 2.0,
     entropy_threshold: float = 0.7,
     entropy_scale: float = 0.1,
+    group_sum: bool = False,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    kl_importance_weighted: bool = False,
-    entropy_coef: float = 0.0,
-    aggregation: str = "seq_mean_token_mean",
-    num_items: float | Tensor | None = None,
-    max_tokens: float | None = None,
+    options: PolicyOptions = DEFAULT_OPTIONS,
 ) -> LossOutput:
     """GTPO: group-relative policy gradient with conflict-token protection and entropy filter.
 
@@ -82,7 +80,9 @@ def gtpo(
     code keeps only the leading run of conflict positions counted from the start and the
     trailing run counted from each completion's end); each completion's loss is not divided
     by its number of conflict tokens (the code does so; the abstract does not); conflict
-    signs use the advantages before the entropy shift (as the code).
+    signs use the advantages before the entropy shift (as the code); the completions of a
+    group are averaged, as every GRPO-family objective here, where the authors sum them
+    (``group_sum=True`` gives the authors' form: the loss times ``group_size``).
 
     Args:
         logps, mask, old_logps, ref_logps: as :func:`~.surrogates.clipped_surrogate`.
@@ -93,12 +93,13 @@ def gtpo(
         positive_weight: weight of conflict tokens in positive completions.
         entropy_threshold: drop completions with mean entropy above it (nats).
         entropy_scale: advantage shift per nat of mean entropy.
+        group_sum: sum over a group's completions instead of averaging (the authors').
 
     Returns:
         ``LossOutput``; extra metrics ``conflict_frac`` and ``filtered_frac``.
     """
-    if token_ids is None or entropy is None:
-        raise ValueError("gtpo needs token_ids= and entropy= ([B, T] each)")
+    if b.entropy is None:
+        raise ValueError("gtpo needs entropy= ([B, T] token entropies)")
     if group_size is None or isinstance(group_size, bool) or not isinstance(group_size, int):
         raise TypeError(f"gtpo needs group_size= (an int), got {group_size!r}")
     _checks.require_positive("group_size", group_size)
@@ -106,7 +107,6 @@ def gtpo(
     _checks.require_in_range("entropy_threshold", entropy_threshold, 0.0, float("inf"))
     _checks.require_in_range("entropy_scale", entropy_scale, 0.0, float("inf"))
     check_clip(eps_low, eps_high)
-    b = batch(logps, mask, advantages, old_logps, ref_logps, entropy)
     if b.seq_advantages is None:
         raise ValueError("gtpo needs sequence advantages [B]; got per-token advantages")
     rows = b.logps.shape[0]
@@ -127,17 +127,11 @@ def gtpo(
 
     ratio = torch.exp(token_log_ratio(b))
     per_token, low, high = clip_loss(ratio, token_advantages, eps_low, eps_high)
-    return finish(
+    out = finish(
         per_token,
         b,
+        options,
         ratio=ratio,
-        beta=beta,
-        kl_estimator=kl_estimator,
-        kl_importance_weighted=kl_importance_weighted,
-        entropy_coef=entropy_coef,
-        aggregation=aggregation,
-        num_items=num_items,
-        max_tokens=max_tokens,
         clipped_low=low,
         clipped_high=high,
         extra_metrics={
@@ -145,3 +139,6 @@ def gtpo(
             "filtered_frac": (~kept).to(b.logps.dtype).mean(),
         },
     )
+    if not group_sum:
+        return out
+    return LossOutput(out.loss * group_size, out.per_example * group_size, out.metrics)

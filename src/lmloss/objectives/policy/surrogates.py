@@ -15,7 +15,9 @@ import torch
 
 from lmloss import _checks
 from lmloss.objectives.policy.common import (
-    batch,
+    DEFAULT_OPTIONS,
+    PolicyOptions,
+    Rollouts,
     batch_token_mean,
     check_clip,
     choose,
@@ -113,25 +115,14 @@ def check_dual_clip_and_delta(dual_clip: float | None, delta: float | None) -> N
     defaults={"ratio_level": "sequence_sum"},
 )
 def clipped_surrogate(
-    logps: Tensor,
-    mask: Tensor,
-    advantages: Tensor,
-    old_logps: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    entropy: Tensor | None = None,
+    b: Rollouts,
     *,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     dual_clip: float | None = None,
     delta: float | None = None,
     ratio_level: str = "token",
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    kl_importance_weighted: bool = False,
-    entropy_coef: float = 0.0,
-    aggregation: str = "seq_mean_token_mean",
-    num_items: float | Tensor | None = None,
-    max_tokens: float | None = None,
+    options: PolicyOptions = DEFAULT_OPTIONS,
 ) -> LossOutput:
     """The PPO clipped surrogate and the registry entries that differ only in settings.
 
@@ -183,7 +174,6 @@ def clipped_surrogate(
     """
     check_clip(eps_low, eps_high)
     check_dual_clip_and_delta(dual_clip, delta)
-    b = batch(logps, mask, advantages, old_logps, ref_logps, entropy)
     ratio = torch.exp(log_ratio(b, ratio_level))
     per_token, low, high = clip_loss(
         ratio, b.advantages, eps_low, eps_high, dual_clip=dual_clip, delta=delta
@@ -191,37 +181,25 @@ def clipped_surrogate(
     return finish(
         per_token,
         b,
+        options,
         ratio=ratio,
-        beta=beta,
-        kl_estimator=kl_estimator,
-        kl_importance_weighted=kl_importance_weighted,
-        entropy_coef=entropy_coef,
-        aggregation=aggregation,
-        num_items=num_items,
-        max_tokens=max_tokens,
         clipped_low=low,
         clipped_high=high,
     )
 
 
-@objective("cispo", family="policy", paper="MiniMax 2025 (MiniMax-M1), arXiv:2506.13585")
+@objective(
+    "cispo",
+    family="policy",
+    paper="MiniMax 2025 (MiniMax-M1), arXiv:2506.13585",
+    defaults={"aggregation": "token_mean"},
+)
 def cispo(
-    logps: Tensor,
-    mask: Tensor,
-    advantages: Tensor,
-    old_logps: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    entropy: Tensor | None = None,
+    b: Rollouts,
     *,
     eps_low: float | None = None,
     eps_high: float = 4.0,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    kl_importance_weighted: bool = False,
-    entropy_coef: float = 0.0,
-    aggregation: str = "token_mean",
-    num_items: float | Tensor | None = None,
-    max_tokens: float | None = None,
+    options: PolicyOptions = DEFAULT_OPTIONS,
 ) -> LossOutput:
     """CISPO: clip the importance weight, stop its gradient, weight the log-likelihood.
 
@@ -235,7 +213,6 @@ def cispo(
     Returns: ``LossOutput``; metric ``clip_frac_high`` (ρ truncated with A > 0, as TRL).
     """
     check_clip(eps_low, eps_high)
-    b = batch(logps, mask, advantages, old_logps, ref_logps, entropy)
     ratio = torch.exp(token_log_ratio(b))
     low_bound = None if eps_low is None else 1.0 - eps_low
     weight = ratio.clamp(min=low_bound, max=1.0 + eps_high).detach()
@@ -244,36 +221,19 @@ def cispo(
     return finish(
         per_token,
         b,
+        options,
         ratio=ratio,
-        beta=beta,
-        kl_estimator=kl_estimator,
-        kl_importance_weighted=kl_importance_weighted,
-        entropy_coef=entropy_coef,
-        aggregation=aggregation,
-        num_items=num_items,
-        max_tokens=max_tokens,
         clipped_high=high,
     )
 
 
 @objective("sapo", family="policy", paper="Soft Adaptive Policy Optimization, arXiv:2511.20347")
 def sapo(
-    logps: Tensor,
-    mask: Tensor,
-    advantages: Tensor,
-    old_logps: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    entropy: Tensor | None = None,
+    b: Rollouts,
     *,
     temperature_pos: float = 1.0,
     temperature_neg: float = 1.05,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    kl_importance_weighted: bool = False,
-    entropy_coef: float = 0.0,
-    aggregation: str = "seq_mean_token_mean",
-    num_items: float | Tensor | None = None,
-    max_tokens: float | None = None,
+    options: PolicyOptions = DEFAULT_OPTIONS,
 ) -> LossOutput:
     """SAPO: a smooth, temperature-controlled gate instead of the hard clip.
 
@@ -284,44 +244,31 @@ def sapo(
     """
     _checks.require_positive("temperature_pos", temperature_pos)
     _checks.require_positive("temperature_neg", temperature_neg)
-    b = batch(logps, mask, advantages, old_logps, ref_logps, entropy)
     ratio = torch.exp(token_log_ratio(b))
     tau = choose(b.advantages > 0, temperature_pos, temperature_neg, ratio)
     gate = torch.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau)
     return finish(
         -gate * b.advantages,
         b,
+        options,
         ratio=ratio,
-        beta=beta,
-        kl_estimator=kl_estimator,
-        kl_importance_weighted=kl_importance_weighted,
-        entropy_coef=entropy_coef,
-        aggregation=aggregation,
-        num_items=num_items,
-        max_tokens=max_tokens,
     )
 
 
-@objective("vespo", family="policy", paper="VESPO, arXiv:2602.10693 (as implemented in TRL 1.16)")
+@objective(
+    "vespo",
+    family="policy",
+    paper="VESPO, arXiv:2602.10693 (as implemented in TRL 1.16)",
+    defaults={"aggregation": "token_mean"},
+)
 def vespo(
-    logps: Tensor,
-    mask: Tensor,
-    advantages: Tensor,
-    old_logps: Tensor | None = None,
-    ref_logps: Tensor | None = None,
-    entropy: Tensor | None = None,
+    b: Rollouts,
     *,
     k_pos: float = 2.0,
     lambda_pos: float = 3.0,
     k_neg: float = 3.0,
     lambda_neg: float = 2.0,
-    beta: float = 0.0,
-    kl_estimator: str = "k3",
-    kl_importance_weighted: bool = False,
-    entropy_coef: float = 0.0,
-    aggregation: str = "token_mean",
-    num_items: float | Tensor | None = None,
-    max_tokens: float | None = None,
+    options: PolicyOptions = DEFAULT_OPTIONS,
 ) -> LossOutput:
     """VESPO: a detached Gamma-shaped weight of the sequence importance ratio.
 
@@ -334,7 +281,6 @@ def vespo(
         _checks.require_in_range(name, value, 0.0, float("inf"))
     _checks.require_positive("lambda_pos", lambda_pos)
     _checks.require_positive("lambda_neg", lambda_neg)
-    b = batch(logps, mask, advantages, old_logps, ref_logps, entropy)
     log_w = masked_sum(token_log_ratio(b), b.mask).clamp(math.log(1e-8), 20.0)[:, None]
     nonneg = b.advantages >= 0
     k = choose(nonneg, k_pos, k_neg, log_w)
@@ -344,13 +290,7 @@ def vespo(
     return finish(
         -phi * b.advantages * b.logps,
         b,
+        options,
         ratio=ratio,
-        beta=beta,
-        kl_estimator=kl_estimator,
-        kl_importance_weighted=kl_importance_weighted,
-        entropy_coef=entropy_coef,
-        aggregation=aggregation,
-        num_items=num_items,
-        max_tokens=max_tokens,
         extra_metrics={"phi_mean": batch_token_mean(phi, b)},
     )

@@ -88,10 +88,14 @@ def apo_down(pairs: Pairs, *, beta: float = 0.1) -> LossOutput:
 
 
 @objective("sppo_hard", family=PREF, paper="Wu et al. 2024 (SPPO), arXiv:2405.00675")
-def sppo_hard(pairs: Pairs, *, beta: float = 0.1) -> LossOutput:
+def sppo_hard(pairs: Pairs, *, beta: float = 0.1, average_sides: bool = False) -> LossOutput:
     """Self-Play Preference Optimization with hard win probabilities (1 for y_w, 0 for y_l):
 
     ``(Δ_w − 1/(2β))² + (Δ_l + 1/(2β))²`` with Δ the log-ratio.
+
+    Differs from the authors' code: ``uclaml/SPPO`` averages the two squared terms, a loss
+    half of this one (same minimizer, half the gradient); this sum is TRL's
+    ``loss_type="sppo_hard"``. ``average_sides=True`` gives the authors' form.
 
     References:
         Wu et al., "Self-Play Preference Optimization for Language Model Alignment",
@@ -102,4 +106,6 @@ def sppo_hard(pairs: Pairs, *, beta: float = 0.1) -> LossOutput:
     per_pair = (pairs.chosen.logratio() - half_inverse) ** 2 + (
         pairs.rejected.logratio() + half_inverse
     ) ** 2
+    if average_sides:
+        per_pair = per_pair / 2
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))

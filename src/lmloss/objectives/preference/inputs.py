@@ -21,7 +21,9 @@ value where masked), ``{p}mask`` (0/1 or bool completion mask), ``ref_{p}logps``
 log-probs per token, or already summed per sequence, or absent) and optional per-token
 statistics ``{p}sum_sq_probs`` (``log Σ_v p_v²``, for WPO), ``{p}kl`` (``KL(π_ref ‖ π_θ)``
 per token, for TDPO / SparsePO), ``{p}reward_weights`` and ``{p}kl_weights`` (SparsePO
-token masks). ``from_keywords`` pops the names it uses from a dict, checking each.
+token masks). ``from_keywords`` pops the names it uses from a dict, checking each; the
+fused front door hands the values it computed per group as ``computed`` (by field:
+``logps``, ``mask``, ``ref_logps`` and statistic suffixes), not as keyword strings.
 """
 
 from __future__ import annotations
@@ -36,8 +38,15 @@ from lmloss.objectives.reduce import as_mask, masked_mean, masked_sum, token_cou
 
 Tensor = torch.Tensor
 
-# Optional per-token statistics a group may carry, by keyword suffix.
-TOKEN_STATISTICS = ("sum_sq_probs", "kl", "reward_weights", "kl_weights")
+# Optional per-token values a group may carry: keyword suffix -> the engine statistic that
+# computes it on the fused path (one model: ``lmloss.stats.STATISTICS``; two models, the
+# reference as teacher: a divergence), or None for values only the caller can give.
+TOKEN_STATISTICS = {
+    "sum_sq_probs": "sum_sq_probs",
+    "kl": "forward_kl",
+    "reward_weights": None,
+    "kl_weights": None,
+}
 
 
 def _floating(name: str, value: object) -> Tensor:
@@ -142,28 +151,45 @@ class Completions:
 
     @classmethod
     def from_keywords(
-        cls, kw: dict, prefix: str, *, ndim: int | tuple[int, ...], required: bool = True
+        cls,
+        kw: dict,
+        prefix: str,
+        *,
+        ndim: int | tuple[int, ...],
+        required: bool = True,
+        computed: dict[str, Tensor] | None = None,
     ) -> Completions | None:
         """Pop and check the group ``prefix`` from ``kw``; ``None`` when optional and absent.
 
         ``ndim`` is 2 for ``[B, T]`` groups, 3 for ``[B, K, T]`` ones (or a tuple of both).
+        ``computed`` holds values the fused path computed for this group, by field name; they
+        take the place of the keywords.
         """
         logps_name, mask_name, ref_name = f"{prefix}logps", f"{prefix}mask", f"ref_{prefix}logps"
-        if kw.get(logps_name) is None:
+        fields = {
+            "logps": kw.pop(logps_name, None),
+            "mask": kw.pop(mask_name, None),
+            "ref_logps": kw.pop(ref_name, None),
+            **{suffix: kw.pop(f"{prefix}{suffix}", None) for suffix in TOKEN_STATISTICS},
+        }
+        fields.update(computed or {})
+        if fields["logps"] is None:
             if required:
                 raise ValueError(f"missing {logps_name}: per-token policy log-probs are required")
+            if any(value is not None for value in fields.values()):
+                raise ValueError(f"the {prefix.rstrip('_')} group needs {logps_name} too")
             return None
-        logps = _floating(logps_name, kw.pop(logps_name))
+        logps = _floating(logps_name, fields["logps"])
         ndims = (ndim,) if isinstance(ndim, int) else ndim
         want = " or ".join({2: "[B, T]", 3: "[B, K, T]"}[n] for n in ndims)
         if logps.dim() not in ndims:
             raise ValueError(f"{logps_name} must be {want}, got shape {tuple(logps.shape)}")
         _checks.require_nonempty(logps_name, logps)
-        if kw.get(mask_name) is None:
+        if fields["mask"] is None:
             raise ValueError(
                 f"missing {mask_name}: a {want} completion mask must go with {logps_name}"
             )
-        mask = as_mask(mask_name, kw.pop(mask_name), logps, logps_name)
+        mask = as_mask(mask_name, fields["mask"], logps, logps_name)
         empty = (token_count(mask) == 0).nonzero()
         if empty.numel():
             raise ValueError(
@@ -173,7 +199,7 @@ class Completions:
             )
         inside = mask != 0
         logps = _zero_outside(logps, inside)
-        ref = kw.pop(ref_name, None)
+        ref = fields["ref_logps"]
         if ref is not None:
             ref = _floating(ref_name, ref)
             if ref.shape == logps.shape:
@@ -186,7 +212,7 @@ class Completions:
                 )
         stats = {}
         for stat in TOKEN_STATISTICS:
-            value = kw.pop(f"{prefix}{stat}", None)
+            value = fields[stat]
             if value is not None:
                 value = _floating(f"{prefix}{stat}", value)
                 _checks.require_shape(f"{prefix}{stat}", value, logps.shape, logps_name)
@@ -200,6 +226,18 @@ def _require_same_batch(name: str, group: Completions, like_name: str, like: Com
             f"{name} must hold {like.batch_shape[0]} rows (one per {like_name} row), "
             f"got {group.batch_shape[0]}"
         )
+
+
+def _main_and_extra(
+    kw: dict, computed: dict | None, extra: str, *, extra_ndim: int
+) -> tuple[Completions, Completions | None]:
+    """The unprefixed ``[B, T]`` group and the optional group ``extra`` of a kind."""
+    computed = computed or {}
+    main = Completions.from_keywords(kw, "", ndim=2, computed=computed.get(""))
+    other = Completions.from_keywords(
+        kw, extra, ndim=extra_ndim, required=False, computed=computed.get(extra)
+    )
+    return main, other
 
 
 @dataclass(frozen=True)
@@ -230,9 +268,12 @@ class Pairs:
         return Pairs(chosen=fn(self.chosen, self.rejected), rejected=fn(self.rejected, self.chosen))
 
     @classmethod
-    def from_keywords(cls, kw: dict) -> Pairs:
-        chosen = Completions.from_keywords(kw, "chosen_", ndim=2)
-        rejected = Completions.from_keywords(kw, "rejected_", ndim=2)
+    def from_keywords(cls, kw: dict, computed: dict | None = None) -> Pairs:
+        computed = computed or {}
+        chosen = Completions.from_keywords(kw, "chosen_", ndim=2, computed=computed.get("chosen_"))
+        rejected = Completions.from_keywords(
+            kw, "rejected_", ndim=2, computed=computed.get("rejected_")
+        )
         _require_same_batch("rejected_logps", rejected, "chosen_logps", chosen)
         return cls(chosen=chosen, rejected=rejected)
 
@@ -259,9 +300,8 @@ class Unpaired:
         return self.completions.batch_shape[0]
 
     @classmethod
-    def from_keywords(cls, kw: dict) -> Unpaired:
-        completions = Completions.from_keywords(kw, "", ndim=2)
-        reference_point = Completions.from_keywords(kw, "kl_", ndim=2, required=False)
+    def from_keywords(cls, kw: dict, computed: dict | None = None) -> Unpaired:
+        completions, reference_point = _main_and_extra(kw, computed, "kl_", extra_ndim=2)
         return cls(completions=completions, reference_point=reference_point)
 
 
@@ -284,9 +324,8 @@ class Negatives:
         return self.negatives.batch_shape[0]
 
     @classmethod
-    def from_keywords(cls, kw: dict) -> Negatives:
-        negatives = Completions.from_keywords(kw, "", ndim=2)
-        samples = Completions.from_keywords(kw, "sample_", ndim=3, required=False)
+    def from_keywords(cls, kw: dict, computed: dict | None = None) -> Negatives:
+        negatives, samples = _main_and_extra(kw, computed, "sample_", extra_ndim=3)
         if samples is not None:
             _require_same_batch("sample_logps", samples, "logps", negatives)
         return cls(negatives=negatives, samples=samples)
@@ -315,11 +354,18 @@ class Lists:
         return self.items.batch_shape[0]
 
     @classmethod
-    def from_keywords(cls, kw: dict) -> Lists:
-        return cls(items=Completions.from_keywords(kw, "", ndim=3))
+    def from_keywords(cls, kw: dict, computed: dict | None = None) -> Lists:
+        items = Completions.from_keywords(kw, "", ndim=3, computed=(computed or {}).get(""))
+        return cls(items=items)
 
 
 INPUT_KINDS = (Pairs, Unpaired, Negatives, Lists)
+_KIND_BY_NAME = {kind.__name__: kind for kind in INPUT_KINDS}
+
+
+def kind_of(spec) -> type:
+    """The input kind class an :class:`~lmloss.objectives.spec.ObjectiveSpec` names."""
+    return _KIND_BY_NAME[spec.kind]
 
 
 def with_weights(completions: Completions, weights: Tensor) -> Completions:

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from lmloss import _checks
+from lmloss.objectives.preference import margin
 from lmloss.objectives.preference.inputs import Lists
-from lmloss.objectives.preference.margin import check_beta, completion_score
 from lmloss.objectives.preference.metrics import mean_loss
 from lmloss.objectives.spec import objective
 from lmloss.output import LossOutput
@@ -43,8 +43,7 @@ def lipo(
     *,
     scores: Tensor,
     beta: float = 0.1,
-    divergence: str = "reverse_kl",
-    alpha: float = 0.5,
+    regularizer: margin.FDivergence = margin.REVERSE_KL,
 ) -> LossOutput:
     """LiPO-λ: ``Σ_{i,j: ψ_i > ψ_j} λ_ij · log(1 + exp(−(s_i − s_j)))`` per list.
 
@@ -60,10 +59,12 @@ def lipo(
         Liu et al., "LiPO: Listwise Preference Optimization through Learning-to-Rank",
         arXiv:2402.01878 (LiPO-λ); Wang et al. 2018, "The LambdaLoss Framework".
     """
-    beta = check_beta(beta)
+    beta = margin.check_beta(beta)
     labels = _checks.require_floating("scores", scores)
     _checks.require_shape("scores", labels, batch.items.batch_shape, "logps.shape[:2]")
-    rewards = beta * completion_score(batch.items, divergence, alpha)  # [B, K]
+    rewards = beta * margin.completion_score(
+        batch.items, regularizer.divergence, regularizer.alpha
+    )  # [B, K]
     labels = labels.to(rewards.dtype)
     ordered = (labels[:, :, None] > labels[:, None, :]).to(rewards.dtype)
     gaps = rewards[:, :, None] - rewards[:, None, :]

@@ -19,31 +19,47 @@ alpha          (1 − u^(−α)) / α, 0 < α < 1   α → 0: reverse KL; α = 1
 Additive constants cancel in the difference, except for the objectives that average the
 scores per token (IPO, LN-DPO): there the forms above, which are TRL 1.16's, are the spec.
 TRL's ``f_alpha_divergence_coef`` is ``1 − alpha`` in our (the paper's) parameterization.
-Exponents are clamped at ``EXP_LIMIT`` so exp never overflows float32.
+Exponents are clamped at ``MAX_EXPONENT`` so exp never overflows float32.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from lmloss import _checks
+from lmloss.objectives.numerics import MAX_EXPONENT
 from lmloss.objectives.preference.inputs import Completions, Pairs
 
 Tensor = torch.Tensor
 
-EXP_LIMIT = 80.0  # exp(80) ≈ 5.5e34 < float32 max
 
 _SCORES: dict[str, Callable[[Tensor, float], Tensor]] = {
     "reverse_kl": lambda logratio, alpha: logratio,
-    "forward_kl": lambda logratio, alpha: -torch.expm1(-logratio.clamp(min=-EXP_LIMIT)),
+    "forward_kl": lambda logratio, alpha: -torch.expm1(-logratio.clamp(min=-MAX_EXPONENT)),
     "js": lambda logratio, alpha: math.log(2.0) + F.logsigmoid(logratio),
-    "alpha": lambda logratio, alpha: -torch.expm1((-alpha * logratio).clamp(max=EXP_LIMIT)) / alpha,
+    "alpha": lambda logratio, alpha: (
+        -torch.expm1((-alpha * logratio).clamp(max=MAX_EXPONENT)) / alpha
+    ),
 }
-DIVERGENCES = tuple(_SCORES)
+# the f-divergences of f-DPO (not the distillation divergences of lmloss.stats)
+MARGIN_DIVERGENCES = tuple(_SCORES)
+
+
+@dataclass(frozen=True)
+class FDivergence:
+    """The f-DPO regularizer every margin-based objective takes; the registry flattens its
+    fields into the objective's hyper-parameters (``divergence=``, ``alpha=``)."""
+
+    divergence: str = "reverse_kl"
+    alpha: float = 0.5
+
+
+REVERSE_KL = FDivergence()
 
 
 def check_beta(beta: float) -> float:
@@ -57,7 +73,7 @@ def check_label_noise(eps: float, *, allow_zero: bool = True) -> float:
 
 def implicit_score(logratio: Tensor, divergence: str = "reverse_kl", alpha: float = 0.5) -> Tensor:
     """f′(u) at u = π_θ(y)/π_ref(y), given ``logratio`` = log u, for the chosen f-divergence."""
-    _checks.require_choice("divergence", divergence, DIVERGENCES)
+    _checks.require_choice("divergence", divergence, MARGIN_DIVERGENCES)
     if divergence == "alpha":
         _checks.require_in_range("alpha", alpha, 0.0, 1.0, low_open=True, high_open=True)
     return _SCORES[divergence](logratio, alpha)

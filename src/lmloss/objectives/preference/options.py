@@ -9,7 +9,7 @@ door applies them around the objective, in this order:
 4. ``with_online_kl`` adds HyPO's on-policy KL term.
 
 Every per-pair option needs the objective's ``per_example[i]`` to belong to pair ``i``;
-objectives that sort the batch are marked :func:`batch_coupled` and refuse them.
+objectives that sort the batch declare ``batch_coupled=True`` and refuse them.
 """
 
 from __future__ import annotations
@@ -24,16 +24,6 @@ from lmloss.objectives.reduce import masked_mean
 from lmloss.output import LossOutput
 
 Tensor = torch.Tensor
-
-
-def batch_coupled(fn: Callable) -> Callable:
-    """Mark an objective whose per-example terms are not tied to one pair (e.g. AOT sorts)."""
-    fn.batch_coupled = True
-    return fn
-
-
-def is_batch_coupled(fn: Callable) -> bool:
-    return getattr(fn, "batch_coupled", False)
 
 
 def length_desensitized(pairs: Pairs, ld_alpha: float) -> Pairs:
@@ -60,12 +50,16 @@ def length_desensitized(pairs: Pairs, ld_alpha: float) -> Pairs:
     return pairs.map(reweight)
 
 
-def wpo_weights(pairs: Pairs) -> Tensor:
+def wpo_weights(pairs: Pairs, *, clamp: bool = False) -> Tensor:
     """WPO pair weights w(y_w)·w(y_l), w(y) = exp((1/|y|) Σ_t [log p(y_t) − log Σ_v p_v²]).
 
     The per-token ``log Σ_v p_v²`` is the engine statistic ``sum_sq_probs``; subtracting it
     aligns each token's probability with the policy's own sampling distribution. No gradient
     flows through the weights. Each w(y) lies in (0, V] since p(y_t) ≤ 1 and Σ p² ≥ 1/V.
+
+    Differs from the authors' code: ``wzhouad/WPO`` (``scripts/run_wpo.py``) caps the pair
+    weight at 1, ``min(1, w(y_w)·w(y_l))``, which Eq. 2 and TRL's ``use_weighting`` do not;
+    ``clamp=True`` (front door: ``wpo_clamp=True``) gives the authors' form.
 
     References:
         Zhou et al., "WPO: Enhancing RLHF with Weighted Preference Optimization",
@@ -76,7 +70,8 @@ def wpo_weights(pairs: Pairs) -> Tensor:
         aligned = side.logps - side.stat("sum_sq_probs")
         return masked_mean(aligned.detach(), side.mask).exp()
 
-    return weight(pairs.chosen) * weight(pairs.rejected)
+    weights = weight(pairs.chosen) * weight(pairs.rejected)
+    return weights.clamp(max=1.0) if clamp else weights
 
 
 def reweighted(out: LossOutput, weights: Tensor) -> LossOutput:

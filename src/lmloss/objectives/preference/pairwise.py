@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from lmloss import _checks
+from lmloss.objectives.numerics import MAX_EXPONENT
 from lmloss.objectives.preference.inputs import Pairs
 from lmloss.objectives.preference.margin import (
-    EXP_LIMIT,
+    REVERSE_KL,
+    FDivergence,
     check_beta,
     check_label_noise,
     dpo_margin,
@@ -28,9 +30,9 @@ Tensor = torch.Tensor
 PREF = "preference"
 
 
-def _margin_logits(pairs: Pairs, beta: float, divergence: str, alpha: float, **kw) -> Tensor:
+def _margin_logits(pairs: Pairs, beta: float, regularizer: FDivergence, **kw) -> Tensor:
     """β·h, checking β."""
-    return check_beta(beta) * dpo_margin(pairs, divergence, alpha, **kw)
+    return check_beta(beta) * dpo_margin(pairs, regularizer.divergence, regularizer.alpha, **kw)
 
 
 @objective("dpo", family=PREF, paper="Rafailov et al. 2023, arXiv:2305.18290")
@@ -39,9 +41,7 @@ def _margin_logits(pairs: Pairs, beta: float, divergence: str, alpha: float, **k
     family=PREF,
     paper="Liu et al. 2023 (RSO, sigmoid-norm), arXiv:2309.06657",
 )
-def dpo(
-    pairs: Pairs, *, beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 0.5
-) -> LossOutput:
+def dpo(pairs: Pairs, *, beta: float = 0.1, regularizer: FDivergence = REVERSE_KL) -> LossOutput:
     """Direct Preference Optimization: ``−log σ(β h)``.
 
     ``rso_sigmoid`` is the same loss (RSO's "sigmoid-norm"); RSO's point is that the
@@ -62,7 +62,7 @@ def dpo(
         arXiv:2309.06657. Wang et al., "Beyond Reverse KL" (f-DPO), arXiv:2309.16240.
         Formula as in TRL 1.16 ``DPOTrainer`` ``loss_type="sigmoid"``.
     """
-    logits = _margin_logits(pairs, beta, divergence, alpha)
+    logits = _margin_logits(pairs, beta, regularizer)
     return mean_loss(-F.logsigmoid(logits), dpo_reward_metrics(pairs, beta))
 
 
@@ -72,8 +72,7 @@ def cdpo(
     *,
     beta: float = 0.1,
     eps: float = 0.1,
-    divergence: str = "reverse_kl",
-    alpha: float = 0.5,
+    regularizer: FDivergence = REVERSE_KL,
 ) -> LossOutput:
     """Conservative DPO (label smoothing): ``−(1−ε) log σ(βh) − ε log σ(−βh)``.
 
@@ -88,7 +87,7 @@ def cdpo(
         Same form as TRL's former ``label_smoothing`` with ``loss_type="sigmoid"``.
     """
     eps = check_label_noise(eps)
-    logits = _margin_logits(pairs, beta, divergence, alpha)
+    logits = _margin_logits(pairs, beta, regularizer)
     return mean_loss(soft_label_loss(logits, 1.0 - eps), dpo_reward_metrics(pairs, beta))
 
 
@@ -98,8 +97,7 @@ def rdpo(
     *,
     beta: float = 0.1,
     eps: float = 0.1,
-    divergence: str = "reverse_kl",
-    alpha: float = 0.5,
+    regularizer: FDivergence = REVERSE_KL,
 ) -> LossOutput:
     """Provably robust DPO: ``[(1−ε) ℓ(βh) − ε ℓ(−βh)] / (1 − 2ε)``, ``ℓ(x) = −log σ(x)``.
 
@@ -113,16 +111,14 @@ def rdpo(
         TRL 1.16 ``loss_type="robust"`` (``label_smoothing`` = ε).
     """
     eps = check_label_noise(eps)
-    logits = _margin_logits(pairs, beta, divergence, alpha)
+    logits = _margin_logits(pairs, beta, regularizer)
     clean, flipped = -F.logsigmoid(logits), -F.logsigmoid(-logits)
     per_pair = ((1 - eps) * clean - eps * flipped) / (1 - 2 * eps)
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
 @objective("ipo", family=PREF, paper="Azar et al. 2023, arXiv:2310.12036")
-def ipo(
-    pairs: Pairs, *, beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 0.5
-) -> LossOutput:
+def ipo(pairs: Pairs, *, beta: float = 0.1, regularizer: FDivergence = REVERSE_KL) -> LossOutput:
     """Identity Preference Optimization: ``(h̄ − 1/(2β))²`` with per-token-averaged scores.
 
     h̄ = f′(u_w)/|y_w| − f′(u_l)/|y_l| (log-ratios averaged over completion tokens, the
@@ -132,23 +128,21 @@ def ipo(
         Azar et al., "A General Theoretical Paradigm to Understand Learning from Human
         Preferences", arXiv:2310.12036, Eq. 17. TRL 1.16 ``loss_type="ipo"``.
     """
-    margin = dpo_margin(pairs, divergence, alpha, per_token=True)
+    margin = dpo_margin(pairs, regularizer.divergence, regularizer.alpha, per_token=True)
     per_pair = (margin - 1.0 / (2.0 * check_beta(beta))) ** 2
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
 @objective("hinge", family=PREF, paper="Zhao et al. 2023 (SLiC-HF), arXiv:2305.10425")
 @objective("rso_hinge", family=PREF, paper="Liu et al. 2023 (RSO, hinge-norm), arXiv:2309.06657")
-def hinge(
-    pairs: Pairs, *, beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 0.5
-) -> LossOutput:
+def hinge(pairs: Pairs, *, beta: float = 0.1, regularizer: FDivergence = REVERSE_KL) -> LossOutput:
     """Hinge loss on the DPO margin (SLiC with a reference; RSO's hinge-norm): ``max(0, 1 − βh)``.
 
     References:
         Zhao et al., "SLiC-HF", arXiv:2305.10425; Liu et al. (RSO), arXiv:2309.06657.
         TRL 1.16 ``loss_type="hinge"``.
     """
-    logits = _margin_logits(pairs, beta, divergence, alpha)
+    logits = _margin_logits(pairs, beta, regularizer)
     return mean_loss(torch.relu(1.0 - logits), dpo_reward_metrics(pairs, beta))
 
 
@@ -158,8 +152,7 @@ def rpo(
     *,
     beta: float = 0.1,
     nll_weight: float = 1.0,
-    divergence: str = "reverse_kl",
-    alpha: float = 0.5,
+    regularizer: FDivergence = REVERSE_KL,
 ) -> LossOutput:
     """DPO + NLL of the chosen completion (Pang et al.; TRL's ``rpo_alpha``).
 
@@ -178,7 +171,7 @@ def rpo(
         TRL 1.16 ``loss_type=["sigmoid", "sft"]``, ``loss_weights=[1, η]``.
     """
     _checks.require_in_range("nll_weight", nll_weight, 0.0, float("inf"))
-    logits = _margin_logits(pairs, beta, divergence, alpha)
+    logits = _margin_logits(pairs, beta, regularizer)
     per_pair = -F.logsigmoid(logits) + nll_weight * pairs.chosen.nll()
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
@@ -189,13 +182,17 @@ def rpo_liu(
     *,
     beta: float = 0.1,
     eta: float = 1.0,
-    divergence: str = "reverse_kl",
-    alpha: float = 0.5,
+    regularizer: FDivergence = REVERSE_KL,
+    sft_mean: bool = False,
 ) -> LossOutput:
     """Regularized Preference Optimization ("your SFT loss is an adversarial regularizer").
 
     ``−log σ(βh) − η·β·log π_θ(y_w)`` with the *summed* log-prob of the chosen completion
-    (the paper's baseline responses are the chosen ones here); η = 0 is DPO.
+    (the paper's baseline responses are the chosen ones here); η = 0 is DPO. The sum is
+    the paper's: its SFT term is ``−log π_θ(ỹ | x)``, the log-probability of the whole
+    baseline response. ``sft_mean=True`` averages over the response's tokens instead
+    (``−(1/|y_w|) Σ_t log π_θ``, the SFT term of TRL's ``rpo_alpha``), which makes η
+    independent of the response length; it is lmloss's option, not the paper's.
 
     References:
         Liu et al., "Provably Mitigating Overoptimization in RLHF: Your SFT Loss is
@@ -203,8 +200,9 @@ def rpo_liu(
         objective: DPO loss plus η·β times the SFT loss).
     """
     _checks.require_in_range("eta", eta, 0.0, float("inf"))
-    logits = _margin_logits(pairs, beta, divergence, alpha)
-    per_pair = -F.logsigmoid(logits) - eta * beta * pairs.chosen.token_sum_logp()
+    logits = _margin_logits(pairs, beta, regularizer)
+    sft = -pairs.chosen.nll() if sft_mean else pairs.chosen.token_sum_logp()
+    per_pair = -F.logsigmoid(logits) - eta * beta * sft
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
@@ -214,8 +212,7 @@ def exo(
     *,
     beta: float = 0.1,
     eps: float = 1e-3,
-    divergence: str = "reverse_kl",
-    alpha: float = 0.5,
+    regularizer: FDivergence = REVERSE_KL,
 ) -> LossOutput:
     """EXO (pairwise): KL(q_θ ‖ p_ε) between the model's and the smoothed label distribution.
 
@@ -231,7 +228,7 @@ def exo(
         arXiv:2402.00856, Eq. 16 with K = 2. TRL 1.16 ``loss_type="exo_pair"``.
     """
     eps = check_label_noise(eps, allow_zero=False)
-    logits = _margin_logits(pairs, beta, divergence, alpha)
+    logits = _margin_logits(pairs, beta, regularizer)
     log_qw, log_ql = F.logsigmoid(logits), F.logsigmoid(-logits)
     eps_t = torch.as_tensor(eps, dtype=logits.dtype, device=logits.device)
     per_pair = log_qw.exp() * (log_qw - torch.log1p(-eps_t)) + log_ql.exp() * (log_ql - eps_t.log())
@@ -244,8 +241,7 @@ def discopop(
     *,
     beta: float = 0.1,
     tau: float = 0.05,
-    divergence: str = "reverse_kl",
-    alpha: float = 0.5,
+    regularizer: FDivergence = REVERSE_KL,
 ) -> LossOutput:
     """DiscoPOP (log-ratio modulated loss), with x = βh and m = σ(x/τ):
 
@@ -263,24 +259,22 @@ def discopop(
         Language Models", arXiv:2406.08414, Eq. 5. TRL 1.16 ``loss_type="discopop"``.
     """
     tau = _checks.require_positive("tau", tau)
-    logits = _margin_logits(pairs, beta, divergence, alpha)
+    logits = _margin_logits(pairs, beta, regularizer)
     modulation = torch.sigmoid(logits / tau)
-    exponential = torch.exp((-logits + F.logsigmoid(logits / tau)).clamp(max=EXP_LIMIT))
+    exponential = torch.exp((-logits + F.logsigmoid(logits / tau)).clamp(max=MAX_EXPONENT))
     per_pair = -F.logsigmoid(logits) * (1 - modulation) + exponential
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
 @objective("ln_dpo", family=PREF, paper="Ahrabian et al. 2024 (*PO guide), arXiv:2407.15229")
-def ln_dpo(
-    pairs: Pairs, *, beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 0.5
-) -> LossOutput:
+def ln_dpo(pairs: Pairs, *, beta: float = 0.1, regularizer: FDivergence = REVERSE_KL) -> LossOutput:
     """Length-normalized DPO: ``−log σ(β [Δ_w/|y_w| − Δ_l/|y_l|])``, Δ the log-ratio.
 
     References:
         Ahrabian et al., "The Hitchhiker's Guide to Human Alignment with *PO",
         arXiv:2407.15229. TRL 1.16 ``loss_type="sigmoid_norm"``.
     """
-    logits = _margin_logits(pairs, beta, divergence, alpha, per_token=True)
+    logits = _margin_logits(pairs, beta, regularizer, per_token=True)
     return mean_loss(-F.logsigmoid(logits), dpo_reward_metrics(pairs, beta))
 
 
@@ -290,12 +284,17 @@ def osp(
     *,
     strength: Tensor,
     beta: float = 0.1,
-    divergence: str = "reverse_kl",
-    alpha: float = 0.5,
+    regularizer: FDivergence = REVERSE_KL,
 ) -> LossOutput:
     """Soft-preference cross-entropy: ``−[p log σ(βh) + (1 − p) log σ(−βh)]``.
 
     p is the strength of the preference for y_w over y_l, given per pair; p = 1 is DPO.
+
+    lmloss's own reading: the paper (abstract in ``seeds/``; no authors' code to check
+    against) trains on self-judged preference strengths; that the loss is this binary
+    cross-entropy against p on the DPO margin (and composes with the f-DPO ``divergence``)
+    is our reading of its soft-preference objective. How p is obtained (the model judging
+    its own samples) happens outside the loss.
 
     Args:
         strength: ``[B]`` preference strengths p in [0, 1].
@@ -308,6 +307,6 @@ def osp(
     _checks.require_shape("strength", strength, (pairs.size,), "the number of pairs")
     if bool(((strength < 0) | (strength > 1)).any()):
         raise ValueError("strength must lie in [0, 1]")
-    logits = _margin_logits(pairs, beta, divergence, alpha)
+    logits = _margin_logits(pairs, beta, regularizer)
     per_pair = soft_label_loss(logits, strength.to(logits.dtype))
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))

@@ -100,6 +100,11 @@ def tdpo(
     family=PREF,
     paper="Christopoulou et al. 2024 (SparsePO), arXiv:2410.05102",
     stats=TOKEN_KL,
+    optional_inputs=tuple(
+        f"{side}_{mask}"
+        for mask in ("reward_weights", "kl_weights")
+        for side in ("chosen", "rejected")
+    ),
 )
 def sparsepo(
     pairs: Pairs, *, beta: float = 0.1, alpha: float = 1.0, stop_gradient: bool = False
@@ -113,6 +118,10 @@ def sparsepo(
     same tensor twice for the paper's common-mask variant. Masks derived from the reference
     model's activations, or learned by a small head on the policy's hidden states (the
     paper's two variants), are computed by the caller; learned masks receive gradients.
+
+    lmloss's own reading (no authors' code to check against): the placement of the masks
+    inside TDPO's sequence rewards and KL sums as written above, the ``stop_gradient`` on
+    the chosen KL sum taken from TDPO2, and the default all-ones masks.
 
     References:
         Christopoulou et al., "SparsePO: Controlling Preference Alignment of LLMs via Sparse

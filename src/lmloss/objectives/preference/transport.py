@@ -5,7 +5,7 @@ stochastic dominance). In one dimension the optimal transport plan between two e
 distributions matches them in sorted order, so the loss compares the k-th smallest of one
 batch quantity with the k-th smallest of the other. The k-th per-example term therefore
 belongs to a *rank*, not to one pair: per-pair options (WPO weights, LCPO) refuse these
-objectives (see :func:`.options.batch_coupled`).
+objectives (they declare ``batch_coupled=True``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import torch
 from lmloss.objectives.preference.inputs import Pairs
 from lmloss.objectives.preference.margin import check_beta, check_label_noise, soft_label_loss
 from lmloss.objectives.preference.metrics import dpo_reward_metrics, mean_loss
-from lmloss.objectives.preference.options import batch_coupled
 from lmloss.objectives.spec import objective
 from lmloss.output import LossOutput
 
@@ -27,8 +26,7 @@ def _sorted(values: Tensor) -> Tensor:
     return torch.sort(values, dim=0).values
 
 
-@batch_coupled
-@objective("aot", family="preference", paper=PAPER)
+@objective("aot", family="preference", paper=PAPER, batch_coupled=True)
 def aot(pairs: Pairs, *, beta: float = 0.1, eps: float = 0.0) -> LossOutput:
     """AOT, paired: sorted policy margins against sorted reference margins.
 
@@ -51,8 +49,7 @@ def aot(pairs: Pairs, *, beta: float = 0.1, eps: float = 0.0) -> LossOutput:
     )
 
 
-@batch_coupled
-@objective("aot_unpaired", family="preference", paper=PAPER)
+@objective("aot_unpaired", family="preference", paper=PAPER, batch_coupled=True)
 def aot_unpaired(pairs: Pairs, *, beta: float = 0.1, eps: float = 0.0) -> LossOutput:
     """AOT, unpaired: sorted chosen log-ratios against sorted rejected log-ratios.
 

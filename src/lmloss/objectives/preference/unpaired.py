@@ -7,6 +7,8 @@ Input: :class:`~.inputs.Unpaired` — ``logps``/``mask``/``ref_logps`` ``[B, T]`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from lmloss import _checks
@@ -30,9 +32,26 @@ def _labels(desirable: object, size: int) -> Tensor:
     return desirable
 
 
-def _check_weights(desirable_weight: float, undesirable_weight: float) -> None:
-    _checks.require_in_range("desirable_weight", desirable_weight, 0.0, float("inf"))
-    _checks.require_in_range("undesirable_weight", undesirable_weight, 0.0, float("inf"))
+@dataclass(frozen=True)
+class LabelWeights:
+    """λ_D and λ_U ≥ 0, the weights of desirable and undesirable completions; the registry
+    flattens them into the hyper-parameters ``desirable_weight`` and ``undesirable_weight``."""
+
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("desirable_weight", "undesirable_weight"):
+            _checks.require_in_range(name, getattr(self, name), 0.0, float("inf"))
+
+    def of(self, desirable: Tensor, if_desirable: Tensor, if_not: Tensor) -> Tensor:
+        """λ_D · ``if_desirable`` where desirable, else λ_U · ``if_not``."""
+        return torch.where(
+            desirable, self.desirable_weight * if_desirable, self.undesirable_weight * if_not
+        )
+
+
+EQUAL_WEIGHTS = LabelWeights()
 
 
 def _split_metrics(rewards: Tensor, logps: Tensor, desirable: Tensor) -> dict[str, Tensor]:
@@ -58,8 +77,7 @@ def kto(
     *,
     desirable: Tensor,
     beta: float = 0.1,
-    desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0,
+    weights: LabelWeights = EQUAL_WEIGHTS,
 ) -> LossOutput:
     """Kahneman–Tversky Optimization with the batch KL reference point.
 
@@ -73,14 +91,13 @@ def kto(
         batch: completions with ``desirable`` labels and the KL samples ``kl_*``.
         desirable: ``[B]`` bool, True for desirable completions.
         beta: β > 0.
-        desirable_weight, undesirable_weight: λ_D, λ_U ≥ 0.
+        desirable_weight, undesirable_weight: λ_D, λ_U ≥ 0 (:class:`LabelWeights`).
 
     References:
         Ethayarajh et al., "KTO: Model Alignment as Prospect Theoretic Optimization",
         arXiv:2402.01306, Eq. 7. TRL 1.16 ``KTOTrainer`` ``loss_type="kto"``.
     """
     beta = check_beta(beta)
-    _check_weights(desirable_weight, undesirable_weight)
     desirable = _labels(desirable, batch.size)
     if batch.reference_point is None:
         raise ValueError(
@@ -89,9 +106,9 @@ def kto(
         )
     z0 = batch.reference_point.logratio().mean().detach().clamp(min=0)
     logratio = batch.completions.logratio()
-    good = desirable_weight * torch.sigmoid(-beta * (logratio - z0))
-    bad = undesirable_weight * torch.sigmoid(-beta * (z0 - logratio))
-    per_example = torch.where(desirable, good, bad)
+    good = torch.sigmoid(-beta * (logratio - z0))
+    bad = torch.sigmoid(-beta * (z0 - logratio))
+    per_example = weights.of(desirable, good, bad)
     metrics = _split_metrics(beta * logratio, batch.completions.sequence_logp(), desirable)
     metrics["kl"] = z0
     return mean_loss(per_example, metrics)
@@ -105,8 +122,7 @@ def apo_zero_unpaired(
     *,
     desirable: Tensor,
     beta: float = 0.1,
-    desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0,
+    weights: LabelWeights = EQUAL_WEIGHTS,
 ) -> LossOutput:
     """Anchored Preference Optimization (zero anchor) on unpaired data.
 
@@ -117,13 +133,8 @@ def apo_zero_unpaired(
         TRL 1.16 ``KTOTrainer`` ``loss_type="apo_zero_unpaired"``.
     """
     beta = check_beta(beta)
-    _check_weights(desirable_weight, undesirable_weight)
     desirable = _labels(desirable, batch.size)
     rewards = beta * batch.completions.logratio()
-    per_example = torch.where(
-        desirable,
-        desirable_weight * torch.sigmoid(-rewards),
-        undesirable_weight * torch.sigmoid(rewards),
-    )
+    per_example = weights.of(desirable, torch.sigmoid(-rewards), torch.sigmoid(rewards))
     metrics = _split_metrics(rewards, batch.completions.sequence_logp(), desirable)
     return mean_loss(per_example, metrics)

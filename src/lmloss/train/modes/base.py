@@ -8,7 +8,6 @@ never materializes logits: the backbone's hidden states and the head go to the e
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -87,15 +86,6 @@ def like_head(hidden: torch.Tensor, head: Head) -> torch.Tensor:
     return hidden if hidden.dtype == head.weight.dtype else hidden.to(head.weight.dtype)
 
 
-def needed_inputs(fn: Callable) -> tuple[str, ...]:
-    """An objective's keyword-only parameters without defaults: per-example data inputs."""
-    return tuple(
-        p.name
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
-    )
-
-
 class Mode:
     """The contract of a training mode (one per objective family)."""
 
@@ -125,11 +115,13 @@ class Mode:
         raise NotImplementedError
 
     def normalizer(self) -> str:
-        """TOKENS when the objective takes a global token count ``num_items``, else EXAMPLES."""
-        return TOKENS if "num_items" in self.ctx.entry.hyper else EXAMPLES
+        """TOKENS when the objective's spec averages over tokens (it then takes the global
+        token count ``num_items``) with the recipe's hyper-parameters, else EXAMPLES."""
+        return TOKENS if self.ctx.entry.spec.normalizer_for(self.ctx.hyper) == "token" else EXAMPLES
 
     def uses_reference(self) -> bool:
-        return False
+        """Whether a reference model must run: the spec says so."""
+        return self.ctx.entry.spec.reference == "required"
 
     # ---- lmloss precompute
     def precompute(self, examples: list[Example], path) -> str:

@@ -85,8 +85,8 @@ class DistillMode(Mode):
         normalizer = {"num_items": num_items} if num_items is not None else {}
         return lmloss.fused_divergence_loss(
             self.ctx.entry.name,
-            self.policy_hidden(seqs),
-            head.weight,
+            student_hidden=self.policy_hidden(seqs),
+            student_weight=head.weight,
             student_bias=head.bias,
             mask=trained,
             labels=seqs.targets.clamp(min=0),

@@ -22,8 +22,6 @@ from lmloss.train import rewards as reward_fns
 from lmloss.train.data import require_columns
 from lmloss.train.generation import generate
 from lmloss.train.modes.base import (
-    EXAMPLES,
-    TOKENS,
     Batch,
     Context,
     Example,
@@ -62,11 +60,10 @@ class PolicyMode(Mode):
             return None
         return Example(index, row, {"prompt": prompt_ids})
 
-    def normalizer(self) -> str:
-        aggregation = self.hyper.get("aggregation", self.ctx.entry.hyper.get("aggregation"))
-        return TOKENS if aggregation == "token_mean" else EXAMPLES
-
     def uses_reference(self) -> bool:
+        """Policy objectives take the reference optionally: only the ``beta`` KL needs it."""
+        if self.ctx.entry.spec.reference == "none":
+            return False
         return float(self.hyper.get("beta", self.ctx.entry.hyper.get("beta", 0.0)) or 0.0) != 0.0
 
     # ---- sampling and grading

@@ -6,8 +6,10 @@ as :func:`lmloss.fused_preference_loss` expects); the reference is a frozen mode
 ``no_grad`` (its hidden states go to the same front door) or log-probs precomputed by
 ``lmloss precompute``. Unpaired objectives (KTO) also get KL samples: each completion
 paired with the next row's prompt, scored by policy and reference without gradients.
-Objective inputs without defaults (``strength`` of OSP, ``desirable`` of KTO) come from
-the data column of the same name (``label`` for ``desirable``).
+The objective's spec says whether a reference model runs (``reference``) and which
+per-example inputs it needs beyond its input kind (``extra_inputs``: ``strength`` of OSP,
+``desirable`` of KTO); those come from the data column of the same name (``label`` for
+``desirable``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,11 @@ from pathlib import Path
 import torch
 
 import lmloss
-from lmloss.objectives.preference.inputs import Pairs, Unpaired
+from lmloss.objectives.preference.inputs import Pairs, Unpaired, kind_of
 from lmloss.output import LossOutput
-from lmloss.preference import input_kind
 from lmloss.stats import token_stats
 from lmloss.train.data import Sequences, pad_sequences, prompt_completion, require_columns
-from lmloss.train.modes.base import Batch, Context, Example, Mode, head_kwargs, needed_inputs
+from lmloss.train.modes.base import Batch, Context, Example, Mode, head_kwargs
 from lmloss.train.token_store import TokenStore
 
 # input kind -> (row columns, completion segments in the stacked batch)
@@ -34,46 +35,13 @@ COLUMN_OF_INPUT = {"desirable": "label"}
 STORE_KIND = "reference log-probs"
 
 
-def uses_reference(entry, hyper: dict) -> bool:
-    """Whether the objective's loss depends on reference log-probs at all.
-
-    Probed on a tiny random batch: the reference log-probs are leaves that require grad;
-    if no gradient reaches them, the objective is reference-free (SimPO, ORPO, CPO) and
-    no reference model needs to run. An objective that cannot be probed is assumed to use it.
-    """
-    kind = input_kind(entry.fn)
-    generator = torch.Generator().manual_seed(0)
-    rows, steps = 4, 3
-    inputs, refs = {}, []
-    for prefix in (*kind.PRIMARY, *kind.EXTRA):
-        ref = torch.randn(rows, steps, generator=generator).neg().requires_grad_()
-        refs.append(ref)
-        inputs |= {
-            f"{prefix}logps": -torch.rand(rows, steps, generator=generator).requires_grad_(),
-            f"{prefix}mask": torch.ones(rows, steps),
-            f"ref_{prefix}logps": ref,
-        }
-    for name in needed_inputs(entry.fn):
-        inputs[name] = (
-            torch.tensor([True, False] * (rows // 2))
-            if name == "desirable"
-            else (torch.full((rows,), 0.7))
-        )
-    try:
-        loss = lmloss.preference_loss(entry.name, **inputs, **hyper).loss
-        grads = torch.autograd.grad(loss, refs, allow_unused=True)
-    except (ValueError, TypeError, RuntimeError):
-        return True
-    return any(g is not None and bool(g.abs().sum() > 0) for g in grads)
-
-
 class PreferenceMode(Mode):
     family = "preference"
     description = "offline preference: prompt/chosen/rejected (paired) or prompt/completion/label"
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.kind = input_kind(ctx.entry.fn)
+        self.kind = kind_of(ctx.entry.spec)
         if self.kind not in LAYOUTS:
             raise ValueError(
                 f"objective {ctx.entry.name!r} takes {self.kind.__name__} inputs; lmloss train "
@@ -81,7 +49,7 @@ class PreferenceMode(Mode):
                 f"{', '.join(k.__name__ for k in LAYOUTS)})"
             )
         self.columns, self.segments = LAYOUTS[self.kind]
-        self.inputs = needed_inputs(ctx.entry.fn)
+        self.inputs = ctx.entry.spec.extra_inputs
 
     # ---- data
 
@@ -100,9 +68,6 @@ class PreferenceMode(Mode):
             ids = encoder.completion(row["prompt"], prompt_ids, str(row[segment]))
             tokens[segment] = encoder.fit(prompt_ids, ids)
         return Example(index, row, tokens)
-
-    def uses_reference(self) -> bool:
-        return uses_reference(self.ctx.entry, self.ctx.hyper)
 
     def prepare(self, examples: list[Example]) -> Batch:
         return self._prepare(examples, examples[1:] + examples[:1])

@@ -9,7 +9,6 @@ computes the gradients in its forward pass, without logits.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from lmloss.likelihood import fused_likelihood_loss
 from lmloss.output import LossOutput
 from lmloss.train import packing
 from lmloss.train.data import require_columns
-from lmloss.train.modes.base import TOKENS, Batch, Context, Example, Mode, head_kwargs
+from lmloss.train.modes.base import Batch, Context, Example, Mode, head_kwargs
 
 
 def encode_text_example(mode: Mode, index: int, row: dict) -> Example | None:
@@ -59,8 +58,8 @@ class SFTMode(Mode):
         super().__init__(ctx)
         self.table = None
         # objectives built on E_p[embedding] (EMO) need the frozen, L2-normalized table
-        params = inspect.signature(ctx.entry.fn).parameters
-        if "expectation" in ctx.entry.spec.stats or "target_embedding" in params:
+        spec = ctx.entry.spec
+        if "expectation" in spec.stats or "target_embedding" in spec.inputs:
             embedding = ctx.model.get_input_embeddings().weight.detach()
             self.table = F.normalize(embedding.float(), dim=-1).to(embedding.dtype)
 
@@ -78,9 +77,6 @@ class SFTMode(Mode):
             tensors["position_ids"] = packing.position_ids(examples, seqs.ids.shape[1])
         return Batch(examples=len(examples), tokens=seqs.trained_tokens, tensors=tensors)
 
-    def normalizer(self) -> str:
-        return TOKENS
-
     def loss(self, batch: Batch, num_items: int | None) -> LossOutput:
         seqs = batch.tensors["seqs"]
         packed = (
@@ -92,7 +88,7 @@ class SFTMode(Mode):
         extra = {} if self.table is None else {"embedding_table": self.table}
         out = fused_likelihood_loss(
             self.ctx.entry.name,
-            hidden,
+            hidden=hidden,
             targets=seqs.targets,
             num_items=num_items,
             **head_kwargs(self.policy_head()),

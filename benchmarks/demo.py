@@ -14,7 +14,7 @@ import gc
 
 import torch
 
-from lmloss._profiling import measure
+from _harness import measure
 from lmloss.hf import causal_lm_forward
 from lmloss.models import smollm2
 
@@ -121,7 +121,9 @@ def _train_step_both_ways(model, vocab, batch, length, seed):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lmloss demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/demo.py", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=512)
@@ -137,3 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = score_diff < 1e-3 and grad_diff < 1e-4
     print("engine agrees with the model's logits" if ok else "MISMATCH between engine and logits")
     return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
