@@ -229,5 +229,5 @@ def test_describe_prints_the_spec(capsys):
     assert cli.main(["describe", "kto"]) == 0
     out = capsys.readouterr().out
     assert "reference model:  required" in out
-    assert "data columns:     desirable" in out
+    assert "per-example:      desirable" in out
     assert "Kahneman" in out  # the formula follows
