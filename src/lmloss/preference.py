@@ -433,11 +433,6 @@ def _two_model_statistic(stat, groups, weight, bias, ref_weight, ref_bias, engin
     suffix = TWO_MODEL_STATISTICS[stat]
     from lmloss import distill  # the distillation family owns the two-model engine
 
-    if engine["softcap"] is not None or engine["logit_scale"] != 1.0:
-        raise ValueError(
-            f"the per-token {stat} supports temperature only: pass softcap=None and "
-            f"logit_scale=1.0, or per-token *_{suffix} precomputed"
-        )
     for prefix, group in groups.items():
         if kw.get(f"{prefix}{suffix}") is not None:
             continue
@@ -457,5 +452,9 @@ def _two_model_statistic(stat, groups, weight, bias, ref_weight, ref_bias, engin
             teacher_bias=ref_bias,
             mask=mask,
             temperature=engine["temperature"],
+            softcap=engine["softcap"],
+            logit_scale=engine["logit_scale"],
+            teacher_softcap=engine["softcap"],
+            teacher_logit_scale=engine["logit_scale"],
             memory_budget=engine["memory_budget"],
         )
