@@ -62,7 +62,9 @@ def _token_stats(x):
 
 
 def _linear_ce(x):
-    return lmloss.linear_cross_entropy(x["hidden"], x["weight"], x["targets"], x["bias"])
+    return lmloss.linear_cross_entropy(
+        x["hidden"], x["weight"], x["targets"], x["bias"], num_items=torch.tensor(11, device=CPU)
+    )
 
 
 def _likelihood(name):
