@@ -33,6 +33,7 @@ import torch
 from lmloss.stats import chunking
 from lmloss.stats.chunking import LIVE_TILES, ChunkPlan, default_budget, plan_chunks
 from lmloss.stats.divergence_terms import PAIR_TERMS, Hyper, Pair, term_partials
+from lmloss.stats.fusion import Fusable, compile_wanted
 from lmloss.stats.schedule import (
     Block,
     BlockLoss,
@@ -96,11 +97,73 @@ class PairFinal:
     grad_sums_t: dict[str, Tensor]
 
 
-class PairKernel:
-    """The term sums ``spec.names`` between a student (source 0) and a teacher (source 1)."""
+def _terms_on_pair(pair: Pair, names, hyper, need_s: bool, need_t: bool):
+    """Per-row sums over one tile of each term and, where a gradient is needed, of its
+    partials ``∂f/∂a`` (student) and ``∂f/∂b`` (teacher)."""
+    values, sums_s, sums_t = {}, {}, {}
+    for name in names:
+        values[name] = PAIR_TERMS[name].value(pair, hyper[name]).sum(1)
+        if need_s or need_t:
+            d_s, d_t = term_partials(pair, name, hyper[name])
+            if need_s and d_s is not None:
+                sums_s[name] = d_s.sum(1)
+            if need_t and d_t is not None:
+                sums_t[name] = d_t.sum(1)
+    return values, sums_s, sums_t
 
-    def __init__(self, spec: PairSpec, device: torch.device):
-        self.spec, self.names = spec, spec.names
+
+def _grads_on_pair(pair: Pair, sums_s, sums_t, upstream, hyper, need_s: bool, need_t: bool):
+    """``Σ_terms g · ∂D/∂z`` for both models on one tile: ``g (∂f/∂a − p Σ ∂f/∂a)``."""
+    dz_s = dz_t = None
+    for name, g in upstream.items():
+        d_s, d_t = term_partials(pair, name, hyper[name])
+        g = g[:, None]
+        if need_s and d_s is not None:
+            part = g * (d_s - pair.p * sums_s[name][:, None])
+            dz_s = part if dz_s is None else dz_s + part
+        if need_t and d_t is not None:
+            part = g * (d_t - pair.q * sums_t[name][:, None])
+            dz_t = part if dz_t is None else dz_t + part
+    if need_s and dz_s is None:
+        dz_s = torch.zeros_like(pair.a)
+    if need_t and dz_t is None:
+        dz_t = torch.zeros_like(pair.b)
+    return dz_s, dz_t
+
+
+def _terms_on_tile(z_s, z_t, lse_s, lse_t, names, hyper, need_s: bool, need_t: bool):
+    pair = Pair(z_s - lse_s[:, None], z_t - lse_t[:, None])
+    return _terms_on_pair(pair, names, hyper, need_s, need_t)
+
+
+def _whole_tile_terms(z_s, z_t, names, hyper, need_s: bool, need_t: bool):
+    """Both log-sum-exps of whole-vocabulary tiles, then :func:`_terms_on_tile`."""
+    lse_s, lse_t = torch.logsumexp(z_s, 1), torch.logsumexp(z_t, 1)
+    return lse_s, lse_t, *_terms_on_tile(z_s, z_t, lse_s, lse_t, names, hyper, need_s, need_t)
+
+
+def _grads_on_tile(z_s, z_t, lse_s, lse_t, sums_s, sums_t, upstream, hyper, need_s, need_t):
+    pair = Pair(z_s - lse_s[:, None], z_t - lse_t[:, None])
+    return _grads_on_pair(pair, sums_s, sums_t, upstream, hyper, need_s, need_t)
+
+
+# Compiled, each is one loop over the tile (:mod:`lmloss.stats.fusion`).
+TERMS_ON_TILE = Fusable(_terms_on_tile)
+WHOLE_TILE_TERMS = Fusable(_whole_tile_terms)
+GRADS_ON_TILE = Fusable(_grads_on_tile)
+
+
+class PairKernel:
+    """The term sums ``spec.names`` between a student (source 0) and a teacher (source 1).
+
+    ``compiled``: run the per-tile formulas through ``torch.compile`` (large calls; see
+    :mod:`lmloss.stats.fusion`). Eagerly, a whole-vocabulary tile's log-probabilities and
+    partials are kept from the forward for the one-pass gradient; compiled, recomputing
+    them inside the fused loop is cheaper than writing and reading them back.
+    """
+
+    def __init__(self, spec: PairSpec, device: torch.device, compiled: bool = False):
+        self.spec, self.names, self.compiled = spec, spec.names, compiled
         self.ws = Workspace(device)
 
     def differentiable(self, name: str) -> bool:
@@ -111,35 +174,31 @@ class PairKernel:
     ) -> Block:
         student, teacher = sources
         need_s, need_t = need
-        online = [online_moments(src, t0, t1, vocab_tile, ("s",), self.ws) for src in sources]
-        lse_s, lse_t = (o.lse for o in online)
-        whole = vocab_tile >= student.vocab
-        if whole:  # both heads were multiplied once, their tiles are still at hand
-            tiles = [(0, student.vocab, online[0].last_tile, online[1].last_tile)]
-        else:
-            tiles = (
-                (v0, v1, student.tile(t0, t1, v0, v1), teacher.tile(t0, t1, v0, v1))
-                for v0, v1 in vocab_slices(student.vocab, vocab_tile)
-            )
-        zeros = lambda: lse_s.new_zeros(t1 - t0)  # noqa: E731
-        values = {name: zeros() for name in self.names}
-        sums_s = {name: zeros() for name in self.names} if need_s else {}
-        sums_t = {name: zeros() for name in self.names} if need_t else {}
-        for _, _, z_s, z_t in tiles:
-            pair = Pair(z_s - lse_s[:, None], z_t - lse_t[:, None])
-            for name in self.names:
-                term, hyper = PAIR_TERMS[name], self.spec.hyper[name]
-                values[name] += term.value(pair, hyper).sum(1)
-                if need_s or need_t:
-                    d_s, d_t = term_partials(pair, name, hyper)
-                    if need_s and d_s is not None:
-                        sums_s[name] += d_s.sum(1)
-                    if need_t and d_t is not None:
-                        sums_t[name] += d_t.sum(1)
-        final = PairFinal(lse_s, lse_t, sums_s, sums_t)
-        if whole:  # the one-pass schedule reuses the pair and its memoized partials
-            return Block(values, final, (online[0].last_tile, online[1].last_tile), memo=pair)
-        return Block(values, final)
+        names, hyper = self.names, self.spec.hyper
+        if vocab_tile >= student.vocab:  # one tile per model: each head is multiplied once
+            z_s, z_t = (src.tile(t0, t1, 0, src.vocab) for src in sources)
+            pair = None
+            if self.compiled:
+                lse_s, lse_t, *parts = WHOLE_TILE_TERMS(
+                    True, z_s, z_t, names, hyper, need_s, need_t
+                )
+            else:  # the pair and its memoized partials serve the one-pass gradient too
+                lse_s, lse_t = torch.logsumexp(z_s, 1), torch.logsumexp(z_t, 1)
+                pair = Pair(z_s - lse_s[:, None], z_t - lse_t[:, None])
+                parts = _terms_on_pair(pair, names, hyper, need_s, need_t)
+            final = PairFinal(lse_s, lse_t, *parts[1:])
+            return Block(parts[0], final, (z_s, z_t), memo=pair)
+        lse_s, lse_t = (
+            online_moments(src, t0, t1, vocab_tile, ("s",), self.ws).lse for src in sources
+        )
+        values, sums_s, sums_t = {}, {}, {}
+        for v0, v1 in vocab_slices(student.vocab, vocab_tile):
+            z_s, z_t = student.tile(t0, t1, v0, v1), teacher.tile(t0, t1, v0, v1)
+            args = (z_s, z_t, lse_s, lse_t, names, hyper, need_s, need_t)
+            for acc, part in zip((values, sums_s, sums_t), TERMS_ON_TILE(self.compiled, *args)):
+                for name, x in part.items():
+                    acc[name] = x if name not in acc else acc[name] + x
+        return Block(values, PairFinal(lse_s, lse_t, sums_s, sums_t))
 
     def tile_grads(
         self,
@@ -152,20 +211,14 @@ class PairKernel:
     ) -> tuple[Tensor | None, Tensor | None]:
         """``Σ_terms g · ∂D/∂z`` for both models on one tile."""
         z_s, z_t = tiles
-        pair = memo
-        if pair is None:
-            pair = Pair(z_s - final.lse_s[:, None], z_t - final.lse_t[:, None])
         need_s, need_t = need
-        dz_s = torch.zeros_like(pair.a) if need_s else None
-        dz_t = torch.zeros_like(pair.b) if need_t else None
-        for name, g in upstream.items():
-            d_s, d_t = term_partials(pair, name, self.spec.hyper[name])
-            g = g.to(pair.a.dtype)[:, None]
-            if dz_s is not None and d_s is not None:
-                dz_s += g * (d_s - pair.p * final.grad_sums_s[name][:, None])
-            if dz_t is not None and d_t is not None:
-                dz_t += g * (d_t - pair.q * final.grad_sums_t[name][:, None])
-        return dz_s, dz_t
+        upstream = {name: g.to(z_s.dtype) for name, g in upstream.items()}
+        sums = (final.grad_sums_s, final.grad_sums_t)
+        hyper = self.spec.hyper
+        if memo is not None:
+            return _grads_on_pair(memo, *sums, upstream, hyper, need_s, need_t)
+        args = (z_s, z_t, final.lse_s, final.lse_t, *sums, upstream, hyper, need_s, need_t)
+        return GRADS_ON_TILE(self.compiled, *args)
 
 
 def _specs(inputs: tuple[Tensor | None, ...], spec: PairSpec) -> tuple[tuple[Spec, ...], tuple]:
@@ -180,6 +233,12 @@ def _specs(inputs: tuple[Tensor | None, ...], spec: PairSpec) -> tuple[tuple[Spe
     )  # fmt: skip
 
 
+def _kernel(inputs: tuple[Tensor | None, ...], spec: PairSpec) -> PairKernel:
+    student_hidden, student_weight = inputs[0], inputs[1]
+    compiled = compile_wanted(student_hidden.shape[0], student_weight.shape[0])
+    return PairKernel(spec, student_hidden.device, compiled)
+
+
 def pair_terms_autograd(inputs: tuple[Tensor | None, ...], spec: PairSpec) -> dict[str, Tensor]:
     """Differentiable term sums of 2-D student rows (all valid), recompute schedule.
 
@@ -189,7 +248,7 @@ def pair_terms_autograd(inputs: tuple[Tensor | None, ...], spec: PairSpec) -> di
     None). Inputs that do not require grad get none.
     """
     specs, tensors = _specs(inputs, spec)
-    return recompute(PairKernel(spec, inputs[0].device), specs, tensors, spec.plan)
+    return recompute(_kernel(inputs, spec), specs, tensors, spec.plan)
 
 
 def eager_pair_loss(
@@ -213,5 +272,4 @@ def eager_pair_loss(
         here) and the detached term sums of every row.
     """
     specs, tensors = _specs(inputs, spec)
-    kernel = PairKernel(spec, inputs[0].device)
-    return one_pass(kernel, specs, tensors, spec.plan, block_loss, extra)
+    return one_pass(_kernel(inputs, spec), specs, tensors, spec.plan, block_loss, extra)
