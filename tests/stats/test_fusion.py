@@ -33,6 +33,21 @@ def test_compiled_pair_kernel_equals_eager(monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_statistics_kernel_equals_eager(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(B, T, H, generator=g, dtype=torch.float64).requires_grad_()
+    weight = torch.randn(V, H, generator=g, dtype=torch.float64).requires_grad_()
+    targets = torch.randint(0, V, (B, T), generator=g)
+    targets[0, :2] = -100
+    results = []
+    for mode in ("0", "1"):
+        monkeypatch.setenv(fusion.COMPILE_VARIABLE, mode)
+        loss = lmloss.linear_cross_entropy(hidden, weight, targets, softcap=3.0)
+        results.append((loss, *torch.autograd.grad(loss, (hidden, weight))))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_failed_compilation_warns_once_and_runs_eagerly(monkeypatch):
     def broken(fn, **kwargs):
         def run(*args, **kw):

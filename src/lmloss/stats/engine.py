@@ -20,8 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from lmloss.stats.chunking import ChunkPlan
+from lmloss.stats.fusion import Fusable, compile_wanted
 from lmloss.stats.schedule import Block, Box, one_pass, online_moments, recompute
-from lmloss.stats.statistics import ALL_STATISTICS, Final, Tile, moments_for
+from lmloss.stats.statistics import ALL_STATISTICS, MOMENTS, Final, Tile, moments_for
 from lmloss.stats.tiles import HeadSource, HeadSpec, compute_dtype
 from lmloss.stats.transform import LogitTransform
 from lmloss.stats.workspace import Workspace
@@ -37,14 +38,52 @@ def _target_columns(targets: Tensor, v0: int, v1: int) -> Tensor:
     return torch.where((cols >= 0) & (cols < v1 - v0), cols, -1)
 
 
+def _whole_tile_moments(z: Tensor, targets: Tensor, moment_names, table: Tensor | None):
+    """Row maxima, moments and target logits of tiles that span the vocabulary."""
+    m = z.amax(1)
+    e = (z - m[:, None]).exp()
+    zero = m.new_zeros(m.shape)
+    moments = {name: MOMENTS[name].step(zero, z, e, zero, table) for name in moment_names}
+    return m, moments, z.gather(1, targets[:, None]).squeeze(1)
+
+
+def _tile_grad(z, m, lse, zy, moments, vocab, target_col, upstream, table, buffers=None):
+    """``Σ_stat g_stat · d(stat)/dz`` on one tile; ``buffers`` (p, scratch, dz) are reused
+    tile buffers when run eagerly, None when compiled (the fused loop needs none)."""
+    final = Final(m=m, lse=lse, zy=zy, moments=moments, vocab=vocab)
+    if buffers is None:
+        p, scratch, dz = (z - lse[:, None]).exp(), torch.empty_like(z), torch.zeros_like(z)
+    else:
+        p_buffer, scratch, dz = buffers
+        p = torch.sub(z, lse[:, None], out=p_buffer).exp_()
+        dz.zero_()
+    tile = Tile(z=z, p=p, final=final, target_col=target_col, scratch=scratch, table=table)
+    for name, g in upstream.items():
+        ALL_STATISTICS[name].add_grad(dz, tile, g)
+    return dz
+
+
+# Compiled, each is one or two loops over the tile (:mod:`lmloss.stats.fusion`).
+WHOLE_TILE_MOMENTS = Fusable(_whole_tile_moments)
+TILE_GRAD = Fusable(_tile_grad)
+
+
 class StatsKernel:
     """The statistics ``names`` of one head at the rows' ``targets`` (all valid).
 
     ``table``: the frozen ``[V, D]`` table of the ``expectation`` statistic (no gradient).
+    ``compiled``: run the per-tile formulas through ``torch.compile`` (large calls; see
+    :mod:`lmloss.stats.fusion`).
     """
 
-    def __init__(self, names: tuple[str, ...], targets: Tensor, table: Tensor | None = None):
-        self.names, self.targets, self.table = names, targets, table
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        targets: Tensor,
+        table: Tensor | None = None,
+        compiled: bool = False,
+    ):
+        self.names, self.targets, self.table, self.compiled = names, targets, table, compiled
         self.moment_names = moments_for(names)
         self.ws = Workspace(targets.device)
 
@@ -56,20 +95,27 @@ class StatsKernel:
     ) -> Block:
         (head,) = sources
         targets = self.targets[t0:t1]
-        zy = targets.new_zeros(t1 - t0, dtype=head.dtype)
-
-        def take_target_logit(z: Tensor, v0: int, v1: int) -> None:
-            cols = _target_columns(targets, v0, v1)
-            rows = (cols >= 0).nonzero().squeeze(1)
-            zy[rows] = z[rows, cols[rows]]
-
-        online = online_moments(
-            head, t0, t1, vocab_tile, self.moment_names, self.ws, self.table, take_target_logit
-        )
-        final = Final(m=online.m, lse=online.lse, zy=zy, moments=online.moments, vocab=head.vocab)
-        values = {name: ALL_STATISTICS[name].value(final) for name in self.names}
         whole = vocab_tile >= head.vocab
-        return Block(values, final, (online.last_tile,) if whole else None)
+        if whole and self.compiled:
+            z = head.tile(t0, t1, 0, head.vocab)
+            args = (z, targets, self.moment_names, self.table)
+            m, moments, zy = WHOLE_TILE_MOMENTS(True, *args)
+        else:
+            zy = targets.new_zeros(t1 - t0, dtype=head.dtype)
+
+            def take_target_logit(z: Tensor, v0: int, v1: int) -> None:
+                cols = _target_columns(targets, v0, v1)
+                rows = (cols >= 0).nonzero().squeeze(1)
+                zy[rows] = z[rows, cols[rows]]
+
+            online = online_moments(
+                head, t0, t1, vocab_tile, self.moment_names, self.ws, self.table, take_target_logit
+            )
+            z, m, moments = online.last_tile, online.m, online.moments
+        lse = m + moments["s"].log()
+        final = Final(m=m, lse=lse, zy=zy, moments=moments, vocab=head.vocab)
+        values = {name: ALL_STATISTICS[name].value(final) for name in self.names}
+        return Block(values, final, (z,) if whole else None)
 
     def tile_grads(
         self,
@@ -83,19 +129,18 @@ class StatsKernel:
         """``Σ_stat g_stat · d(stat)/dz`` on one tile."""
         (z,) = tiles
         t0, t1, v0, v1 = box
-        # p shares the buffer of the forward's e: the two are never alive at once.
-        p = torch.sub(z, final.lse[:, None], out=self.ws.get("e", *z.shape, z.dtype)).exp_()
-        tile = Tile(
-            z=z,
-            p=p,
-            final=final,
-            target_col=_target_columns(self.targets[t0:t1], v0, v1),
-            scratch=self.ws.get("scratch", *z.shape, z.dtype),
-            table=None if self.table is None else self.table[v0:v1],
+        buffers = None
+        if not self.compiled:  # p shares the forward's e buffer: never alive at once
+            buffers = tuple(self.ws.get(name, *z.shape, z.dtype) for name in ("e", "scratch", "dz"))
+        dz = TILE_GRAD(
+            self.compiled,
+            z,
+            *(final.m, final.lse, final.zy, final.moments, final.vocab),
+            _target_columns(self.targets[t0:t1], v0, v1),
+            {name: g.to(z.dtype) for name, g in upstream.items()},
+            None if self.table is None else self.table[v0:v1],
+            buffers,
         )
-        dz = self.ws.get("dz", *z.shape, z.dtype).zero_()
-        for name, g in upstream.items():
-            ALL_STATISTICS[name].add_grad(dz, tile, g.to(z.dtype))
         return (dz,)
 
 
@@ -114,7 +159,8 @@ def token_stats_autograd(
 
     ``table``: the frozen ``[V, D]`` table of the ``expectation`` statistic (no gradient).
     """
-    kernel = StatsKernel(names, targets, table)
+    compiled = compile_wanted(hidden.shape[0], weight.shape[0])
+    kernel = StatsKernel(names, targets, table, compiled)
     return recompute(kernel, (HeadSpec(transform),), (hidden, weight, bias), plan)
 
 
@@ -140,5 +186,7 @@ def eager_token_loss(
     """
     if plan.vocab != weight.shape[0]:
         raise ValueError("eager_token_loss needs a plan whose vocabulary tile spans the vocabulary")
-    kernel = StatsKernel(names, targets, None if expect is None else expect.detach())
+    compiled = compile_wanted(hidden.shape[0], weight.shape[0])
+    table = None if expect is None else expect.detach()
+    kernel = StatsKernel(names, targets, table, compiled)
     return one_pass(kernel, (HeadSpec(transform),), (hidden, weight, bias), plan, token_loss)
