@@ -24,7 +24,6 @@ Run: ``.venv/bin/python benchmarks/distill.py`` (``--quick`` for a smoke run).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -119,24 +118,7 @@ def lmloss_fused(inputs: dict) -> None:
     _backward(inputs, out.loss)
 
 
-def lmloss_cold(inputs: dict) -> None:
-    os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
-    lmloss_fused(inputs)
-
-
-def lmloss_eager(inputs: dict) -> None:
-    os.environ["LMLOSS_COMPILE"] = "0"
-    lmloss_fused(inputs)
-
-
-METHODS = {
-    "naive": naive,
-    "trl": trl,
-    "liger": liger,
-    "lmloss": lmloss_fused,
-    "lmloss_cold": lmloss_cold,
-    "lmloss_eager": lmloss_eager,
-}
+METHODS = {"naive": naive, "trl": trl, "liger": liger, **_harness.lmloss_variants(lmloss_fused)}
 
 
 def available(name: str, case: dict) -> bool:

@@ -1,4 +1,4 @@
-"""The scheduler: every walk over vocabulary tiles in lmloss, and the two ways to get gradients.
+"""The scheduler: the vocabulary slices every walk in lmloss takes, and the two schedules.
 
 Logits exist one ``tokens × vocab-slice`` tile at a time (:mod:`lmloss.stats.tiles` makes
 them from a head or slices them from logits; sizes from :mod:`lmloss.stats.chunking`).
