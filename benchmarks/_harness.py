@@ -89,6 +89,23 @@ def child(script_globals: dict, method: str, case: dict) -> None:
     print(json.dumps({"peak_above_inputs_and_grads_mb": peak, "seconds": elapsed}))
 
 
+def lmloss_variants(fn: Callable[[dict], None]) -> dict[str, Callable[[dict], None]]:
+    """``fn`` as three methods: ``lmloss`` (steady state: list it in ``WARM_UP_IN_CHILD``),
+    ``lmloss_cold`` (the first call of a process: ``torch.compile`` warm-up included,
+    inductor's on-disk caches off as on a fresh machine) and ``lmloss_eager``
+    (``LMLOSS_COMPILE=0``: the per-tile formulas as separate eager ops)."""
+
+    def cold(inputs: dict) -> None:
+        os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"
+        fn(inputs)
+
+    def eager(inputs: dict) -> None:
+        os.environ["LMLOSS_COMPILE"] = "0"
+        fn(inputs)
+
+    return {"lmloss": fn, "lmloss_cold": cold, "lmloss_eager": eager}
+
+
 def run_child(script: str, case: dict, method: str) -> dict | str:
     """One measured call of ``method`` in a fresh process: its seconds and peak memory,
     or the reason it produced none (a crash, or the kernel's out-of-memory kill)."""

@@ -11,9 +11,13 @@ backpropagates to the student's hidden states and head (the teacher is frozen). 
 * liger — ``LigerFusedLinearJSDLoss`` (Liger-Kernel 0.8, ``weight_hard_loss=0``; chunks of
   1024 tokens with whole-vocabulary logits, gradients in the forward; torch.compile on CPU,
   warm-up excluded);
-* lmloss — ``lmloss.fused_divergence_loss("jsd")`` (two-model engine: whole-vocabulary
-  token blocks within the memory budget, one matmul per head in the forward, the backward
-  recomputes each tile).
+* lmloss — ``lmloss.fused_divergence_loss("jsd")`` (the tile engine's pair kernel:
+  whole-vocabulary token blocks within the memory budget, one matmul per head, gradients in
+  the same pass; per-tile formulas compiled by ``torch.compile`` for large calls, warm-up
+  excluded as for Liger);
+* lmloss_cold — the same, first call of the process: compile warm-up included (inductor's
+  on-disk caches off, as on a fresh machine);
+* lmloss_eager — the same with ``LMLOSS_COMPILE=0``: per-tile formulas as eager ops.
 
 Run: ``.venv/bin/python benchmarks/distill.py`` (``--quick`` for a smoke run).
 """
@@ -38,10 +42,13 @@ try:
 except ImportError:
     ChunkedDivergenceFunction = None
 
-CASES = [{"N": 4096, "H": 1024, "HT": 1024, "V": 128256}]
+CASES = [
+    {"N": 4096, "H": 1024, "HT": 1024, "V": 128256},
+    {"N": 2048, "H": 1024, "HT": 1024, "V": 32000},
+]
 QUICK_CASES = [{"N": 256, "H": 64, "HT": 96, "V": 3000}]
 BASELINE = "naive"
-WARM_UP_IN_CHILD = ("liger",)
+WARM_UP_IN_CHILD = ("liger", "lmloss")
 BETA = 0.5
 
 
@@ -111,7 +118,7 @@ def lmloss_fused(inputs: dict) -> None:
     _backward(inputs, out.loss)
 
 
-METHODS = {"naive": naive, "trl": trl, "liger": liger, "lmloss": lmloss_fused}
+METHODS = {"naive": naive, "trl": trl, "liger": liger, **_harness.lmloss_variants(lmloss_fused)}
 
 
 def available(name: str, case: dict) -> bool:

@@ -7,7 +7,9 @@ only give log-probs. Methods:
 
 * naive — materialized logits, log_softmax, gather, for policy and (no_grad) reference,
   then the DPO formula (what a plain PyTorch trainer does);
-* lmloss — ``lmloss.fused_preference_loss("dpo", ...)`` (engine: no [tokens, vocab] logits);
+* lmloss — ``lmloss.fused_preference_loss("dpo", ...)`` (engine: no [tokens, vocab] logits;
+  per-tile formulas compiled for large calls, warm-up excluded as for Liger);
+  ``lmloss_cold``: first call, warm-up included; ``lmloss_eager``: ``LMLOSS_COMPILE=0``;
 * liger — ``LigerFusedLinearDPOLoss`` (Liger-Kernel 0.8; torch.compile, warm-up excluded).
 
 Run: ``.venv/bin/python benchmarks/preference.py`` (``--quick`` for a smoke run).
@@ -33,9 +35,10 @@ except ImportError:  # reference library, optional outside the test environment
 BETA = 0.1
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CASES = [{"B": 8, "T": 512, "H": 1024, "V": 128256, "dtype": d} for d in ("fp32", "bf16")]
+CASES.append({"B": 4, "T": 512, "H": 1024, "V": 32000, "dtype": "bf16"})  # a quicker bf16 case
 QUICK_CASES = [{"B": 2, "T": 64, "H": 64, "V": 3000, "dtype": d} for d in ("fp32", "bf16")]
 BASELINE = "naive"
-WARM_UP_IN_CHILD = ("liger",)
+WARM_UP_IN_CHILD = ("liger", "lmloss")
 
 
 def build(case: dict) -> dict:
@@ -103,7 +106,7 @@ def liger(inputs: dict) -> None:
     _backward(inputs, out[0] if isinstance(out, tuple) else out)
 
 
-METHODS = {"naive": naive, "lmloss": lmloss_fused, "liger": liger}
+METHODS = {"naive": naive, **_harness.lmloss_variants(lmloss_fused), "liger": liger}
 
 
 def available(name: str, case: dict) -> bool:

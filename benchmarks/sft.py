@@ -12,7 +12,9 @@ backpropagates to the hidden states and the head. Methods:
 * trl — TRL 1.16's ``ChunkedLogProbFunction`` (chunked per-token log-probs, torch tiles on
   CPU), reduced to the token mean;
 * lmloss — ``lmloss.linear_cross_entropy`` (the fused ``ce`` likelihood objective: one pass
-  over the vocabulary, gradients computed during the forward).
+  over the vocabulary, gradients computed during the forward; per-tile formulas compiled by
+  ``torch.compile`` for large calls, warm-up excluded as for CCE); ``lmloss_cold``: first
+  call, warm-up included; ``lmloss_eager``: ``LMLOSS_COMPILE=0``.
 
 The full case is the issue's N=8192, H=2048, V=128256: the naive path's float32 logits,
 their log-softmax and their gradient (3 × 4.2 GB) fit in 24 GB, so no smaller stand-in is
@@ -45,7 +47,7 @@ CASES = [
 ]
 QUICK_CASES = [{"N": 512, "H": 64, "V": 3001}]
 BASELINE = "naive"
-WARM_UP_IN_CHILD = ("cce_compile",)
+WARM_UP_IN_CHILD = ("cce_compile", "lmloss")
 IGNORED_FRACTION = 0.1
 
 
@@ -102,7 +104,7 @@ METHODS = {
     "cce_compile": cce_compile,
     "liger_flce": liger_flce,
     "trl": trl_chunked,
-    "lmloss": lmloss_fused,
+    **_harness.lmloss_variants(lmloss_fused),
 }
 
 

@@ -7,6 +7,7 @@ what it got and what was expected, so that bad input fails loudly before any mat
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -53,6 +54,15 @@ def require_nonempty(name: str, tensor: torch.Tensor) -> None:
         )
 
 
+def require_finite(name: str, value: float) -> float:
+    """A real number that is neither infinite nor NaN (logit transforms, scales)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return float(value)
+
+
 def require_positive(name: str, value: float) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
@@ -82,3 +92,17 @@ def require_choice(name: str, value: str, choices: Iterable[str]) -> str:
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(f"unknown {name} {value!r}{hint} (choose from {', '.join(choices)})")
     return value
+
+
+def require_names(
+    what: str, names: str | Iterable[str], choices: Iterable[str], empty: str
+) -> tuple[str, ...]:
+    """One name or several, each among ``choices``, de-duplicated in order; ``empty`` opens
+    the message when none is given."""
+    choices = tuple(choices)
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if not names:
+        raise ValueError(f"{empty} {sorted(choices)}")
+    for name in names:
+        require_choice(what, name, choices)
+    return tuple(dict.fromkeys(names))

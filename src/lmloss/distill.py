@@ -51,6 +51,10 @@ def token_divergence(
     teacher_bias: Tensor | None = None,
     mask: Tensor | None = None,
     temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    teacher_softcap: float | None = None,
+    teacher_logit_scale: float = 1.0,
     teacher_requires_grad: bool = False,
     memory_budget: int | None = None,
     **hyper: float,
@@ -67,6 +71,8 @@ def token_divergence(
         student_bias, teacher_bias: optional ``[V]`` head biases.
         mask: 0/1 or bool over the leading dimensions; masked positions give 0.
         temperature: divides both models' logits.
+        softcap, logit_scale: the student head's transform (as in :func:`lmloss.token_stats`);
+        teacher_softcap, teacher_logit_scale: the teacher's (also applied to teacher_logits).
         teacher_requires_grad: also differentiate w.r.t. the teacher's inputs.
         memory_budget: bytes for the logit tiles (default 128 MiB).
         **hyper: the divergence's hyper-parameters (``beta`` for ``jsd``, ``alpha`` ...).
@@ -96,6 +102,10 @@ def token_divergence(
         teacher_logits=teacher_logits,
         mask=mask,
         temperature=temperature,
+        softcap=softcap,
+        logit_scale=logit_scale,
+        teacher_softcap=teacher_softcap,
+        teacher_logit_scale=teacher_logit_scale,
         teacher_requires_grad=teacher_requires_grad,
         hyper=hyper,
         memory_budget=memory_budget,
@@ -125,7 +135,7 @@ def _checked_labels(labels: object, models: Models, why: str) -> Tensor:
 def _masked(values: dict[str, Tensor], mask: Tensor | None) -> dict[str, Tensor]:
     if mask is None:
         return values
-    return {k: torch.where(mask, v, torch.zeros((), dtype=v.dtype)) for k, v in values.items()}
+    return {k: torch.where(mask, v, v.new_zeros(())) for k, v in values.items()}
 
 
 def _pair_inputs(models: Models, names: tuple[str, ...], hyper: Mapping, sparse, tail: str) -> dict:
@@ -313,6 +323,10 @@ def fused_divergence_loss(
     mask: Tensor | None = None,
     labels: Tensor | None = None,
     temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    teacher_softcap: float | None = None,
+    teacher_logit_scale: float = 1.0,
     teacher_requires_grad: bool = False,
     memory_budget: int | None = None,
     **hyper: object,
@@ -325,7 +339,10 @@ def fused_divergence_loss(
     teacher as a head (``teacher_hidden``, ``teacher_weight``, ``teacher_bias``), as
     ``teacher_logits [..., V]``, or sparse (``teacher_topk_ids``/``teacher_topk_logprobs``).
     Teacher gradients are off unless ``teacher_requires_grad=True`` (online distillation;
-    PLD's teacher weights never carry one). ``memory_budget`` bounds the logit tiles
+    PLD's teacher weights never carry one). ``softcap``/``logit_scale`` and
+    ``teacher_softcap``/``teacher_logit_scale`` are each head's transform (Gemma's soft cap,
+    Cohere's scale; as in :func:`lmloss.token_stats`), applied before ``temperature`` and
+    also to ``teacher_logits``. ``memory_budget`` bounds the logit tiles
     (bytes; default 128 MiB). ``sinkhorn_kd`` compares every row with every other over the
     vocabulary and is offered on the plain path only.
 
@@ -352,6 +369,8 @@ def fused_divergence_loss(
         temperature,
         teacher_requires_grad,
         memory_budget,
+        softcaps=(softcap, teacher_softcap),
+        logit_scales=(logit_scale, teacher_logit_scale),
     )
     sparse = _sparse_teacher(teacher_topk_ids, teacher_topk_logprobs, models, teacher_requires_grad)
     if _one_pass_applies(entry, models, sparse):

@@ -226,7 +226,7 @@ def _eager_loss(
     flat_mask = mask.reshape(-1)
     rows = flat_mask.nonzero().squeeze(1)
     if rows.numel() == 0:
-        return _connected_zero(dtype, hidden, weight, bias), torch.zeros(mask.shape, dtype=dtype)
+        return _connected_zero(dtype, hidden, weight, bias), mask.new_zeros(mask.shape, dtype=dtype)
     coef_rows = coef.reshape(-1)[rows]
     on_rows = replace(objective, derived={k: v[rows] for k, v in objective.derived.items()})
 
@@ -255,7 +255,7 @@ def _eager_loss(
 
 def _connected_zero(dtype: torch.dtype, *tensors: Tensor | None) -> Tensor:
     """A scalar 0 that still belongs to the graph of ``tensors`` (zero gradients)."""
-    zero = torch.zeros((), dtype=dtype)
+    zero = tensors[0].new_zeros((), dtype=dtype)
     return zero + sum(t.reshape(-1)[:0].sum().to(dtype) for t in tensors if t is not None)
 
 

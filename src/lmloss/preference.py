@@ -410,11 +410,6 @@ def _two_model_statistic(stat: str, name: str, group: _Group, heads: tuple, engi
     """Per-token divergence ``stat`` between reference (teacher) and policy (student): the
     group's input ``name`` (e.g. ``chosen_kl``)."""
     weight, bias, ref_weight, ref_bias = heads
-    if engine["softcap"] is not None or engine["logit_scale"] != 1.0:
-        raise ValueError(
-            f"the per-token {stat} supports temperature only: pass softcap=None and "
-            f"logit_scale=1.0, or {name}= precomputed"
-        )
     if group.ref_hidden is None or ref_weight is None:
         raise ValueError(
             "the per-token KL needs the reference model: pass ref_hidden= and ref_weight= "
@@ -430,5 +425,9 @@ def _two_model_statistic(stat: str, name: str, group: _Group, heads: tuple, engi
         teacher_bias=ref_bias,
         mask=group.targets != engine["ignore_index"],
         temperature=engine["temperature"],
+        softcap=engine["softcap"],
+        logit_scale=engine["logit_scale"],
+        teacher_softcap=engine["softcap"],
+        teacher_logit_scale=engine["logit_scale"],
         memory_budget=engine["memory_budget"],
     )[stat]

@@ -190,8 +190,3 @@ def test_fused_token_level_needs_the_reference_head():
     ref = {"ref_chosen_logps": torch.zeros(2), "ref_rejected_logps": torch.zeros(2)}
     with pytest.raises(ValueError, match="per-token KL needs the reference model"):
         lmloss.fused_preference_loss("tdpo2", hidden=hidden, weight=weight, targets=targets, **ref)
-    with pytest.raises(ValueError, match="supports temperature only"):
-        lmloss.fused_preference_loss(
-            "tdpo2", hidden=hidden, weight=weight, targets=targets, ref_hidden=hidden,
-            ref_weight=weight, softcap=3.0,
-        )  # fmt: skip

@@ -9,10 +9,11 @@ import torch
 
 from lmloss import _checks
 from lmloss.stats.chunking import plan_chunks
-from lmloss.stats.engine import compute_dtype, token_stats_autograd
+from lmloss.stats.engine import token_stats_autograd
 from lmloss.stats.reference import stats_of_logits
 from lmloss.stats.rows import scatter_rows, zeros_connected
 from lmloss.stats.statistics import ALL_STATISTICS
+from lmloss.stats.tiles import compute_dtype
 from lmloss.stats.transform import LogitTransform
 
 Tensor = torch.Tensor
@@ -63,12 +64,8 @@ assert {f.name for f in fields(TokenStats)} == set(ALL_STATISTICS), (
 
 
 def _parse_want(want: str | Iterable[str]) -> tuple[str, ...]:
-    names = (want,) if isinstance(want, str) else tuple(want)
-    if not names:
-        raise ValueError(f"want must name at least one statistic from {sorted(ALL_STATISTICS)}")
-    for name in names:
-        _checks.require_choice("statistic in want", name, ALL_STATISTICS)
-    return tuple(dict.fromkeys(names))
+    empty = "want must name at least one statistic from"
+    return _checks.require_names("statistic in want", want, ALL_STATISTICS, empty)
 
 
 def check_head(hidden: object, weight: object, bias: object) -> None:
@@ -95,7 +92,8 @@ def check_head(hidden: object, weight: object, bias: object) -> None:
 def check_targets(
     targets: object, leading: tuple[int, ...], vocab: int, ignore_index: int
 ) -> Tensor:
-    targets = _checks.require_integer("targets", targets)
+    """Token ids of any integer dtype, validated and returned as int64 (the index dtype)."""
+    targets = _checks.require_integer("targets", targets).long()
     _checks.require_shape("targets", targets, leading, "the leading dimensions of hidden/logits")
     valid = targets != ignore_index
     bad = valid & ((targets < 0) | (targets >= vocab))

@@ -27,8 +27,8 @@ from lmloss.stats.divergence import (
     pair_terms_autograd,
 )
 from lmloss.stats.divergence_terms import parse_terms, resolve_hyper, term_values
-from lmloss.stats.engine import compute_dtype
 from lmloss.stats.rows import scatter_rows, zeros_connected
+from lmloss.stats.tiles import compute_dtype
 from lmloss.stats.transform import LogitTransform
 
 Tensor = torch.Tensor
@@ -82,6 +82,21 @@ def _check_head(prefix: str, hidden: object, weight: object, bias: object) -> tu
             f"{prefix}_bias", bias, (weight.shape[0],), f"{prefix}_weight.shape[0]"
         )
     return hidden, weight
+
+
+def head_transforms(
+    temperature: float,
+    softcap: float | None,
+    logit_scale: float,
+    teacher_softcap: float | None,
+    teacher_logit_scale: float,
+) -> tuple[LogitTransform, LogitTransform]:
+    """The student's and the teacher's logit transforms; the temperature is shared."""
+    student = LogitTransform(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
+    teacher = LogitTransform(
+        logit_scale=teacher_logit_scale, softcap=teacher_softcap, temperature=temperature
+    )
+    return student, teacher
 
 
 def _resolve(
@@ -157,25 +172,38 @@ class _Prepared:
 
 
 def _prepare(
-    student: tuple[object, object, object],
-    teacher: tuple[object, object, object, object],
+    student_hidden: Tensor,
+    student_weight: Tensor,
     names: str | Iterable[str],
-    mask: object,
-    temperature: float,
-    teacher_requires_grad: bool,
-    hyper: Mapping[str, float] | None,
-    memory_budget: int | None,
+    *,
+    student_bias: Tensor | None = None,
+    teacher_hidden: Tensor | None = None,
+    teacher_weight: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    teacher_logits: Tensor | None = None,
+    mask: Tensor | None = None,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    teacher_softcap: float | None = None,
+    teacher_logit_scale: float = 1.0,
+    teacher_requires_grad: bool = False,
+    hyper: Mapping[str, float] | None = None,
+    memory_budget: int | None = None,
 ) -> _Prepared:
-    student_hidden, student_weight, leading, vocab = check_student_head(*student)
-    student_bias = student[2]
-    teacher_hidden, teacher_weight, teacher_logits = check_teacher(
-        leading, vocab, teacher[0], teacher[1], teacher[2], teacher[3]
+    """The options of :func:`token_pair_terms`, checked and restricted to the trained rows."""
+    student_hidden, student_weight, leading, vocab = check_student_head(
+        student_hidden, student_weight, student_bias
     )
-    teacher_bias = teacher[2]
+    teacher_hidden, teacher_weight, teacher_logits = check_teacher(
+        leading, vocab, teacher_hidden, teacher_weight, teacher_bias, teacher_logits
+    )
+    transforms = head_transforms(
+        temperature, softcap, logit_scale, teacher_softcap, teacher_logit_scale
+    )
     mask = check_mask(mask, leading)
     names, resolved = _resolve(names, hyper or {})
     dtype = compute_dtype(student_hidden.dtype)
-    transform = LogitTransform(temperature=temperature)
     if not teacher_requires_grad:
         detach = lambda t: None if t is None else t.detach()  # noqa: E731
         teacher_hidden, teacher_weight = detach(teacher_hidden), detach(teacher_weight)
@@ -195,8 +223,8 @@ def _prepare(
         spec = PairSpec(
             names=names,
             hyper=resolved,
-            student_transform=transform,
-            teacher_transform=transform,
+            student_transform=transforms[0],
+            teacher_transform=transforms[1],
             plan=pair_plan(rows.numel(), vocab, dtype.itemsize, memory_budget),
             dtype=dtype,
         )
@@ -205,42 +233,29 @@ def _prepare(
 
 
 def token_pair_terms(
-    student_hidden: Tensor,
-    student_weight: Tensor,
-    names: str | Iterable[str],
-    *,
-    student_bias: Tensor | None = None,
-    teacher_hidden: Tensor | None = None,
-    teacher_weight: Tensor | None = None,
-    teacher_bias: Tensor | None = None,
-    teacher_logits: Tensor | None = None,
-    mask: Tensor | None = None,
-    temperature: float = 1.0,
-    teacher_requires_grad: bool = False,
-    hyper: Mapping[str, float] | None = None,
-    memory_budget: int | None = None,
+    student_hidden: Tensor, student_weight: Tensor, names: str | Iterable[str], **options
 ) -> dict[str, Tensor]:
     """Per-token sums over the vocabulary of the pair terms ``names``, without the logits.
 
-    The teacher is either a head (``teacher_hidden`` with the student's leading dimensions
-    and ``teacher_weight [V, H_t]``) or full ``teacher_logits [..., V]``. ``temperature``
-    divides both models' logits. Gradients flow to the student's hidden, weight and bias,
-    and to the teacher's inputs only with ``teacher_requires_grad=True``.
+    Keyword options:
+        student_bias: optional ``[V]`` bias of the student head.
+        teacher_hidden, teacher_weight, teacher_bias: the teacher as a head
+            (``teacher_hidden`` with the student's leading dimensions, ``[V, H_t]`` weight),
+        teacher_logits: or as full raw logits ``[..., V]``.
+        mask: 0/1 or bool over the leading dimensions; masked rows give 0 and cost nothing.
+        temperature: divides both models' logits.
+        softcap, logit_scale: the student head's transform, as in :func:`lmloss.token_stats`;
+        teacher_softcap, teacher_logit_scale: the teacher's (applied to its logits too).
+        teacher_requires_grad: gradients also reach the teacher's inputs (off by default;
+            the student's hidden, weight and bias always get theirs).
+        hyper: the terms' hyper-parameters (``beta`` ...).
+        memory_budget: bytes for the logit tiles.
 
     Returns:
         ``{name: tensor}``, each shaped like ``student_hidden.shape[:-1]`` in the compute
         dtype (float32, float64 for float64 students), zeros where ``mask == 0``.
     """
-    prepared = _prepare(
-        (student_hidden, student_weight, student_bias),
-        (teacher_hidden, teacher_weight, teacher_bias, teacher_logits),
-        names,
-        mask,
-        temperature,
-        teacher_requires_grad,
-        hyper,
-        memory_budget,
-    )
+    prepared = _prepare(student_hidden, student_weight, names, **options)
     if prepared.spec is None:
         shapes = dict.fromkeys(prepared.names, prepared.leading)
         return zeros_connected(shapes, prepared.dtype, *prepared.connected)
@@ -255,16 +270,7 @@ def token_pair_loss(
     block_loss: BlockLoss,
     *,
     extra: Mapping[str, Tensor] | None = None,
-    student_bias: Tensor | None = None,
-    teacher_hidden: Tensor | None = None,
-    teacher_weight: Tensor | None = None,
-    teacher_bias: Tensor | None = None,
-    teacher_logits: Tensor | None = None,
-    mask: Tensor | None = None,
-    temperature: float = 1.0,
-    teacher_requires_grad: bool = False,
-    hyper: Mapping[str, float] | None = None,
-    memory_budget: int | None = None,
+    **options,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """A loss that is a sum over trained tokens of a function of their pair-term sums.
 
@@ -274,23 +280,14 @@ def token_pair_loss(
     cross-entropy), and returns the block's scalar contribution; contributions must not
     depend on other blocks (close over any batch normalizer). When whole-vocabulary tiles
     fit the memory budget the gradients are computed during this call in one pass
-    (:func:`lmloss.stats.divergence.eager_pair_loss`); otherwise the recomputing autograd
-    path is used. Other arguments as for :func:`token_pair_terms`.
+    (:func:`lmloss.stats.divergence.eager_pair_loss`); otherwise the recompute schedule is
+    used. ``options`` as for :func:`token_pair_terms`.
 
     Returns:
         The scalar loss (differentiable w.r.t. the student, the teacher when asked, and the
         ``extra`` tensors) and the detached term sums, shaped like the leading dimensions.
     """
-    prepared = _prepare(
-        (student_hidden, student_weight, student_bias),
-        (teacher_hidden, teacher_weight, teacher_bias, teacher_logits),
-        names,
-        mask,
-        temperature,
-        teacher_requires_grad,
-        hyper,
-        memory_budget,
-    )
+    prepared = _prepare(student_hidden, student_weight, names, **options)
     names, leading, dtype, rows = prepared.names, prepared.leading, prepared.dtype, prepared.rows
     if prepared.spec is None:
         zeros = zeros_connected(dict.fromkeys(names, leading), dtype, *prepared.connected)
@@ -299,18 +296,12 @@ def token_pair_loss(
         k: v.reshape(-1, *v.shape[len(leading) :]).index_select(0, rows)
         for k, v in (extra or {}).items()
     }
-    vocab = student_weight.shape[0]
-    if prepared.spec.plan.vocab < vocab:
+    if prepared.spec.plan.vocab < student_weight.shape[0]:
         values = pair_terms_autograd(prepared.inputs, prepared.spec)
         loss = block_loss({**values, **extra_rows}, slice(0, rows.numel()))
         detached = {k: v.detach() for k, v in values.items()}
     else:
-        loss, detached, extra_grads = eager_pair_loss(
-            prepared.inputs, prepared.spec, block_loss, extra_rows
-        )
-        # The extra inputs' share of the gradient: first order in them, zero in value.
-        for name, x in extra_rows.items():
-            loss = loss + (extra_grads[name] * (x - x.detach())).sum()
+        loss, detached = eager_pair_loss(prepared.inputs, prepared.spec, block_loss, extra_rows)
     return loss, scatter_rows(detached, rows, leading)
 
 
@@ -344,10 +335,7 @@ def pair_terms_from_logits(
     values = term_values(a, b, names, resolved)
     if mask is None:
         return values
-    return {
-        name: torch.where(mask, value, torch.zeros((), dtype=dtype))
-        for name, value in values.items()
-    }
+    return {name: torch.where(mask, value, value.new_zeros(())) for name, value in values.items()}
 
 
 def pairwise_pair_terms(

@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 
 from lmloss.stats.chunking import ChunkPlan, default_budget
-from lmloss.stats.divergence_sources import HeadSource, LogitsSource
-from lmloss.stats.engine import compute_dtype
+from lmloss.stats.schedule import online_moments, token_blocks
+from lmloss.stats.tiles import Source, compute_dtype
+from lmloss.stats.workspace import Workspace
 
 Tensor = torch.Tensor
 
@@ -27,7 +28,7 @@ def _row_chunk(n: int, k: int, hidden_size: int, itemsize: int, budget: int | No
 class _HeadLogitsAt(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, ids, rows_per_chunk):
-        out = torch.empty(ids.shape, dtype=compute_dtype(hidden.dtype))
+        out = hidden.new_empty(ids.shape, dtype=compute_dtype(hidden.dtype))
         for r0 in range(0, ids.shape[0], rows_per_chunk):
             r1 = r0 + rows_per_chunk
             w = weight.index_select(0, ids[r0:r1].reshape(-1)).view(*ids[r0:r1].shape, -1)
@@ -44,8 +45,8 @@ class _HeadLogitsAt(torch.autograd.Function):
         hidden, weight, bias, ids = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         dtype = compute_dtype(hidden.dtype)
-        d_hidden = torch.zeros(hidden.shape, dtype=dtype) if need_h else None
-        d_weight = torch.zeros(weight.shape, dtype=dtype) if need_w else None
+        d_hidden = hidden.new_zeros(hidden.shape, dtype=dtype) if need_h else None
+        d_weight = weight.new_zeros(weight.shape, dtype=dtype) if need_w else None
         step = ctx.rows_per_chunk
         for r0 in range(0, ids.shape[0], step):
             r1 = r0 + step
@@ -58,7 +59,7 @@ class _HeadLogitsAt(torch.autograd.Function):
                 d_weight.index_add_(0, flat_ids, outer.reshape(-1, hidden.shape[1]))
         d_bias = None
         if need_b:
-            d_bias = torch.zeros(bias.shape, dtype=dtype).index_add_(
+            d_bias = bias.new_zeros(bias.shape, dtype=dtype).index_add_(
                 0, ids.reshape(-1), grad.to(dtype).reshape(-1)
             )
         cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
@@ -79,32 +80,29 @@ def head_logits_at(
     return _HeadLogitsAt.apply(hidden, weight, bias, ids, chunk)
 
 
-def _block_top_k(source: HeadSource | LogitsSource, t0: int, t1: int, k: int, vocab_tile: int):
-    n = t1 - t0
-    values = torch.full((n, k), float("-inf"), dtype=source.dtype)
-    ids = torch.zeros((n, k), dtype=torch.long)
-    m = torch.full((n,), float("-inf"), dtype=source.dtype)
-    s = torch.zeros(n, dtype=source.dtype)
-    for v0 in range(0, source.vocab, vocab_tile):
-        v1 = min(v0 + vocab_tile, source.vocab)
-        z = source.tile(t0, t1, v0, v1)
-        m_new = torch.maximum(m, z.amax(1))
-        s = s * (m - m_new).exp() + (z - m_new[:, None]).exp().sum(1)
-        m = m_new
+def _block_top_k(source: Source, t0: int, t1: int, k: int, vocab_tile: int, ws: Workspace):
+    device = source.device
+    best = {
+        "values": torch.full((t1 - t0, k), float("-inf"), dtype=source.dtype, device=device),
+        "ids": torch.zeros((t1 - t0, k), dtype=torch.long, device=device),
+    }
+
+    def merge(z: Tensor, v0: int, v1: int) -> None:
         tile_values, tile_ids = z.topk(min(k, v1 - v0), dim=1)
-        values, order = torch.cat([values, tile_values], 1).topk(k, dim=1)
-        ids = torch.cat([ids, tile_ids + v0], 1).gather(1, order)
-    return values, ids, m + s.log()
+        values, order = torch.cat([best["values"], tile_values], 1).topk(k, dim=1)
+        best["ids"] = torch.cat([best["ids"], tile_ids + v0], 1).gather(1, order)
+        best["values"] = values
+
+    online = online_moments(source, t0, t1, vocab_tile, ("s",), ws, on_tile=merge)
+    return best["values"], best["ids"], online.lse
 
 
 @torch.no_grad()
 def top_k_with_lse(
-    source: HeadSource | LogitsSource, n: int, k: int, plan: ChunkPlan
+    source: Source, n: int, k: int, plan: ChunkPlan
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The ``k`` largest transformed logits of each of ``n`` rows (descending), their ids,
     and the rows' log-sum-exp, merging vocabulary tiles online."""
-    blocks = [
-        _block_top_k(source, t0, min(t0 + plan.tokens, n), k, plan.vocab)
-        for t0 in range(0, n, plan.tokens)
-    ]
+    ws = Workspace(source.device)
+    blocks = [_block_top_k(source, t0, t1, k, plan.vocab, ws) for t0, t1 in token_blocks(n, plan)]
     return tuple(torch.cat(parts) for parts in zip(*blocks))

@@ -10,7 +10,8 @@ Two implementations with one interface, so every objective's inputs are assemble
 
 Every tensor returned is shaped like the leading dimensions (plus ``k`` for per-id values)
 in the compute dtype. ``temperature`` applies to every quantity except :meth:`student_nll`,
-which is the student's own cross-entropy at temperature 1.
+which is the student's own cross-entropy at temperature 1. A fused model's head transform
+(soft cap, logit scale) applies to every quantity of that model.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from lmloss.stats.divergence_api import (
     check_mask,
     check_student_head,
     check_teacher,
+    head_transforms,
     pair_terms_from_logits,
     pairwise_pair_terms,
     token_pair_loss,
@@ -33,8 +35,7 @@ from lmloss.stats.divergence_api import (
     vocab_mismatch,
 )
 from lmloss.stats.divergence_gather import head_logits_at, top_k_with_lse
-from lmloss.stats.divergence_sources import HeadSource, LogitsSource
-from lmloss.stats.engine import compute_dtype
+from lmloss.stats.tiles import HeadSource, LogitsSource, compute_dtype
 from lmloss.stats.transform import LogitTransform
 
 Tensor = torch.Tensor
@@ -106,7 +107,7 @@ class LogitsModels:
         log_probs = torch.log_softmax(self.student_logits.to(self.dtype), dim=-1)
         targets = _masked_targets(targets, self.mask)
         picked = log_probs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
-        return torch.where(targets != IGNORE, -picked, torch.zeros((), dtype=self.dtype))
+        return torch.where(targets != IGNORE, -picked, picked.new_zeros(()))
 
     @torch.no_grad()
     def teacher_top_k(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -131,7 +132,10 @@ class HeadModels:
         temperature: float,
         teacher_requires_grad: bool,
         memory_budget: int | None,
+        softcaps: tuple[float | None, float | None] = (None, None),
+        logit_scales: tuple[float, float] = (1.0, 1.0),
     ):
+        """``softcaps`` and ``logit_scales``: (student, teacher) head transforms."""
         hidden, weight, leading, vocab = check_student_head(*student)
         self.student_hidden, self.student_weight, self.student_bias = hidden, weight, student[2]
         self.leading, self.vocab = leading, vocab
@@ -141,7 +145,9 @@ class HeadModels:
         self.teacher_hidden, self.teacher_weight, self.teacher_logits = t_hidden, t_weight, t_logits
         self.teacher_bias = teacher_head[2]
         self.mask = check_mask(mask, leading)
-        self.transform = LogitTransform(temperature=temperature)
+        self.transform, self.teacher_transform = head_transforms(
+            temperature, softcaps[0], logit_scales[0], softcaps[1], logit_scales[1]
+        )
         self.teacher_requires_grad = teacher_requires_grad
         self.memory_budget = memory_budget
         self.dtype = compute_dtype(hidden.dtype)
@@ -153,22 +159,28 @@ class HeadModels:
     def _rows(self, x: Tensor) -> Tensor:
         return x.reshape(-1, x.shape[-1])
 
+    def _engine_options(self, hyper: Mapping[str, float]) -> dict:
+        """Both heads, the mask and the transforms, as :func:`token_pair_terms` takes them."""
+        return {
+            "student_bias": self.student_bias,
+            "teacher_hidden": self.teacher_hidden,
+            "teacher_weight": self.teacher_weight,
+            "teacher_bias": self.teacher_bias,
+            "teacher_logits": self.teacher_logits,
+            "mask": self.mask,
+            "temperature": self.transform.temperature,
+            "softcap": self.transform.softcap,
+            "logit_scale": self.transform.logit_scale,
+            "teacher_softcap": self.teacher_transform.softcap,
+            "teacher_logit_scale": self.teacher_transform.logit_scale,
+            "teacher_requires_grad": self.teacher_requires_grad,
+            "hyper": hyper,
+            "memory_budget": self.memory_budget,
+        }
+
     def pair_terms(self, names: tuple[str, ...], hyper: Mapping[str, float]) -> dict[str, Tensor]:
-        return token_pair_terms(
-            self.student_hidden,
-            self.student_weight,
-            names,
-            student_bias=self.student_bias,
-            teacher_hidden=self.teacher_hidden,
-            teacher_weight=self.teacher_weight,
-            teacher_bias=self.teacher_bias,
-            teacher_logits=self.teacher_logits,
-            mask=self.mask,
-            temperature=self.transform.temperature,
-            teacher_requires_grad=self.teacher_requires_grad,
-            hyper=hyper,
-            memory_budget=self.memory_budget,
-        )
+        options = self._engine_options(hyper)
+        return token_pair_terms(self.student_hidden, self.student_weight, names, **options)
 
     def pair_loss(
         self,
@@ -184,16 +196,7 @@ class HeadModels:
             names,
             block_loss,
             extra=extra,
-            student_bias=self.student_bias,
-            teacher_hidden=self.teacher_hidden,
-            teacher_weight=self.teacher_weight,
-            teacher_bias=self.teacher_bias,
-            teacher_logits=self.teacher_logits,
-            mask=self.mask,
-            temperature=self.transform.temperature,
-            teacher_requires_grad=self.teacher_requires_grad,
-            hyper=hyper,
-            memory_budget=self.memory_budget,
+            **self._engine_options(hyper),
         )
 
     def pairwise_terms(self, name: str, hyper: Mapping[str, float]) -> Tensor:
@@ -222,13 +225,15 @@ class HeadModels:
             self.student_bias,
             ignore_index=IGNORE,
             temperature=temperature,
+            softcap=self.transform.softcap,
+            logit_scale=self.transform.logit_scale,
             want=(want,),
             memory_budget=self.memory_budget,
         )
         return stats[want]
 
     def student_lse(self) -> Tensor:
-        any_target = torch.zeros(self.leading, dtype=torch.long)
+        any_target = self.student_hidden.new_zeros(self.leading, dtype=torch.long)
         return self._student_stats(any_target, "lse", self.transform.temperature)
 
     def student_nll(self, targets: Tensor) -> Tensor:
@@ -236,16 +241,14 @@ class HeadModels:
 
     def _teacher_source(self) -> HeadSource | LogitsSource:
         if self.teacher_logits is not None:
-            rows = torch.arange(self._rows(self.teacher_logits).shape[0])
-            return LogitsSource(
-                self._rows(self.teacher_logits).detach(), rows, self.transform, self.dtype
-            )
+            logits = self._rows(self.teacher_logits).detach()
+            rows = torch.arange(logits.shape[0], device=logits.device)
+            return LogitsSource(logits, rows, self.teacher_transform)
         return HeadSource(
             self._rows(self.teacher_hidden).detach(),
             self.teacher_weight.detach(),
             None if self.teacher_bias is None else self.teacher_bias.detach(),
-            self.transform,
-            self.dtype,
+            self.teacher_transform,
         )
 
     @torch.no_grad()
@@ -263,11 +266,12 @@ class HeadModels:
     def teacher_logits_at(self, ids: Tensor) -> Tensor:
         k = ids.shape[-1]
         if self.teacher_logits is not None:
-            return self.transform.apply(self.teacher_logits.to(self.dtype).gather(-1, ids))
+            raw = self.teacher_logits.to(self.dtype).gather(-1, ids)
+            return self.teacher_transform.apply(raw)
         raw = head_logits_at(
             self._rows(self.teacher_hidden),
             self.teacher_weight,
             self.teacher_bias,
             ids.reshape(-1, k),
         )
-        return self.transform.apply(raw).reshape(*self.leading, k)
+        return self.teacher_transform.apply(raw).reshape(*self.leading, k)

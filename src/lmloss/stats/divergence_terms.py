@@ -330,12 +330,7 @@ DIVERGENCES: tuple[str, ...] = tuple(name for name, t in PAIR_TERMS.items() if t
 
 def parse_terms(names: str | Iterable[str]) -> tuple[str, ...]:
     """Validated, de-duplicated term names."""
-    names = (names,) if isinstance(names, str) else tuple(names)
-    if not names:
-        raise ValueError(f"name at least one term from {sorted(PAIR_TERMS)}")
-    for name in names:
-        _checks.require_choice("divergence", name, PAIR_TERMS)
-    return tuple(dict.fromkeys(names))
+    return _checks.require_names("divergence", names, PAIR_TERMS, "name at least one term from")
 
 
 def resolve_hyper(name: str, hyper: Mapping[str, float]) -> dict[str, float]:

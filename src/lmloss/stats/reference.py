@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lmloss.stats.engine import compute_dtype
+from lmloss.stats.tiles import compute_dtype
 
 Tensor = torch.Tensor
 

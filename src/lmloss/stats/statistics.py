@@ -117,9 +117,9 @@ class Statistic:
 
 def _add_logp_grad(dz: Tensor, tile: Tile, g: Tensor) -> None:
     dz.addcmul_(tile.p, g[:, None], value=-1.0)
-    rows = (tile.target_col >= 0).nonzero().squeeze(1)
-    if rows.numel():
-        dz[rows, tile.target_col[rows]] += g[rows]
+    # Rows whose target lies outside the tile add 0 (no data-dependent shapes: compilable).
+    inside = tile.target_col >= 0
+    dz.scatter_add_(1, tile.target_col.clamp(min=0)[:, None], torch.where(inside, g, 0.0)[:, None])
 
 
 def _add_lse_grad(dz: Tensor, tile: Tile, g: Tensor) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmloss._checks import require_positive
+from lmloss._checks import require_finite, require_positive
 
 
 @dataclass(frozen=True)
@@ -29,11 +29,12 @@ class LogitTransform:
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
+        require_finite("temperature", self.temperature)
         require_positive("temperature", self.temperature)
         if self.softcap is not None:
+            require_finite("softcap", self.softcap)
             require_positive("softcap", self.softcap)
-        if not isinstance(self.logit_scale, (int, float)) or isinstance(self.logit_scale, bool):
-            raise TypeError(f"logit_scale must be a number, got {type(self.logit_scale).__name__}")
+        require_finite("logit_scale", self.logit_scale)
 
     def apply_(self, raw: torch.Tensor) -> torch.Tensor:
         """Turn raw head outputs into logits, in place."""
@@ -46,17 +47,16 @@ class LogitTransform:
             raw.div_(self.softcap)
         return raw.tanh_().mul_(self.softcap / self.temperature)
 
-    def backward_(
-        self, grad_logits: torch.Tensor, logits: torch.Tensor, scratch: torch.Tensor
-    ) -> torch.Tensor:
+    def backward_(self, grad_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Gradient w.r.t. the raw outputs from the gradient w.r.t. ``logits``, in place.
 
-        ``scratch`` is a free buffer of the logits' shape.
+        ``logits`` is used as scratch and overwritten: it is never needed after its
+        gradient, and a tile-sized temporary would cost a quarter of the memory budget.
         """
         if self.softcap is None:
             factor = self.logit_scale / self.temperature
             return grad_logits if factor == 1.0 else grad_logits.mul_(factor)
-        u = torch.mul(logits, self.temperature / self.softcap, out=scratch)
+        u = logits.mul_(self.temperature / self.softcap)
         one_minus_u2 = u.mul_(u).neg_().add_(1.0)
         return grad_logits.mul_(one_minus_u2).mul_(self.logit_scale / self.temperature)
 

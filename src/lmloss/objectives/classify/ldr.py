@@ -24,7 +24,7 @@ def margin_differences(logits: Tensor, labels: Tensor, margin: float) -> Tensor:
 
 def kl_robust_value(d: Tensor, lam: Tensor | float) -> Tensor:
     """``max_{p∈Δ} Σ p_k d_k − λ·KL(p ‖ 1/C) = λ·log((1/C) Σ_k exp(d_k/λ))``."""
-    lam = torch.as_tensor(lam, dtype=d.dtype)
+    lam = torch.as_tensor(lam, dtype=d.dtype, device=d.device)
     if lam.dim() == 1:
         lam = lam[:, None]
     return lam.squeeze(-1) * (torch.logsumexp(d / lam, dim=-1) - math.log(d.shape[-1]))
@@ -107,7 +107,7 @@ def aldr_kl(
         raise ValueError(f"iterations must be an integer ≥ 0, got {iterations!r}")
     d = margin_differences(logits, labels, margin)
     log_classes = math.log(d.shape[-1])
-    lam_i = torch.full(d.shape[:1], float(lam), dtype=d.dtype)
+    lam_i = d.new_full(d.shape[:1], float(lam))
     with torch.no_grad():
         for _ in range(iterations):
             log_p = torch.log_softmax(d / lam_i[:, None], dim=-1)

@@ -58,7 +58,9 @@ def token_mean_output(
     else:
         value = float(num_items.detach()) if isinstance(num_items, Tensor) else num_items
         denominator = torch.as_tensor(
-            _checks.require_positive("num_items", value), dtype=per_token.dtype
+            _checks.require_positive("num_items", value),
+            dtype=per_token.dtype,
+            device=per_token.device,
         )
     loss = reduce.masked_sum(per_token, mask).sum() / denominator
     per_example = reduce.masked_mean(per_token, mask) if per_token.dim() > 1 else per_token * mask

@@ -23,14 +23,14 @@ def sinkhorn_plan(cost: Tensor, weights: Tensor, epsilon: float, iterations: int
     the plan is ``P = exp((f_i + g_j - C_ij)/ε)``. Entries with zero weight get zero rows
     and columns. Differentiable through the unrolled iterations.
     """
-    log_w = torch.where(weights > 0, weights.log(), torch.full((), -math.inf, dtype=cost.dtype))
+    log_w = torch.where(weights > 0, weights.log(), cost.new_full((), -math.inf))
     f = torch.zeros_like(weights)
     g = torch.zeros_like(weights)
     for _ in range(iterations):
         f = epsilon * (log_w - torch.logsumexp((g[None, :] - cost) / epsilon, dim=1))
-        f = torch.where(weights > 0, f, torch.full((), -math.inf, dtype=cost.dtype))
+        f = torch.where(weights > 0, f, cost.new_full((), -math.inf))
         g = epsilon * (log_w - torch.logsumexp((f[:, None] - cost) / epsilon, dim=0))
-        g = torch.where(weights > 0, g, torch.full((), -math.inf, dtype=cost.dtype))
+        g = torch.where(weights > 0, g, cost.new_full((), -math.inf))
     return ((f[:, None] + g[None, :] - cost) / epsilon).exp()
 
 
@@ -85,7 +85,7 @@ def sinkhorn_kd(
     matrix = terms["batch_cost"]
     n = matrix.shape[0]
     _checks.require_shape("batch_cost", matrix, (n, n), "a square [n, n] matrix")
-    keep = torch.ones(n, dtype=matrix.dtype) if mask is None else mask.reshape(-1).to(matrix.dtype)
+    keep = matrix.new_ones(n) if mask is None else mask.reshape(-1).to(matrix.dtype)
     _checks.require_shape("mask", keep, (n,), "the rows of batch_cost")
     count = keep.sum()
     if count == 0:
@@ -93,7 +93,7 @@ def sinkhorn_kd(
         return LossOutput(loss=zero, per_example=matrix.sum(1) * 0, metrics={})
     # Masked rows and columns get zero weight; their costs are replaced so no NaN can leak.
     pair_keep = keep[:, None] * keep[None, :]
-    safe = torch.where(pair_keep > 0, matrix, torch.zeros((), dtype=matrix.dtype))
+    safe = torch.where(pair_keep > 0, matrix, matrix.new_zeros(()))
     plan = sinkhorn_plan(safe, keep / count, epsilon, iterations)
     per_row = (plan * safe).sum(1)
     mean_cost = (safe * pair_keep).sum().detach() / count**2

@@ -19,6 +19,8 @@ one exactly; with ``"bucket"`` it differs by the ≈ 1e-7 tail.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lmloss import _checks
@@ -83,10 +85,8 @@ def check_sparse_teacher(
     _checks.require_shape("teacher_topk_logprobs", logprobs, ids.shape, "teacher_topk_ids")
     if mask is not None:
         keep = mask[..., None]
-        ids = torch.where(keep, ids, torch.arange(k))
-        logprobs = torch.where(
-            keep, logprobs, torch.full((), -torch.log(torch.tensor(float(k)))).to(logprobs.dtype)
-        )
+        ids = torch.where(keep, ids, torch.arange(k, device=ids.device))
+        logprobs = torch.where(keep, logprobs, logprobs.new_full((), -math.log(k)))
     bad = (ids < 0) | (ids >= vocab)
     if bool(bad.any()):
         raise ValueError(

@@ -14,6 +14,7 @@ objectives that sort the batch declare ``batch_coupled=True`` and refuse them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -104,9 +105,7 @@ def lcpo_em(objective: Callable[[Pairs], LossOutput], pairs: Pairs, noise: float
     if noise == 0.0:
         confidence = torch.ones_like(kept.per_example)
     else:
-        prior = torch.log1p(torch.tensor(-noise, dtype=kept.per_example.dtype)) - torch.log(
-            torch.tensor(noise, dtype=kept.per_example.dtype)
-        )
+        prior = math.log1p(-noise) - math.log(noise)
         confidence = torch.sigmoid(prior + (flipped.per_example - kept.per_example).detach())
     per_example = confidence * kept.per_example + (1 - confidence) * flipped.per_example
     metrics = {**kept.metrics, "lcpo/label_confidence": confidence.mean()}
