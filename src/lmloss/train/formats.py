@@ -258,13 +258,9 @@ def objective_formats(entry) -> tuple[tuple[str, ...], tuple[str, ...]]:
     column per per-example input without a default (``strength`` of OSP)."""
     if entry.family != "preference":
         return FAMILY_FORMATS.get(entry.family, ()), ()
-    from lmloss.objectives.preference.inputs import Pairs, Unpaired
-    from lmloss.preference import input_kind
-    from lmloss.train.modes.base import needed_inputs
-
-    kind = input_kind(entry.fn)
-    formats = {Pairs: ("preference",), Unpaired: ("unpaired",)}.get(kind, ())
-    extra = tuple(n for n in needed_inputs(entry.fn) if n != "desirable")
+    spec = entry.spec
+    formats = {"Pairs": ("preference",), "Unpaired": ("unpaired",)}.get(spec.kind, ())
+    extra = tuple(n for n in spec.extra_inputs if n != "desirable")
     return formats, extra
 
 

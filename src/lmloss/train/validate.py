@@ -156,7 +156,10 @@ def check_resume(run_dir: Path) -> str:
 
     found = checkpoint.latest(run_dir / "checkpoints")
     if found is None:
-        raise ValueError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+        raise ValueError(
+            f"--resume: no checkpoint in {run_dir / 'checkpoints'} (the run stopped before its "
+            "first save); start over with --overwrite"
+        )
     return f"resume: from {found.path}"
 
 
