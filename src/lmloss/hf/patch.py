@@ -18,6 +18,11 @@ or scale (:func:`lmloss.hf.head_of`). Any likelihood objective (``label_smoothin
 Without ``labels`` the forward is the model's own, so ``generate`` and evaluation that
 reads the logits are unchanged. ``transformers.Trainer`` and TRL's trainers call
 ``model(**batch)`` and read ``outputs.loss``, so they train with the patched loss as is.
+
+``model(..., lmloss_hidden_states=True)`` returns the backbone's output (``last_hidden_state``)
+and nothing else: trainers whose loss is not a likelihood (``lmloss.trl``) take the hidden
+states this way, through every wrapper around the model (PEFT, DDP), and hand them to the
+engine themselves.
 """
 
 from __future__ import annotations
@@ -53,7 +58,15 @@ PATCHABLE_MODEL_TYPES = (
 )
 
 # Arguments of a causal LM's forward that concern the logits or the loss, not the backbone.
-_LOSS_ARGUMENTS = ("labels", "logits_to_keep", "num_items_in_batch", "shift_labels")
+_LOSS_ARGUMENTS = (
+    "labels",
+    "logits_to_keep",
+    "num_items_in_batch",
+    "shift_labels",
+    "lmloss_hidden_states",
+    "ignore_index",
+    "return_dict",
+)
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,43 @@ def is_patched(model: torch.nn.Module) -> bool:
     return "_lmloss_patch" in vars(causal_lm_of(model))
 
 
+def causal_lm_loss(
+    model: torch.nn.Module,
+    hidden: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    objective: str = "ce",
+    **hyper,
+):
+    """The patched loss of ``model`` from its final hidden states ``[B, T, H]``.
+
+    ``labels`` ``[B, T]`` are shifted as Hugging Face does (position ``t`` scores label
+    ``t + 1``); ``shift_labels`` are used as given. Returns the :class:`lmloss.LossOutput` of
+    :func:`lmloss.fused_likelihood_loss` (its ``per_example`` holds the per-token losses).
+    """
+    from lmloss.likelihood import fused_likelihood_loss
+
+    if shift_labels is None:
+        if labels is None:
+            raise ValueError("causal_lm_loss needs labels= or shift_labels=")
+        hidden, shift_labels = hidden[:, :-1], labels[:, 1:]
+    head = head_of(model)
+    return fused_likelihood_loss(
+        objective,
+        hidden,
+        head.weight,
+        shift_labels.to(hidden.device),
+        head.bias,
+        num_items=num_items_in_batch,
+        ignore_index=ignore_index,
+        **head.transform_kwargs(),
+        **hyper,
+    )
+
+
 def _arguments(original, args: tuple, kwargs: dict) -> dict:
     """The call's arguments by name, the ``**kwargs`` of the signature merged in."""
     signature = inspect.signature(original)
@@ -147,31 +197,24 @@ def _arguments(original, args: tuple, kwargs: dict) -> dict:
 def _patched_forward(lm: torch.nn.Module, original, *args, **kwargs):
     arguments = _arguments(original, args, kwargs)
     labels, shift_labels = arguments.get("labels"), arguments.get("shift_labels")
-    if labels is None and shift_labels is None:
+    hidden_only = arguments.get("lmloss_hidden_states", False)
+    if labels is None and shift_labels is None and not hidden_only:
         return original(*args, **kwargs)
-    state: _Patch = lm._lmloss_patch
-    num_items = arguments.get("num_items_in_batch")
-    ignore_index = arguments.pop("ignore_index", -100)
-    return_dict = arguments.pop("return_dict", None)
     backbone_args = {k: v for k, v in arguments.items() if k not in _LOSS_ARGUMENTS}
     backbone_args["use_cache"] = bool(backbone_args.get("use_cache"))
     output = backbone_of(lm)(**backbone_args)
+    if hidden_only:
+        return output
 
-    hidden = output.last_hidden_state
-    if shift_labels is None:
-        hidden, shift_labels = hidden[:, :-1], labels[:, 1:]
-    head = head_of(lm)
-    from lmloss.likelihood import fused_likelihood_loss
-
-    loss = fused_likelihood_loss(
-        state.objective,
-        hidden,
-        head.weight,
-        shift_labels.to(hidden.device),
-        head.bias,
-        num_items=num_items,
-        ignore_index=ignore_index,
-        **head.transform_kwargs(),
+    state: _Patch = lm._lmloss_patch
+    loss = causal_lm_loss(
+        lm,
+        output.last_hidden_state,
+        labels=labels,
+        shift_labels=shift_labels,
+        num_items_in_batch=arguments.get("num_items_in_batch"),
+        ignore_index=arguments.get("ignore_index", -100),
+        objective=state.objective,
         **state.hyper,
     ).loss
     result = CausalLMOutputWithPast(
@@ -181,4 +224,4 @@ def _patched_forward(lm: torch.nn.Module, original, *args, **kwargs):
         hidden_states=getattr(output, "hidden_states", None),
         attentions=getattr(output, "attentions", None),
     )
-    return result.to_tuple() if return_dict is False else result
+    return result.to_tuple() if arguments.get("return_dict") is False else result
