@@ -76,7 +76,7 @@ class SFTTrainer(trl.SFTTrainer):
                 self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
             )
             self._total_train_tokens += tokens // self._tp_size
-        metrics["num_tokens"] = [self._total_train_tokens]
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         if return_outputs:  # evaluation asked for logits (compute_metrics): one more forward
             with torch.no_grad():
                 return loss, model(**inputs)
