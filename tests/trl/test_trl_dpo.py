@@ -74,3 +74,24 @@ def test_two_model_objective_and_bad_arguments(tiny_path, tmp_path):
             model=str(tiny_path), args=dpo_config(tmp_path, loss_type=["ipo"]),
             train_dataset=Dataset.from_list(PAIRS),
         )  # fmt: skip
+
+
+def test_dpo_with_a_lora_adapter_equals_trls(tiny_path, tmp_path):
+    """With PEFT the reference is the model with its adapters off, in both trainers."""
+    import peft
+
+    def lora():
+        return peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+
+    theirs = train(trl.DPOTrainer, tiny_path, tmp_path, peft_config=lora())
+    ours = train(lmloss.trl.DPOTrainer, tiny_path, tmp_path, peft_config=lora())
+    assert ours.ref_model is None and ours.needs.reference
+    their_logs = [h for h in theirs.state.log_history if "loss" in h]
+    our_logs = [h for h in ours.state.log_history if "loss" in h]
+    for theirs_step, ours_step in zip(their_logs, our_logs, strict=True):
+        for key in ("loss", "rewards/margins", "logps/chosen"):
+            assert ours_step[key] == pytest.approx(theirs_step[key], rel=1e-5, abs=1e-5), key
+    ours_lora = {n: p for n, p in ours.model.named_parameters() if "lora_" in n}
+    for name, value in theirs.model.named_parameters():
+        if "lora_" in name:
+            torch.testing.assert_close(ours_lora[name], value, atol=1e-5, rtol=1e-5, msg=name)
