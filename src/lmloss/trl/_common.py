@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import torch
@@ -17,6 +18,20 @@ def split_hyper(trainer_init, kwargs: dict) -> tuple[dict, dict]:
         {k: v for k, v in kwargs.items() if k in own},
         {k: v for k, v in kwargs.items() if k not in own},
     )
+
+
+def config_hyper(args, fields: dict[str, str], takes) -> dict:
+    """Hyper-parameters from TRL config ``fields`` (config name → hyper name) the user set.
+
+    Only values away from the config class's default carry over: TRL's defaults are not the
+    objectives' own (``DPOConfig.beta`` is 0.1, SimPO's β is 2).
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(type(args))}
+    return {
+        name: getattr(args, field)
+        for field, name in fields.items()
+        if name in takes and getattr(args, field) != defaults.get(field)
+    }
 
 
 def require_trl_default(args, field: str, default, why: str) -> None:

@@ -14,6 +14,7 @@ import lmloss.hf
 from lmloss.hf._objective import preference_needs
 from lmloss.preference import fused_preference_loss
 from lmloss.trl._common import (
+    config_hyper,
     detached_head,
     final_hidden,
     masked_mean,
@@ -33,9 +34,9 @@ class DPOTrainer(trl.DPOTrainer):
         *args, **kwargs: TRL's arguments (model, ref_model, args, train_dataset, peft_config, ...).
         objective: a registered preference objective with paired inputs (``dpo``, ``simpo``,
             ``ipo``, ``nca``, ``tdpo``, ``cpo``, ... ``lmloss.list_objectives("preference")``).
-        **hyper: its hyper-parameters (keywords that are not TRL's); ``beta`` defaults to
-            ``DPOConfig.beta``. ``DPOConfig.use_weighting`` and ``ld_alpha`` become lmloss's
-            ``wpo`` and ``ld_alpha`` options.
+        **hyper: its hyper-parameters (keywords that are not TRL's); ``DPOConfig.beta``
+            carries over when set away from TRL's default. ``DPOConfig.use_weighting`` and
+            ``ld_alpha`` become lmloss's ``wpo`` and ``ld_alpha`` options.
 
     The statistics the objective declares (per-token log-probs, ``sum_sq_probs`` for WPO, the
     per-token KL to the reference for TDPO) come from the fused engine on the hidden states of
@@ -59,7 +60,7 @@ class DPOTrainer(trl.DPOTrainer):
                 "feeds chosen/rejected pairs"
             )
         takes = lmloss.describe(self.needs.name)["hyper"]
-        defaults = {h: getattr(self.args, f) for f, h in _CONFIG_HYPER.items() if h in takes}
+        defaults = config_hyper(self.args, _CONFIG_HYPER, takes)
         options = {"wpo": True} if self.args.use_weighting else {}
         if self.args.ld_alpha is not None:
             options["ld_alpha"] = self.args.ld_alpha

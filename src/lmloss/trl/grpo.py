@@ -9,15 +9,14 @@ import lmloss
 import lmloss.hf
 from lmloss.hf._objective import policy_needs
 from lmloss.policy import fused_policy_loss
-from lmloss.trl._common import final_hidden, require_trl_default, split_hyper
+from lmloss.trl._common import config_hyper, final_hidden, require_trl_default, split_hyper
 
-# GRPOConfig fields that are the objective's hyper-parameters, when set away from TRL's default
-# (TRL's defaults are not the objectives' own: ``dapo`` clips at 0.28 above, not 0.2).
+# GRPOConfig fields that are the objective's hyper-parameters (when set away from TRL's default).
 _CONFIG_HYPER = {
-    "epsilon": ("eps_low", 0.2),
-    "epsilon_high": ("eps_high", None),
-    "delta": ("delta", None),
-    "importance_sampling_level": ("ratio_level", "token"),
+    "epsilon": "eps_low",
+    "epsilon_high": "eps_high",
+    "delta": "delta",
+    "importance_sampling_level": "ratio_level",
 }
 # TRL metric names of the objectives' metrics
 _METRIC_NAMES = {
@@ -60,12 +59,15 @@ class GRPOTrainer(trl.GRPOTrainer):
         super().__init__(*args, **trainer_kwargs)
         for field, (default, why) in _REPLACED.items():
             require_trl_default(self.args, field, default, why)
-        takes = lmloss.describe(objective)["hyper"] if objective else {}
-        config = {
-            name: getattr(self.args, field)
-            for field, (name, default) in _CONFIG_HYPER.items()
-            if name in takes and getattr(self.args, field) != default
-        }
+        if self.args.use_vllm and self.args.vllm_importance_sampling_correction:
+            raise ValueError(
+                "GRPOConfig.vllm_importance_sampling_correction is not applied by lmloss "
+                "objectives; set it to False"
+            )
+        takes = lmloss.describe(objective)["hyper"]
+        config = config_hyper(self.args, _CONFIG_HYPER, takes)
+        if "eps_low" in config and self.args.epsilon_high is None and "eps_high" in takes:
+            config["eps_high"] = config["eps_low"]  # TRL clips symmetrically then
         kl = {"beta": self.beta} if "beta" in takes else {}
         if self.beta != 0 and "kl_importance_weighted" in takes:
             kl["kl_importance_weighted"] = self.args.use_bias_correction_kl
