@@ -6,17 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
-from train_testkit import save_tiny_model
 
 DOC = Path(__file__).parents[2] / "docs" / "integrations.md"
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EXAMPLES = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
 TITLES = ["transformers", "peft", "trl_sft", "trl_dpo", "trl_grpo"]
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
 def test_the_document_has_one_example_per_integration():

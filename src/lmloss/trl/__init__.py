@@ -4,28 +4,18 @@
 classes with one more argument, ``objective=`` (any registered objective of the family),
 and its hyper-parameters as keywords. Data handling, the reference model, PEFT, generation,
 logging and callbacks are TRL's; only the loss changes. Needs ``pip install lmloss[trl]``;
-importing :mod:`lmloss` does not import TRL (this package loads it on first use).
+``import lmloss`` never imports TRL, only ``import lmloss.trl`` does.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+try:
+    import trl  # noqa: F401
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError("lmloss.trl needs TRL: pip install 'lmloss[trl]'") from error
 
-_LAZY = {
-    "SFTTrainer": "lmloss.trl.sft",
-    "DPOTrainer": "lmloss.trl.dpo",
-    "GRPOTrainer": "lmloss.trl.grpo",
-}
+from lmloss.trl.dpo import DPOTrainer
+from lmloss.trl.grpo import GRPOTrainer
+from lmloss.trl.sft import SFTTrainer
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lmloss.trl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-__all__ = list(_LAZY)
+__all__ = ["DPOTrainer", "GRPOTrainer", "SFTTrainer"]
