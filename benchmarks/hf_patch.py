@@ -143,7 +143,7 @@ def main() -> None:
     print(f"batch {args.batch} x {args.length} tokens\n")
     print(
         "| variant | step time (s) | peak in forward+backward (MB) | peak in the step (MB) | note |"
-    )  # noqa: E501
+    )
     print("|---|---|---|---|---|")
     for variant in args.variants:
         print(run(variant, args.batch, args.length), flush=True)
