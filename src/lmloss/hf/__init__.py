@@ -12,13 +12,14 @@ from lmloss.hf.adapter import (
     head_of,
     hidden_states,
 )
-from lmloss.hf.patch import PATCHABLE_MODEL_TYPES, is_patched, patch, unpatch
+from lmloss.hf.patch import PATCHABLE_MODEL_TYPES, causal_lm_loss, is_patched, patch, unpatch
 
 __all__ = [
     "PATCHABLE_MODEL_TYPES",
     "Head",
     "backbone_of",
     "causal_lm_forward",
+    "causal_lm_loss",
     "causal_lm_of",
     "head_of",
     "hidden_states",
