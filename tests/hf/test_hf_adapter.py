@@ -4,38 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
+from hf_testkit import tiny
 
 from lmloss.hf import causal_lm_forward, head_of
-
-SMALL = dict(vocab_size=97, hidden_size=16, num_attention_heads=2, num_hidden_layers=2)
-
-
-def tiny(kind: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    configs = {
-        "gpt2": lambda: transformers.GPT2Config(
-            vocab_size=97, n_embd=16, n_head=2, n_layer=2, n_positions=64
-        ),
-        "llama": lambda: transformers.LlamaConfig(
-            **SMALL, intermediate_size=32, num_key_value_heads=1
-        ),
-        "qwen2": lambda: transformers.Qwen2Config(
-            **SMALL, intermediate_size=32, num_key_value_heads=1, tie_word_embeddings=False
-        ),
-        "gemma2": lambda: transformers.Gemma2Config(
-            **SMALL,
-            intermediate_size=32,
-            num_key_value_heads=1,
-            head_dim=8,
-            final_logit_softcapping=3.0,
-        ),
-        "cohere": lambda: transformers.CohereConfig(
-            **SMALL, intermediate_size=32, num_key_value_heads=1, logit_scale=0.5
-        ),
-    }
-    model = transformers.AutoModelForCausalLM.from_config(configs[kind]())
-    return model.double().eval()
 
 
 def logits_reference(model, ids, attention, labels):

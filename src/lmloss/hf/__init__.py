@@ -1,5 +1,29 @@
-"""Adapters to Hugging Face causal LMs: hidden states and the head, never the logits."""
+"""Adapters to Hugging Face causal LMs: hidden states and the head, never the logits.
 
-from lmloss.hf.adapter import Head, causal_lm_forward, head_of, hidden_states
+:func:`patch` makes a model's own ``forward(labels=...)`` compute its loss this way, for
+``transformers.Trainer`` and every trainer built on it.
+"""
 
-__all__ = ["Head", "causal_lm_forward", "head_of", "hidden_states"]
+from lmloss.hf.adapter import (
+    Head,
+    backbone_of,
+    causal_lm_forward,
+    causal_lm_of,
+    head_of,
+    hidden_states,
+)
+from lmloss.hf.patch import PATCHABLE_MODEL_TYPES, causal_lm_loss, is_patched, patch, unpatch
+
+__all__ = [
+    "PATCHABLE_MODEL_TYPES",
+    "Head",
+    "backbone_of",
+    "causal_lm_forward",
+    "causal_lm_loss",
+    "causal_lm_of",
+    "head_of",
+    "hidden_states",
+    "is_patched",
+    "patch",
+    "unpatch",
+]

@@ -1,0 +1,69 @@
+"""What an objective asks of the integrations (``hf.patch``, ``lmloss.trl``): one place.
+
+The integrations need three answers about a registered objective — is it of the expected
+family and are these its hyper-parameters, which engine statistics does it read, and does
+it need a reference model — and ask them only here, so that the source of those answers
+(today the registry entry and the training modes' reference probe) can change in one file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmloss import registry
+
+# Options of the fused likelihood front door that a patched model may also take.
+LIKELIHOOD_OPTIONS = ("reweight", "reweight_temperature", "memory_budget", "embedding_table")
+
+
+def _check_hyper(entry: registry.Entry, hyper: dict, options: tuple[str, ...] = ()) -> None:
+    unknown = sorted(set(hyper) - set(entry.hyper) - set(options))
+    if unknown:
+        raise TypeError(
+            f"{entry.family} objective {entry.name!r} got unknown argument(s) {unknown}; its "
+            f"hyper-parameters are {sorted(entry.hyper)}"
+            + (f" and it takes the options {list(options)}" if options else "")
+        )
+
+
+def likelihood_objective(name: str, hyper: dict) -> str:
+    """The registry name of the likelihood objective ``name``, its ``hyper`` checked."""
+    entry = registry.get(name, family="likelihood")
+    _check_hyper(entry, hyper, LIKELIHOOD_OPTIONS)
+    return entry.name
+
+
+@dataclass(frozen=True)
+class PreferenceNeeds:
+    """What a preference objective needs from a trainer."""
+
+    name: str
+    reference: bool  # the loss reads reference log-probs (else the reference never runs)
+    input_kind: str  # "Pairs", "Unpaired", ... (the batch layout it takes)
+
+
+def preference_needs(name: str, hyper: dict) -> PreferenceNeeds:
+    """The needs of the preference objective ``name`` with ``hyper``, checked."""
+    from lmloss.preference import input_kind
+    from lmloss.train.modes.preference import uses_reference
+
+    entry = registry.get(name, family="preference")
+    _check_hyper(entry, hyper, ("wpo", "ld_alpha"))
+    core = {k: v for k, v in hyper.items() if k in entry.hyper}
+    return PreferenceNeeds(entry.name, uses_reference(entry, core), input_kind(entry.fn).__name__)
+
+
+@dataclass(frozen=True)
+class PolicyNeeds:
+    """What a policy objective needs from a trainer."""
+
+    name: str
+    reference: bool  # a KL penalty to the reference (β ≠ 0)
+
+
+def policy_needs(name: str, hyper: dict) -> PolicyNeeds:
+    """The needs of the policy objective ``name`` with ``hyper``, checked."""
+    entry = registry.get(name, family="policy")
+    _check_hyper(entry, hyper)
+    beta = hyper.get("beta", entry.hyper.get("beta", 0.0))
+    return PolicyNeeds(entry.name, float(beta or 0.0) != 0.0)

@@ -1,0 +1,21 @@
+"""lmloss inside TRL: TRL's trainers with the loss computed by lmloss's fused engine.
+
+``lmloss.trl.SFTTrainer``, ``lmloss.trl.DPOTrainer`` and ``lmloss.trl.GRPOTrainer`` are TRL's
+classes with one more argument, ``objective=`` (any registered objective of the family),
+and its hyper-parameters as keywords. Data handling, the reference model, PEFT, generation,
+logging and callbacks are TRL's; only the loss changes. Needs ``pip install lmloss[trl]``;
+``import lmloss`` never imports TRL, only ``import lmloss.trl`` does.
+"""
+
+from __future__ import annotations
+
+try:
+    import trl  # noqa: F401
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError("lmloss.trl needs TRL: pip install 'lmloss[trl]'") from error
+
+from lmloss.trl.dpo import DPOTrainer
+from lmloss.trl.grpo import GRPOTrainer
+from lmloss.trl.sft import SFTTrainer
+
+__all__ = ["DPOTrainer", "GRPOTrainer", "SFTTrainer"]
