@@ -11,17 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmloss import registry
+from lmloss.objectives.binding import ObjectiveArgumentError
 
 # Options of the fused likelihood front door that a patched model may also take.
 LIKELIHOOD_OPTIONS = ("reweight", "reweight_temperature", "memory_budget", "embedding_table")
 
 
 def _check_hyper(entry: registry.Entry, hyper: dict, options: tuple[str, ...] = ()) -> None:
-    unknown = sorted(set(hyper) - set(entry.hyper) - set(options))
+    known = set(entry.spec.hyper_defaults)
+    unknown = sorted(set(hyper) - known - set(options))
     if unknown:
-        raise TypeError(
+        raise ObjectiveArgumentError(
             f"{entry.family} objective {entry.name!r} got unknown argument(s) {unknown}; its "
-            f"hyper-parameters are {sorted(entry.hyper)}"
+            f"hyper-parameters are {sorted(known)}"
             + (f" and it takes the options {list(options)}" if options else "")
         )
 
@@ -44,13 +46,9 @@ class PreferenceNeeds:
 
 def preference_needs(name: str, hyper: dict) -> PreferenceNeeds:
     """The needs of the preference objective ``name`` with ``hyper``, checked."""
-    from lmloss.preference import input_kind
-    from lmloss.train.modes.preference import uses_reference
-
     entry = registry.get(name, family="preference")
-    _check_hyper(entry, hyper, ("wpo", "ld_alpha"))
-    core = {k: v for k, v in hyper.items() if k in entry.hyper}
-    return PreferenceNeeds(entry.name, uses_reference(entry, core), input_kind(entry.fn).__name__)
+    _check_hyper(entry, hyper, ("wpo", "wpo_clamp", "ld_alpha", "hypo_weight"))
+    return PreferenceNeeds(entry.name, entry.spec.reference != "none", entry.spec.kind)
 
 
 @dataclass(frozen=True)
@@ -65,5 +63,5 @@ def policy_needs(name: str, hyper: dict) -> PolicyNeeds:
     """The needs of the policy objective ``name`` with ``hyper``, checked."""
     entry = registry.get(name, family="policy")
     _check_hyper(entry, hyper)
-    beta = hyper.get("beta", entry.hyper.get("beta", 0.0))
+    beta = hyper.get("beta", entry.spec.hyper_defaults.get("beta", 0.0))
     return PolicyNeeds(entry.name, float(beta or 0.0) != 0.0)
