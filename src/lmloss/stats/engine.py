@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 
+from lmloss.stats import backend
 from lmloss.stats.chunking import ChunkPlan
 from lmloss.stats.statistics import ALL_STATISTICS, MOMENTS, Final, Tile, moments_for
 from lmloss.stats.transform import LogitTransform
@@ -279,6 +280,9 @@ def token_stats_autograd(
 
     ``table``: the frozen ``[V, D]`` table of the ``expectation`` statistic (no gradient).
     """
+    routed = backend.route_token_stats(hidden, weight, bias, targets, transform, names, table)
+    if routed is not None:
+        return routed
     outputs = _TokenStatsFunction.apply(
         hidden, weight, bias, targets, transform, names, plan, table
     )
@@ -368,6 +372,11 @@ def eager_token_loss(
     """
     if plan.vocab != weight.shape[0]:
         raise ValueError("eager_token_loss needs a plan whose vocabulary tile spans the vocabulary")
+    routed = backend.route_token_loss(
+        hidden, weight, bias, targets, transform, names, token_loss, expect
+    )
+    if routed is not None:
+        return routed
     need = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
     with torch.no_grad():
         total, values, grads = _eager_pass(
