@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmloss.stats import chunking
+from lmloss.stats import backend, chunking
 from lmloss.stats.chunking import LIVE_TILES, ChunkPlan, default_budget, plan_chunks
 from lmloss.stats.divergence_sources import HeadSource, LogitsSource
 from lmloss.stats.divergence_terms import PAIR_TERMS, Hyper, Pair, term_partials
@@ -278,6 +278,9 @@ def pair_terms_autograd(inputs: tuple[Tensor | None, ...], spec: PairSpec) -> di
     as full logits ``[N_all, V]`` with the row index of each student row (the unused form is
     None). Inputs that do not require grad get none.
     """
+    routed = backend.route_pair_terms(inputs, spec)
+    if routed is not None:
+        return routed
     return dict(zip(spec.names, _PairTermsFunction.apply(*inputs, spec)))
 
 
@@ -323,6 +326,9 @@ def eager_pair_loss(
     """
     if spec.plan.vocab < inputs[1].shape[0]:
         raise ValueError("eager_pair_loss needs whole-vocabulary tiles (plan.vocab == V)")
+    routed = backend.route_pair_loss(inputs, spec, block_loss, extra)
+    if routed is not None:
+        return routed
     differentiable = inputs[:7]
     need = tuple(t is not None and t.requires_grad for t in differentiable)
     need_s, need_t = any(need[0:3]), any(need[3:7])

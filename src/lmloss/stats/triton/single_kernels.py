@@ -24,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lmloss.stats.triton.tiles import add_head_grads, logit_tile, raw_grad
+from lmloss.stats.triton.tiles import add_head_grads, keep_tile, logit_tile, raw_grad
 
 
 @triton.jit
@@ -138,13 +138,7 @@ def logit_grad_kernel(
     dz += tl.where(cols[None, :] == y[:, None], c_y[:, None], 0.0)
     dz = tl.where(ok, dz, 0.0)
     da = raw_grad(dz, z0, scale, softcap, inv_temp, SOFTCAP)
-    if FILTER:
-        if tl.max(tl.max(tl.abs(da), 1), 0) >= skip_below:
-            add_head_grads(
-                da, h_ptr, w_ptr, dh_ptr, dw_ptr, db_ptr, rows, cols, N, V, H,
-                NEED_DH, NEED_DW, NEED_DB, UPCAST, BLOCK_H,
-            )  # fmt: skip
-    else:
+    if keep_tile(da, skip_below, FILTER):
         add_head_grads(
             da, h_ptr, w_ptr, dh_ptr, dw_ptr, db_ptr, rows, cols, N, V, H,
             NEED_DH, NEED_DW, NEED_DB, UPCAST, BLOCK_H,

@@ -90,6 +90,16 @@ def raw_grad(dz, z, scale, softcap, inv_temp, SOFTCAP: tl.constexpr):
 
 
 @triton.jit
+def keep_tile(da, skip_below, FILTER: tl.constexpr):
+    """False when the gradient filter is on and every ``|da|`` of the tile is below
+    ``skip_below`` (Cut Cross-Entropy's skipping of blocks under the output precision)."""
+    if FILTER:
+        return tl.max(tl.max(tl.abs(da), 1), 0) >= skip_below
+    else:
+        return True
+
+
+@triton.jit
 def add_head_grads(
     da,
     h_ptr,
