@@ -1,14 +1,22 @@
 """Tile sizes and launch settings of the Triton kernels.
 
 GPU tiles (``BLOCK_N × BLOCK_V`` logits, walking the hidden size ``BLOCK_H`` at a time):
-64 tokens × 128 vocabulary entries × 64 hidden. The float32 accumulator of a tile is
-32 KiB, 32 registers per thread over 8 warps; one pipeline stage of bf16 operands is
-(64 + 128) × 64 × 2 B = 24 KiB of shared memory, so 3 stages fit an A100/H100 with room to
-spare. Those are the sizes Cut Cross-Entropy's kernels settle on for heads of H = 2k–8k
-(128-wide vocabulary blocks, 32–64 wide hidden chunks) and what Liger's chunking aims at
-(keep the matmul in tensor cores, never the whole ``[N, V]``). The backward's atomics
-contend on the weight gradient once per token block, so larger token blocks (fewer
-atomics) win over more programs.
+64 tokens × 128 vocabulary entries × 64 hidden for 16-bit inputs. The float32
+accumulator of a tile is 32 KiB, 32 registers per thread over 8 warps; one pipeline stage
+of bf16 operands is (64 + 128) × 64 × 2 B = 24 KiB of shared memory, so 3 stages fit an
+A100 or H100 with room to spare. float32 operands take twice the bytes, so they walk the
+hidden size 32 at a time: with 64 the gradient kernel needs 240 KiB of shared memory for
+sm_90, over the H100's 227 KiB per block (``benchmarks/triton_gpu.py --compile-only``
+compiles every kernel for a GPU architecture without one and checks this).
+
+How the peers choose: Cut Cross-Entropy autotunes over Triton's matmul configurations
+(128 × 128 × 32 with 3–4 stages and 4–8 warps among the usual winners), pruned by a
+roofline model and keyed on the shapes; Liger hands the matmuls to cuBLAS and only sizes
+its token chunks. A fixed configuration here avoids an autotuning pause on every new
+number of tokens; 64-token blocks halve the register pressure of CCE's 128 while keeping
+the 128-wide vocabulary blocks, and give twice the token blocks (the forward splits the
+vocabulary further until about ``target_programs`` programs run). The gradient kernel's
+atomic adds to the weight gradient happen once per token block.
 
 Under Triton's interpreter (CPU) every block op is a NumPy call per program: the tiles
 are the smallest ``tl.dot`` accepts (16), so tests with V = 37 still cross several tiles.
@@ -29,6 +37,7 @@ class TileConfig:
     block_n: int
     block_v: int
     block_h: int
+    block_h_fp32: int
     num_warps: int
     num_stages: int
     # Forward kernels split the vocabulary until about this many programs run at once.
@@ -36,15 +45,32 @@ class TileConfig:
 
 
 GPU_TILES = TileConfig(
-    block_n=64, block_v=128, block_h=64, num_warps=8, num_stages=3, target_programs=528
+    block_n=64,
+    block_v=128,
+    block_h=64,
+    block_h_fp32=32,
+    num_warps=8,
+    num_stages=3,
+    target_programs=528,
 )
 INTERPRETER_TILES = TileConfig(
-    block_n=16, block_v=16, block_h=16, num_warps=1, num_stages=1, target_programs=4
+    block_n=16,
+    block_v=16,
+    block_h=16,
+    block_h_fp32=16,
+    num_warps=1,
+    num_stages=1,
+    target_programs=4,
 )
 
 
 def tiles_for(interpreting: bool) -> TileConfig:
     return INTERPRETER_TILES if interpreting else GPU_TILES
+
+
+def hidden_block(cfg: TileConfig, element_size: int) -> int:
+    """``BLOCK_H`` for operands of ``element_size`` bytes."""
+    return cfg.block_h_fp32 if element_size >= 4 else cfg.block_h
 
 
 def grad_filter() -> float:

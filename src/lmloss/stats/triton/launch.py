@@ -8,7 +8,7 @@ import torch
 import triton
 
 from lmloss.stats.transform import LogitTransform
-from lmloss.stats.triton.config import TileConfig, tiles_for
+from lmloss.stats.triton.config import TileConfig, hidden_block, tiles_for
 
 Tensor = torch.Tensor
 
@@ -57,13 +57,14 @@ class Head:
         return {"HAS_BIAS": self.bias is not None, "SOFTCAP": self.transform.softcap is not None}
 
 
-def settings() -> tuple[TileConfig, dict]:
-    """Tile sizes and the constexpr/launch keywords common to every kernel."""
+def settings(*dtypes: torch.dtype) -> tuple[TileConfig, dict]:
+    """Tile sizes and the constexpr/launch keywords common to every kernel whose operands
+    have ``dtypes``."""
     cfg = tiles_for(interpreting())
     common = {
         "BLOCK_N": cfg.block_n,
         "BLOCK_V": cfg.block_v,
-        "BLOCK_H": cfg.block_h,
+        "BLOCK_H": hidden_block(cfg, max(d.itemsize for d in dtypes)),
         "num_warps": cfg.num_warps,
         "num_stages": cfg.num_stages,
     }

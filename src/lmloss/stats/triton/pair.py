@@ -94,7 +94,7 @@ class _PairState:
 
     def sums(self, name: str) -> Tensor:
         """``[3, N]``: ``Σ f``, ``G_s``, ``G_t`` of term ``name`` per token."""
-        cfg, common = settings()
+        cfg, common = settings(self.student.hidden.dtype, self.teacher.hidden.dtype)
         s, t = self.student, self.teacher
         n_blocks, splits, per_split = vocab_split(s.n, s.vocab, cfg)
         out = s.hidden.new_empty((3, splits, s.n), dtype=torch.float32)
@@ -119,7 +119,7 @@ class _PairState:
     def add_grads(self, name: str, rows: Tensor, grads_s: tuple, grads_t: tuple) -> None:
         """Accumulate the gradients for ``rows = [g, G_s, G_t]`` (``[3, N]``) into the
         float32 buffers ``grads_s``/``grads_t`` (hidden, weight, bias; None where unneeded)."""
-        cfg, common = settings()
+        cfg, common = settings(self.student.hidden.dtype, self.teacher.hidden.dtype)
         s, t = self.student, self.teacher
         pointers, scalars, flags = _head_args(s, t)
         skip_below = grad_filter()

@@ -66,7 +66,7 @@ class Moments:
 
 def head_moments(head: Head, targets: Tensor) -> Moments:
     """One sweep over the vocabulary: the online log-sum-exp and the moments of each token."""
-    cfg, common = settings()
+    cfg, common = settings(head.hidden.dtype)
     n_blocks, splits, per_split = vocab_split(head.n, head.vocab, cfg)
     out = head.hidden.new_empty((5, splits, head.n), dtype=torch.float32)
     moments_kernel[(n_blocks, splits)](
@@ -119,7 +119,7 @@ def head_grads(
     head: Head, targets: Tensor, lse: Tensor, coef: Tensor, need: tuple[bool, bool, bool]
 ) -> tuple[Tensor | None, ...]:
     """Gradients of hidden, weight, bias (inputs' dtypes) for the per-token coefficients."""
-    cfg, common = settings()
+    cfg, common = settings(head.hidden.dtype)
     grads = grad_buffers(head, need)
     dummy = lse
     skip_below = grad_filter()
