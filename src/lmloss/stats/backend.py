@@ -5,7 +5,8 @@
 * ``auto`` (default) — Triton for CUDA tensors when ``triton`` imports, PyTorch otherwise;
 * ``torch`` — always PyTorch; ``triton`` is never imported;
 * ``triton`` — always Triton; on CPU tensors this needs Triton's interpreter
-  (``TRITON_INTERPRET=1``, set before lmloss first runs a kernel).
+  (``TRITON_INTERPRET=1``, set before ``triton`` is first imported: ``triton.jit`` reads it
+  when a function is defined).
 
 The Triton kernels cover the hot paths (:mod:`lmloss.stats.triton`): the statistics
 ``logp``, ``lse``, ``entropy``, ``mean_logit``, ``is_argmax`` of one head, and the
@@ -67,7 +68,7 @@ def use_triton(tensor: Tensor) -> bool:
         if not _interpreter_requested():
             raise ValueError(
                 f"{BACKEND_VARIABLE}=triton with tensors on {tensor.device.type} needs Triton's "
-                "interpreter: set TRITON_INTERPRET=1 (before lmloss first runs a kernel), "
+                "interpreter: set TRITON_INTERPRET=1 (before triton is first imported), "
                 f"use CUDA tensors, or set {BACKEND_VARIABLE}=torch"
             )
         _require_interpreted_kernels()
@@ -80,8 +81,9 @@ def _require_interpreted_kernels() -> None:
 
     if not interpreting():
         raise ValueError(
-            "the Triton kernels were compiled for a GPU because TRITON_INTERPRET was unset when "
-            "lmloss first used them; set TRITON_INTERPRET=1 before that to run on CPU tensors"
+            "Triton compiles kernels for a GPU unless TRITON_INTERPRET=1 was set before "
+            "`import triton` (and before lmloss first ran a kernel); set it at the start of "
+            "the process to run the Triton backend on CPU tensors"
         )
 
 

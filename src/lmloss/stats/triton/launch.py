@@ -17,7 +17,19 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def interpreting() -> bool:
-    return bool(triton.knobs.runtime.interpret)
+    """Whether the kernels run under Triton's interpreter.
+
+    ``triton.jit`` decides when a function is defined, not at launch: Triton's own
+    ``triton.language`` helpers when ``triton`` is first imported, ours when :mod:`.tiles`
+    is. Both must have seen ``TRITON_INTERPRET=1``."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from lmloss.stats.triton.tiles import logit_tile
+
+    return isinstance(logit_tile, InterpretedFunction) and not isinstance(
+        tl.zeros, triton.runtime.JITFunction
+    )
 
 
 @dataclass(frozen=True)
