@@ -93,6 +93,17 @@ def _kernel_dtype(*tensors: Tensor | None) -> bool:
     return all(t is None or t.dtype in KERNEL_DTYPES for t in tensors)
 
 
+def _single_on_triton(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, names: tuple[str, ...], table
+) -> bool:
+    """Triton is selected and has kernels for these statistics and dtypes (no table)."""
+    if not use_triton(hidden) or table is not None:
+        return False
+    from lmloss.stats.triton.single import KERNEL_STATISTICS
+
+    return set(names) <= KERNEL_STATISTICS and _kernel_dtype(hidden, weight, bias)
+
+
 def route_token_stats(
     hidden: Tensor,
     weight: Tensor,
@@ -103,14 +114,10 @@ def route_token_stats(
     table: Tensor | None,
 ) -> dict[str, Tensor] | None:
     """:func:`lmloss.stats.engine.token_stats_autograd` on Triton, or None."""
-    if not use_triton(hidden):
+    if not _single_on_triton(hidden, weight, bias, names, table):
         return None
     from lmloss.stats.triton import single
 
-    if table is not None or not set(names) <= single.KERNEL_STATISTICS:
-        return None
-    if not _kernel_dtype(hidden, weight, bias):
-        return None
     return single.token_stats(hidden, weight, bias, targets, transform, names)
 
 
@@ -125,14 +132,10 @@ def route_token_loss(
     expect: Tensor | None,
 ) -> tuple[Tensor, dict[str, Tensor]] | None:
     """:func:`lmloss.stats.engine.eager_token_loss` on Triton, or None."""
-    if not use_triton(hidden):
+    if not _single_on_triton(hidden, weight, bias, names, expect):
         return None
     from lmloss.stats.triton import single
 
-    if expect is not None or not set(names) <= single.KERNEL_STATISTICS:
-        return None
-    if not _kernel_dtype(hidden, weight, bias):
-        return None
     return single.eager_token_loss(hidden, weight, bias, targets, transform, names, token_loss)
 
 

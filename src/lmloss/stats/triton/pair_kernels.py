@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lmloss.stats.triton.tiles import add_head_grads, keep_tile, logit_tile, raw_grad
+from lmloss.stats.triton.tiles import add_logit_grads, logit_tile
 
 FORWARD_KL, REVERSE_KL, JSD, TVD = 0, 1, 2, 3
 
@@ -65,6 +65,31 @@ def log_probs(z, lse, ok):
 
 
 @triton.jit
+def pair_tile(
+    hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, rows, cols, lse_s, lse_t,
+    N, V, H_S, H_T,
+    scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
+    HAS_BIAS_S: tl.constexpr, SOFTCAP_S: tl.constexpr, UPCAST_S: tl.constexpr,
+    HAS_BIAS_T: tl.constexpr, SOFTCAP_T: tl.constexpr, UPCAST_T: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    """Both models' logits on one tile (0 outside the valid rows × cols), their
+    log-probabilities and probabilities: ``(z_s, z_t, a, p, b, q)``."""
+    ok = (rows < N)[:, None] & (cols < V)[None, :]
+    z_s = logit_tile(
+        hs_ptr, ws_ptr, bs_ptr, rows, cols, N, V, H_S, scale_s, softcap_s, inv_temp_s,
+        HAS_BIAS_S, SOFTCAP_S, UPCAST_S, BLOCK_N, BLOCK_V, BLOCK_H,
+    )  # fmt: skip
+    z_t = logit_tile(
+        ht_ptr, wt_ptr, bt_ptr, rows, cols, N, V, H_T, scale_t, softcap_t, inv_temp_t,
+        HAS_BIAS_T, SOFTCAP_T, UPCAST_T, BLOCK_N, BLOCK_V, BLOCK_H,
+    )  # fmt: skip
+    a, p = log_probs(z_s, lse_s, ok)
+    b, q = log_probs(z_t, lse_t, ok)
+    return tl.where(ok, z_s, 0.0), tl.where(ok, z_t, 0.0), a, p, b, q
+
+
+@triton.jit
 def pair_sums_kernel(
     hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr,
     lse_s_ptr, lse_t_ptr, out_ptr,
@@ -90,16 +115,12 @@ def pair_sums_kernel(
     for t in range(0, tiles_per_split):
         cols = (split * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)
         ok = row_ok[:, None] & (cols < V)[None, :]
-        z_s = logit_tile(
-            hs_ptr, ws_ptr, bs_ptr, rows, cols, N, V, H_S, scale_s, softcap_s, inv_temp_s,
-            HAS_BIAS_S, SOFTCAP_S, UPCAST_S, BLOCK_N, BLOCK_V, BLOCK_H,
+        _, _, a, p, b, q = pair_tile(
+            hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, rows, cols, lse_s, lse_t,
+            N, V, H_S, H_T, scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
+            HAS_BIAS_S, SOFTCAP_S, UPCAST_S, HAS_BIAS_T, SOFTCAP_T, UPCAST_T,
+            BLOCK_N, BLOCK_V, BLOCK_H,
         )  # fmt: skip
-        z_t = logit_tile(
-            ht_ptr, wt_ptr, bt_ptr, rows, cols, N, V, H_T, scale_t, softcap_t, inv_temp_t,
-            HAS_BIAS_T, SOFTCAP_T, UPCAST_T, BLOCK_N, BLOCK_V, BLOCK_H,
-        )  # fmt: skip
-        a, p = log_probs(z_s, lse_s, ok)
-        b, q = log_probs(z_t, lse_t, ok)
         f, da, db = pair_term(a, b, p, q, log_1m_beta, log_beta, beta, TERM)
         total += tl.sum(tl.where(ok, f, 0.0), 1)
         g_s += tl.sum(tl.where(ok, da, 0.0), 1)
@@ -138,32 +159,26 @@ def pair_grad_kernel(
     g = tl.load(row_ptr + rows, mask=row_ok, other=0.0)[:, None]
     sum_s = tl.load(row_ptr + N + rows, mask=row_ok, other=0.0)[:, None]
     sum_t = tl.load(row_ptr + 2 * N + rows, mask=row_ok, other=0.0)[:, None]
-    z_s = logit_tile(
-        hs_ptr, ws_ptr, bs_ptr, rows, cols, N, V, H_S, scale_s, softcap_s, inv_temp_s,
-        HAS_BIAS_S, SOFTCAP_S, UPCAST_S, BLOCK_N, BLOCK_V, BLOCK_H,
+    z_s, z_t, a, p, b, q = pair_tile(
+        hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, rows, cols, lse_s, lse_t,
+        N, V, H_S, H_T, scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
+        HAS_BIAS_S, SOFTCAP_S, UPCAST_S, HAS_BIAS_T, SOFTCAP_T, UPCAST_T,
+        BLOCK_N, BLOCK_V, BLOCK_H,
     )  # fmt: skip
-    z_t = logit_tile(
-        ht_ptr, wt_ptr, bt_ptr, rows, cols, N, V, H_T, scale_t, softcap_t, inv_temp_t,
-        HAS_BIAS_T, SOFTCAP_T, UPCAST_T, BLOCK_N, BLOCK_V, BLOCK_H,
-    )  # fmt: skip
-    a, p = log_probs(z_s, lse_s, ok)
-    b, q = log_probs(z_t, lse_t, ok)
     _, da, db = pair_term(a, b, p, q, log_1m_beta, log_beta, beta, TERM)
     NEED_S: tl.constexpr = NEED_DH_S or NEED_DW_S or NEED_DB_S
     NEED_T: tl.constexpr = NEED_DH_T or NEED_DW_T or NEED_DB_T
     if NEED_S:
-        dz_s = tl.where(ok, g * (da - p * sum_s), 0.0)
-        dz_s = raw_grad(dz_s, tl.where(ok, z_s, 0.0), scale_s, softcap_s, inv_temp_s, SOFTCAP_S)
-        if keep_tile(dz_s, skip_below, FILTER):
-            add_head_grads(
-                dz_s, hs_ptr, ws_ptr, dhs_ptr, dws_ptr, dbs_ptr, rows, cols, N, V, H_S,
-                NEED_DH_S, NEED_DW_S, NEED_DB_S, UPCAST_S, BLOCK_H,
-            )  # fmt: skip
+        add_logit_grads(
+            tl.where(ok, g * (da - p * sum_s), 0.0), z_s,
+            hs_ptr, ws_ptr, dhs_ptr, dws_ptr, dbs_ptr, rows, cols, N, V, H_S,
+            scale_s, softcap_s, inv_temp_s, skip_below, SOFTCAP_S, UPCAST_S,
+            NEED_DH_S, NEED_DW_S, NEED_DB_S, FILTER, BLOCK_H,
+        )  # fmt: skip
     if NEED_T:
-        dz_t = tl.where(ok, g * (db - q * sum_t), 0.0)
-        dz_t = raw_grad(dz_t, tl.where(ok, z_t, 0.0), scale_t, softcap_t, inv_temp_t, SOFTCAP_T)
-        if keep_tile(dz_t, skip_below, FILTER):
-            add_head_grads(
-                dz_t, ht_ptr, wt_ptr, dht_ptr, dwt_ptr, dbt_ptr, rows, cols, N, V, H_T,
-                NEED_DH_T, NEED_DW_T, NEED_DB_T, UPCAST_T, BLOCK_H,
-            )  # fmt: skip
+        add_logit_grads(
+            tl.where(ok, g * (db - q * sum_t), 0.0), z_t,
+            ht_ptr, wt_ptr, dht_ptr, dwt_ptr, dbt_ptr, rows, cols, N, V, H_T,
+            scale_t, softcap_t, inv_temp_t, skip_below, SOFTCAP_T, UPCAST_T,
+            NEED_DH_T, NEED_DW_T, NEED_DB_T, FILTER, BLOCK_H,
+        )  # fmt: skip

@@ -24,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lmloss.stats.triton.tiles import add_head_grads, keep_tile, logit_tile, raw_grad
+from lmloss.stats.triton.tiles import add_logit_grads, logit_tile
 
 
 @triton.jit
@@ -137,9 +137,8 @@ def logit_grad_kernel(
     dz = p * (c_p[:, None] + c_pz[:, None] * z0) + c_1[:, None]
     dz += tl.where(cols[None, :] == y[:, None], c_y[:, None], 0.0)
     dz = tl.where(ok, dz, 0.0)
-    da = raw_grad(dz, z0, scale, softcap, inv_temp, SOFTCAP)
-    if keep_tile(da, skip_below, FILTER):
-        add_head_grads(
-            da, h_ptr, w_ptr, dh_ptr, dw_ptr, db_ptr, rows, cols, N, V, H,
-            NEED_DH, NEED_DW, NEED_DB, UPCAST, BLOCK_H,
-        )  # fmt: skip
+    add_logit_grads(
+        dz, z0, h_ptr, w_ptr, dh_ptr, dw_ptr, db_ptr, rows, cols, N, V, H,
+        scale, softcap, inv_temp, skip_below, SOFTCAP, UPCAST,
+        NEED_DH, NEED_DW, NEED_DB, FILTER, BLOCK_H,
+    )  # fmt: skip

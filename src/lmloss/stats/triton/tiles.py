@@ -162,3 +162,21 @@ def add_head_grads(
                     dw,
                     mask=col_ok[:, None] & h_ok[None, :],
                 )
+
+
+@triton.jit
+def add_logit_grads(
+    dz, z, h_ptr, w_ptr, dh_ptr, dw_ptr, db_ptr, rows, cols, N, V, H,
+    scale, softcap, inv_temp, skip_below,
+    SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
+    NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+    FILTER: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    """A tile's logit gradient ``dz`` (0 outside the valid rows × cols) into its head's
+    gradients: the chain rule through the transform, the filter, the two matmuls."""
+    da = raw_grad(dz, z, scale, softcap, inv_temp, SOFTCAP)
+    if keep_tile(da, skip_below, FILTER):
+        add_head_grads(
+            da, h_ptr, w_ptr, dh_ptr, dw_ptr, db_ptr, rows, cols, N, V, H,
+            NEED_DH, NEED_DW, NEED_DB, UPCAST, BLOCK_H,
+        )  # fmt: skip
