@@ -284,3 +284,32 @@ def test_gradient_filter_skips_small_tiles(use, routed, monkeypatch):
     logp = lmloss.token_stats(hidden, weight, targets, bias).logp
     with pytest.raises(ValueError, match="LMLOSS_TRITON_GRAD_FILTER"):
         logp.sum().backward()
+
+
+def test_front_doors_route_through_triton(use, routed):
+    """``fused_divergence_loss`` and ``fused_preference_loss("dpo")`` (policy and reference
+    heads) reach the kernels and equal the PyTorch backend."""
+    x = _pair_inputs()
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(2, 7, H, generator=g, requires_grad=True)
+    ref_hidden = torch.randn(2, 7, H, generator=g)
+    targets = torch.randint(0, V, (2, 7), generator=g)
+    targets[:, :2] = -100  # the prompt
+    results = []
+    for name in ("triton", "torch"):
+        use(name)
+        jsd = lmloss.fused_divergence_loss(
+            "jsd", x["student_hidden"], x["student_weight"],
+            teacher_hidden=x["teacher_hidden"], teacher_weight=x["teacher_weight"],
+            mask=x["mask"], beta=0.4,
+        )  # fmt: skip
+        dpo = lmloss.fused_preference_loss(
+            "dpo", hidden=hidden, weight=x["student_weight"], targets=targets,
+            ref_hidden=ref_hidden, ref_weight=x["student_weight"].detach(), softcap=3.0,
+        )  # fmt: skip
+        loss = jsd.loss + dpo.loss
+        results.append((loss, *torch.autograd.grad(loss, (x["student_hidden"], hidden))))
+    assert "route_pair_loss" in routed or "route_pair_terms" in routed
+    assert "route_token_stats" in routed
+    for got, ref in zip(*results):
+        torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
