@@ -55,14 +55,17 @@ def logit_tile(
     acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     row_ok = rows < N
     col_ok = cols < V
+    # 64-bit offsets: V·H passes 2**31 for a 256k vocabulary at H = 8192.
+    row_base = rows.to(tl.int64) * H
+    col_base = cols.to(tl.int64) * H
     for h0 in range(0, H, BLOCK_H):
         hs = h0 + tl.arange(0, BLOCK_H)
         h_ok = hs < H
         x = tl.load(
-            h_ptr + rows[:, None] * H + hs[None, :], mask=row_ok[:, None] & h_ok[None, :], other=0.0
+            h_ptr + row_base[:, None] + hs[None, :], mask=row_ok[:, None] & h_ok[None, :], other=0.0
         )
         w = tl.load(
-            w_ptr + cols[:, None] * H + hs[None, :], mask=col_ok[:, None] & h_ok[None, :], other=0.0
+            w_ptr + col_base[:, None] + hs[None, :], mask=col_ok[:, None] & h_ok[None, :], other=0.0
         )
         if UPCAST:
             x = x.to(tl.float32)
@@ -125,6 +128,8 @@ def add_head_grads(
     ``da`` enters the matmuls in the inputs' dtype, as the PyTorch engine does."""
     row_ok = rows < N
     col_ok = cols < V
+    row_base = rows.to(tl.int64) * H
+    col_base = cols.to(tl.int64) * H
     if NEED_DB:
         tl.atomic_add(db_ptr + cols, tl.sum(da, 0), mask=col_ok)
     if NEED_DH or NEED_DW:
@@ -136,7 +141,7 @@ def add_head_grads(
             h_ok = hs < H
             if NEED_DH:
                 w = tl.load(
-                    w_ptr + cols[:, None] * H + hs[None, :],
+                    w_ptr + col_base[:, None] + hs[None, :],
                     mask=col_ok[:, None] & h_ok[None, :],
                     other=0.0,
                 )
@@ -144,13 +149,13 @@ def add_head_grads(
                     w = w.to(tl.float32)
                 dh = tl.dot(da_in, w)
                 tl.atomic_add(
-                    dh_ptr + rows[:, None] * H + hs[None, :],
+                    dh_ptr + row_base[:, None] + hs[None, :],
                     dh,
                     mask=row_ok[:, None] & h_ok[None, :],
                 )
             if NEED_DW:
                 x = tl.load(
-                    h_ptr + rows[:, None] * H + hs[None, :],
+                    h_ptr + row_base[:, None] + hs[None, :],
                     mask=row_ok[:, None] & h_ok[None, :],
                     other=0.0,
                 )
@@ -158,7 +163,7 @@ def add_head_grads(
                     x = x.to(tl.float32)
                 dw = tl.dot(tl.trans(da_in), x)
                 tl.atomic_add(
-                    dw_ptr + cols[:, None] * H + hs[None, :],
+                    dw_ptr + col_base[:, None] + hs[None, :],
                     dw,
                     mask=col_ok[:, None] & h_ok[None, :],
                 )
