@@ -99,26 +99,31 @@ def compile_only(arch: int) -> int:
     pair_flags = {f"{k}_{s}": v for k, v in flags.items() for s in "ST"}
     need = {"NEED_DH": True, "NEED_DW": True, "NEED_DB": True, "FILTER": True}
     pair_need = {f"{k}_{s}": True for k in ("NEED_DH", "NEED_DW", "NEED_DB") for s in "ST"}
+    plain = {"HAS_BIAS": False, "SOFTCAP": False, "NEED_DB": False, "FILTER": False}
+    jsd = {"TERM": pair_kernels.JSD}
     kernels = [
-        (single_kernels.moments_kernel, flags),
-        (single_kernels.logit_grad_kernel, {**flags, **need}),
-        (pair_kernels.pair_sums_kernel, {**pair_flags, "TERM": pair_kernels.JSD}),
+        ("moments_kernel, bias + soft cap", single_kernels.moments_kernel, flags),
+        ("logit_grad_kernel, all options", single_kernels.logit_grad_kernel, {**flags, **need}),
+        ("logit_grad_kernel, plain", single_kernels.logit_grad_kernel, {**flags, **need, **plain}),
+        ("pair_sums_kernel, JSD", pair_kernels.pair_sums_kernel, {**pair_flags, **jsd}),
         (
+            "pair_grad_kernel, JSD, both heads",
             pair_kernels.pair_grad_kernel,
-            {**pair_flags, **pair_need, "FILTER": True, "TERM": pair_kernels.JSD},
+            {**pair_flags, **pair_need, **jsd, "FILTER": True},
         ),
     ]
     limit = SHARED_LIMIT.get(arch)
     failures = 0
-    print(f"| kernel | dtype | shared memory (bytes) | limit sm_{arch} | compile (s) |")
+    print(f"| kernel | operands | shared memory (bytes) | limit sm_{arch} | compile (s) |")
     print("|---|---|---|---|---|")
-    for (fn, consts), dtype in itertools.product(kernels, ("bf16", "fp32")):
+    for (label, fn, consts), dtype in itertools.product(kernels, ("bf16", "fp32")):
         size = 4 if dtype == "fp32" else 2
         consts = {
             **consts,
             "BLOCK_N": GPU_TILES.block_n,
             "BLOCK_V": GPU_TILES.block_v,
             "BLOCK_H": hidden_block(GPU_TILES, size),
+            "PRECISION": "ieee",
         }
         start = time.perf_counter()
         compiled = triton.compile(
@@ -130,7 +135,7 @@ def compile_only(arch: int) -> int:
         ok = limit is None or shared <= limit
         failures += not ok
         print(
-            f"| {fn.__name__} | {dtype} | {shared} {'' if ok else '(OVER)'} | {limit} "
+            f"| {label} | {dtype} | {shared} {'' if ok else '(OVER)'} | {limit} "
             f"| {time.perf_counter() - start:.1f} |",
             flush=True,
         )

@@ -77,10 +77,16 @@ def settings(*dtypes: torch.dtype) -> tuple[TileConfig, dict]:
         "BLOCK_N": cfg.block_n,
         "BLOCK_V": cfg.block_v,
         "BLOCK_H": hidden_block(cfg, max(d.itemsize for d in dtypes)),
+        "PRECISION": _float32_dot_precision(),
         "num_warps": cfg.num_warps,
         "num_stages": cfg.num_stages,
     }
     return cfg, common
+
+
+def _float32_dot_precision() -> str:
+    """``tl.dot`` on float32 operands follows PyTorch's matmul setting (exact by default)."""
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def upcast(dtype: torch.dtype) -> bool:

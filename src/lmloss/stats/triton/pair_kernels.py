@@ -71,6 +71,7 @@ def pair_tile(
     scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
     HAS_BIAS_S: tl.constexpr, SOFTCAP_S: tl.constexpr, UPCAST_S: tl.constexpr,
     HAS_BIAS_T: tl.constexpr, SOFTCAP_T: tl.constexpr, UPCAST_T: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     """Both models' logits on one tile (0 outside the valid rows × cols), their
@@ -78,11 +79,11 @@ def pair_tile(
     ok = (rows < N)[:, None] & (cols < V)[None, :]
     z_s = logit_tile(
         hs_ptr, ws_ptr, bs_ptr, rows, cols, N, V, H_S, scale_s, softcap_s, inv_temp_s,
-        HAS_BIAS_S, SOFTCAP_S, UPCAST_S, BLOCK_N, BLOCK_V, BLOCK_H,
+        HAS_BIAS_S, SOFTCAP_S, UPCAST_S, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
     )  # fmt: skip
     z_t = logit_tile(
         ht_ptr, wt_ptr, bt_ptr, rows, cols, N, V, H_T, scale_t, softcap_t, inv_temp_t,
-        HAS_BIAS_T, SOFTCAP_T, UPCAST_T, BLOCK_N, BLOCK_V, BLOCK_H,
+        HAS_BIAS_T, SOFTCAP_T, UPCAST_T, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
     )  # fmt: skip
     a, p = log_probs(z_s, lse_s, ok)
     b, q = log_probs(z_t, lse_t, ok)
@@ -99,6 +100,7 @@ def pair_sums_kernel(
     TERM: tl.constexpr,
     HAS_BIAS_S: tl.constexpr, SOFTCAP_S: tl.constexpr, UPCAST_S: tl.constexpr,
     HAS_BIAS_T: tl.constexpr, SOFTCAP_T: tl.constexpr, UPCAST_T: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     """Writes ``out[k, split, row]`` for k = Σ f, G_s, G_t (float32 ``[3, S, N]``)."""
@@ -118,7 +120,7 @@ def pair_sums_kernel(
         _, _, a, p, b, q = pair_tile(
             hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, rows, cols, lse_s, lse_t,
             N, V, H_S, H_T, scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
-            HAS_BIAS_S, SOFTCAP_S, UPCAST_S, HAS_BIAS_T, SOFTCAP_T, UPCAST_T,
+            HAS_BIAS_S, SOFTCAP_S, UPCAST_S, HAS_BIAS_T, SOFTCAP_T, UPCAST_T, PRECISION,
             BLOCK_N, BLOCK_V, BLOCK_H,
         )  # fmt: skip
         f, da, db = pair_term(a, b, p, q, log_1m_beta, log_beta, beta, TERM)
@@ -143,6 +145,7 @@ def pair_grad_kernel(
     TERM: tl.constexpr,
     HAS_BIAS_S: tl.constexpr, SOFTCAP_S: tl.constexpr, UPCAST_S: tl.constexpr,
     HAS_BIAS_T: tl.constexpr, SOFTCAP_T: tl.constexpr, UPCAST_T: tl.constexpr,
+    PRECISION: tl.constexpr,
     NEED_DH_S: tl.constexpr, NEED_DW_S: tl.constexpr, NEED_DB_S: tl.constexpr,
     NEED_DH_T: tl.constexpr, NEED_DW_T: tl.constexpr, NEED_DB_T: tl.constexpr,
     FILTER: tl.constexpr,
@@ -162,7 +165,7 @@ def pair_grad_kernel(
     z_s, z_t, a, p, b, q = pair_tile(
         hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, rows, cols, lse_s, lse_t,
         N, V, H_S, H_T, scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
-        HAS_BIAS_S, SOFTCAP_S, UPCAST_S, HAS_BIAS_T, SOFTCAP_T, UPCAST_T,
+        HAS_BIAS_S, SOFTCAP_S, UPCAST_S, HAS_BIAS_T, SOFTCAP_T, UPCAST_T, PRECISION,
         BLOCK_N, BLOCK_V, BLOCK_H,
     )  # fmt: skip
     _, da, db = pair_term(a, b, p, q, log_1m_beta, log_beta, beta, TERM)
@@ -172,13 +175,13 @@ def pair_grad_kernel(
         add_logit_grads(
             tl.where(ok, g * (da - p * sum_s), 0.0), z_s,
             hs_ptr, ws_ptr, dhs_ptr, dws_ptr, dbs_ptr, rows, cols, N, V, H_S,
-            scale_s, softcap_s, inv_temp_s, skip_below, SOFTCAP_S, UPCAST_S,
+            scale_s, softcap_s, inv_temp_s, skip_below, SOFTCAP_S, UPCAST_S, PRECISION,
             NEED_DH_S, NEED_DW_S, NEED_DB_S, FILTER, BLOCK_H,
         )  # fmt: skip
     if NEED_T:
         add_logit_grads(
             tl.where(ok, g * (db - q * sum_t), 0.0), z_t,
             ht_ptr, wt_ptr, dht_ptr, dwt_ptr, dbt_ptr, rows, cols, N, V, H_T,
-            scale_t, softcap_t, inv_temp_t, skip_below, SOFTCAP_T, UPCAST_T,
+            scale_t, softcap_t, inv_temp_t, skip_below, SOFTCAP_T, UPCAST_T, PRECISION,
             NEED_DH_T, NEED_DW_T, NEED_DB_T, FILTER, BLOCK_H,
         )  # fmt: skip

@@ -44,6 +44,7 @@ def moments_kernel(
     HAS_BIAS: tl.constexpr,
     SOFTCAP: tl.constexpr,
     UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -64,7 +65,7 @@ def moments_kernel(
         cols = (split * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)
         z = logit_tile(
             h_ptr, w_ptr, b_ptr, rows, cols, N, V, H, scale, softcap, inv_temp,
-            HAS_BIAS, SOFTCAP, UPCAST, BLOCK_N, BLOCK_V, BLOCK_H,
+            HAS_BIAS, SOFTCAP, UPCAST, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
         )  # fmt: skip
         col_ok = (cols < V)[None, :]
         m_new = tl.maximum(m, tl.max(z, 1))
@@ -108,6 +109,7 @@ def logit_grad_kernel(
     HAS_BIAS: tl.constexpr,
     SOFTCAP: tl.constexpr,
     UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
     NEED_DH: tl.constexpr,
     NEED_DW: tl.constexpr,
     NEED_DB: tl.constexpr,
@@ -124,7 +126,7 @@ def logit_grad_kernel(
     ok = row_ok[:, None] & (cols < V)[None, :]
     z = logit_tile(
         h_ptr, w_ptr, b_ptr, rows, cols, N, V, H, scale, softcap, inv_temp,
-        HAS_BIAS, SOFTCAP, UPCAST, BLOCK_N, BLOCK_V, BLOCK_H,
+        HAS_BIAS, SOFTCAP, UPCAST, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
     )  # fmt: skip
     y = tl.load(y_ptr + rows, mask=row_ok, other=-1)
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
@@ -139,6 +141,6 @@ def logit_grad_kernel(
     dz = tl.where(ok, dz, 0.0)
     add_logit_grads(
         dz, z0, h_ptr, w_ptr, dh_ptr, dw_ptr, db_ptr, rows, cols, N, V, H,
-        scale, softcap, inv_temp, skip_below, SOFTCAP, UPCAST,
+        scale, softcap, inv_temp, skip_below, SOFTCAP, UPCAST, PRECISION,
         NEED_DH, NEED_DW, NEED_DB, FILTER, BLOCK_H,
     )  # fmt: skip

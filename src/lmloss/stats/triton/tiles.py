@@ -9,6 +9,10 @@ A tile is ``BLOCK_N`` rows × ``BLOCK_V`` vocabulary entries, accumulated in flo
 ``BLOCK_H`` wide chunks of the hidden size whatever the input dtype. Out-of-range
 vocabulary entries come back as ``-inf`` (they vanish from every softmax).
 
+``PRECISION`` is ``tl.dot``'s ``input_precision`` for float32 operands: ``"tf32"`` when
+PyTorch allows TF32 matmuls (``torch.backends.cuda.matmul.allow_tf32``), ``"ieee"`` (exact
+float32, as PyTorch's default) otherwise; 16-bit operands ignore it.
+
 ``UPCAST`` converts the operands to float32 before ``tl.dot``: Triton's interpreter
 multiplies bfloat16 as raw 16-bit integers (3.9), so it is set under the interpreter only;
 the products of bf16 or fp16 numbers are exact in float32, so this changes nothing but
@@ -45,6 +49,7 @@ def logit_tile(
     HAS_BIAS: tl.constexpr,
     SOFTCAP: tl.constexpr,
     UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -70,7 +75,7 @@ def logit_tile(
         if UPCAST:
             x = x.to(tl.float32)
             w = w.to(tl.float32)
-        acc = tl.dot(x, tl.trans(w), acc)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     acc = acc * scale
@@ -119,6 +124,7 @@ def add_head_grads(
     NEED_DW: tl.constexpr,
     NEED_DB: tl.constexpr,
     UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
     """Accumulate one tile's ``da`` (gradient w.r.t. raw outputs, float32, zero outside
@@ -147,7 +153,7 @@ def add_head_grads(
                 )
                 if UPCAST:
                     w = w.to(tl.float32)
-                dh = tl.dot(da_in, w)
+                dh = tl.dot(da_in, w, input_precision=PRECISION)
                 tl.atomic_add(
                     dh_ptr + row_base[:, None] + hs[None, :],
                     dh,
@@ -161,7 +167,7 @@ def add_head_grads(
                 )
                 if UPCAST:
                     x = x.to(tl.float32)
-                dw = tl.dot(tl.trans(da_in), x)
+                dw = tl.dot(tl.trans(da_in), x, input_precision=PRECISION)
                 tl.atomic_add(
                     dw_ptr + col_base[:, None] + hs[None, :],
                     dw,
@@ -173,7 +179,7 @@ def add_head_grads(
 def add_logit_grads(
     dz, z, h_ptr, w_ptr, dh_ptr, dw_ptr, db_ptr, rows, cols, N, V, H,
     scale, softcap, inv_temp, skip_below,
-    SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
+    SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
     FILTER: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
@@ -183,5 +189,5 @@ def add_logit_grads(
     if keep_tile(da, skip_below, FILTER):
         add_head_grads(
             da, h_ptr, w_ptr, dh_ptr, dw_ptr, db_ptr, rows, cols, N, V, H,
-            NEED_DH, NEED_DW, NEED_DB, UPCAST, BLOCK_H,
+            NEED_DH, NEED_DW, NEED_DB, UPCAST, PRECISION, BLOCK_H,
         )  # fmt: skip
