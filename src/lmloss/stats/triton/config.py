@@ -5,8 +5,8 @@ GPU tiles (``BLOCK_N × BLOCK_V`` logits, walking the hidden size ``BLOCK_H`` at
 accumulator of a tile is 32 KiB, 32 registers per thread over 8 warps; one pipeline stage
 of bf16 operands is (64 + 128) × 64 × 2 B = 24 KiB of shared memory, so 3 stages fit an
 A100 or H100 with room to spare. float32 operands take twice the bytes, so they walk the
-hidden size 32 at a time: with 64 the gradient kernel needs 240 KiB of shared memory for
-sm_90, over the H100's 227 KiB per block (``benchmarks/triton_gpu.py --compile-only``
+hidden size 32 at a time: with 64 and TF32 the gradient kernel needs 240 KiB of shared
+memory for sm_90, over the H100's 227 KiB per block (``benchmarks/triton_gpu.py --compile-only``
 compiles every kernel for a GPU architecture without one and checks this).
 
 How the peers choose: Cut Cross-Entropy autotunes over Triton's matmul configurations
