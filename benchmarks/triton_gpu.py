@@ -97,7 +97,7 @@ def compile_only(arch: int) -> int:
 
     flags = dict(HAS_BIAS=True, SOFTCAP=True, UPCAST=False)
     pair_flags = {f"{k}_{s}": v for k, v in flags.items() for s in "ST"}
-    need = {"NEED_DH": True, "NEED_DW": True, "NEED_DB": True, "FILTER": True}
+    need = {"NEED_DH": True, "NEED_DW": True, "NEED_DB": True, "FILTER": True, "GROUP_N": 8}
     pair_need = {f"{k}_{s}": True for k in ("NEED_DH", "NEED_DW", "NEED_DB") for s in "ST"}
     plain = {"HAS_BIAS": False, "SOFTCAP": False, "NEED_DB": False, "FILTER": False}
     jsd = {"TERM": pair_kernels.JSD}
@@ -109,7 +109,7 @@ def compile_only(arch: int) -> int:
         (
             "pair_grad_kernel, JSD, both heads",
             pair_kernels.pair_grad_kernel,
-            {**pair_flags, **pair_need, **jsd, "FILTER": True},
+            {**pair_flags, **pair_need, **jsd, "FILTER": True, "GROUP_N": 8},
         ),
     ]
     limit = SHARED_LIMIT.get(arch)

@@ -42,6 +42,8 @@ class TileConfig:
     num_stages: int
     # Forward kernels split the vocabulary until about this many programs run at once.
     target_programs: int
+    # Gradient kernels walk their tiles in groups of this many token blocks.
+    group_n: int
 
 
 GPU_TILES = TileConfig(
@@ -52,6 +54,7 @@ GPU_TILES = TileConfig(
     num_warps=8,
     num_stages=3,
     target_programs=528,
+    group_n=8,
 )
 INTERPRETER_TILES = TileConfig(
     block_n=16,
@@ -61,6 +64,7 @@ INTERPRETER_TILES = TileConfig(
     num_warps=1,
     num_stages=1,
     target_programs=4,
+    group_n=2,
 )
 
 

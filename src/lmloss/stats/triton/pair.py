@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping
 
 import torch
+import triton
 
 from lmloss.stats.divergence import _WithPrecomputedGrads
 from lmloss.stats.triton.config import grad_filter
@@ -128,7 +129,7 @@ class _PairState:
         for suffix, grads in (("S", grads_s), ("T", grads_t)):
             for key, g in zip(("DH", "DW", "DB"), grads):
                 need[f"NEED_{key}_{suffix}"] = g is not None
-        grid = (-(-s.n // cfg.block_n), -(-s.vocab // cfg.block_v))
+        grid = (triton.cdiv(s.n, cfg.block_n) * triton.cdiv(s.vocab, cfg.block_v),)
         pair_grad_kernel[grid](
             *pointers,
             self.lse_s,
@@ -143,6 +144,7 @@ class _PairState:
             **_term_args(name, self.spec.hyper[name]),
             skip_below=skip_below,
             FILTER=skip_below > 0,
+            GROUP_N=cfg.group_n,
             **need,
             **flags,
             **common,

@@ -9,8 +9,8 @@ log-probabilities of one vocabulary entry (``p = e^a``, ``q = e^b``), a term ``f
 
 Forward (:func:`pair_sums_kernel`), grid ``(token blocks, vocabulary splits)``, after each
 model's log-sum-exp (:func:`.single_kernels.moments_kernel`): ``Σ f``, ``G_s``, ``G_t`` per
-split, summed on the host. Gradient (:func:`pair_grad_kernel`), grid ``(token blocks,
-vocabulary blocks)``: recompute both tiles, form both logit gradients for the upstream
+split, summed on the host. Gradient (:func:`pair_grad_kernel`), one program per ``(token
+block, vocabulary block)``: recompute both tiles, form both logit gradients for the upstream
 gradient ``g`` of each token, accumulate each head's gradients.
 
 Terms (``TERM``): 0 forward KL ``q (b - a)``; 1 reverse KL ``p (a - b)``; 2 generalized
@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lmloss.stats.triton.tiles import add_logit_grads, logit_tile
+from lmloss.stats.triton.tiles import add_logit_grads, grouped_tile, logit_tile
 
 FORWARD_KL, REVERSE_KL, JSD, TVD = 0, 1, 2, 3
 
@@ -148,13 +148,14 @@ def pair_grad_kernel(
     PRECISION: tl.constexpr,
     NEED_DH_S: tl.constexpr, NEED_DW_S: tl.constexpr, NEED_DB_S: tl.constexpr,
     NEED_DH_T: tl.constexpr, NEED_DW_T: tl.constexpr, NEED_DB_T: tl.constexpr,
-    FILTER: tl.constexpr,
+    FILTER: tl.constexpr, GROUP_N: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     """Adds one tile's share to both heads' float32 gradients; ``row`` is ``[3, N]``:
     the upstream gradient ``g``, ``G_s`` and ``G_t`` of each token."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    pid_n, pid_v = grouped_tile(N, V, BLOCK_N, BLOCK_V, GROUP_N)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok = rows < N
     ok = row_ok[:, None] & (cols < V)[None, :]
     lse_s = tl.load(lse_s_ptr + rows, mask=row_ok, other=0.0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import triton
 
 from lmloss.stats.divergence import _WithPrecomputedGrads
 from lmloss.stats.transform import LogitTransform
@@ -123,7 +124,7 @@ def head_grads(
     grads = grad_buffers(head, need)
     dummy = lse
     skip_below = grad_filter()
-    grid = (-(-head.n // cfg.block_n), -(-head.vocab // cfg.block_v))
+    grid = (triton.cdiv(head.n, cfg.block_n) * triton.cdiv(head.vocab, cfg.block_v),)
     logit_grad_kernel[grid](
         *head.args(),
         targets.contiguous(),
@@ -140,6 +141,7 @@ def head_grads(
         NEED_DW=grads[1] is not None,
         NEED_DB=grads[2] is not None,
         FILTER=skip_below > 0,
+        GROUP_N=cfg.group_n,
         **head.flags(),
         **common,
     )

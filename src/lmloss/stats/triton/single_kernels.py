@@ -6,7 +6,8 @@ the rescaled sums ``s = Σ e^(z-m)``, ``ez = Σ e^(z-m) z``, ``zsum = Σ z`` and
 logit ``z_y``; the host merges the splits (:mod:`.single`). Splitting the vocabulary
 keeps the GPU busy when there are few token blocks.
 
-Gradient (:func:`logit_grad_kernel`), grid ``(token blocks, vocabulary blocks)``: each
+Gradient (:func:`logit_grad_kernel`), one program per ``(token block, vocabulary block)``
+(:func:`.tiles.grouped_tile` orders them): each
 program recomputes its tile and forms the logit gradient of the per-token statistics from
 four per-token coefficients,
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lmloss.stats.triton.tiles import add_logit_grads, logit_tile
+from lmloss.stats.triton.tiles import add_logit_grads, grouped_tile, logit_tile
 
 
 @triton.jit
@@ -114,14 +115,16 @@ def logit_grad_kernel(
     NEED_DW: tl.constexpr,
     NEED_DB: tl.constexpr,
     FILTER: tl.constexpr,
+    GROUP_N: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
     """Adds one tile's share to the float32 gradients; ``coef`` is ``[4, N]``:
     ``c_y, c_p, c_pz, c_1`` per token (zero rows contribute nothing)."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    pid_n, pid_v = grouped_tile(N, V, BLOCK_N, BLOCK_V, GROUP_N)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok = rows < N
     ok = row_ok[:, None] & (cols < V)[None, :]
     z = logit_tile(

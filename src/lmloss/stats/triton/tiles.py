@@ -34,6 +34,21 @@ def tanh(x):
 
 
 @triton.jit
+def grouped_tile(N, V, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, GROUP_N: tl.constexpr):
+    """``(token block, vocabulary block)`` of this program in a 1-D grid, walked in groups
+    of ``GROUP_N`` token blocks (Triton's matmul swizzle): programs running together touch
+    a few token blocks × a few vocabulary blocks, so fewer of them add to the same rows of
+    the hidden or weight gradient at once, and their operand tiles stay in L2."""
+    pid = tl.program_id(0)
+    n_blocks = tl.cdiv(N, BLOCK_N)
+    v_blocks = tl.cdiv(V, BLOCK_V)
+    per_group = GROUP_N * v_blocks
+    first_n = (pid // per_group) * GROUP_N
+    group_size = tl.minimum(n_blocks - first_n, GROUP_N)
+    return first_n + (pid % per_group) % group_size, (pid % per_group) // group_size
+
+
+@triton.jit
 def logit_tile(
     h_ptr,
     w_ptr,
