@@ -89,7 +89,7 @@ def _stats_and_grads(head, transform, want):
 @pytest.mark.parametrize("transform", TRANSFORMS)
 def test_token_stats_match_torch(use, routed, transform):
     head = _head()
-    want = ("logp", "entropy", "lse", "mean_logit", "is_argmax")
+    want = ("logp", "entropy", "lse", "mean_logit", "sum_sq_probs", "is_argmax")
     use("triton")
     values, grads = _stats_and_grads(head, transform, want)
     assert routed == ["route_token_stats"]
@@ -266,12 +266,16 @@ def test_pair_terms_with_soft_capped_heads(use, routed):
 
 def test_unsupported_statistics_fall_back_to_torch(use, routed):
     hidden, weight, bias, targets = _head()
-    use("triton")
-    got = lmloss.token_stats(hidden, weight, targets, bias, want=("logp", "sum_sq_probs"))
+    table = torch.randn(V, 3)
+    results = []
+    for name in ("triton", "torch"):
+        use(name)
+        stats = lmloss.token_stats(
+            hidden, weight, targets, bias, want=("logp", "expectation"), expect=table
+        )
+        results.append(stats.expectation)
     assert routed == []
-    use("torch")
-    ref = lmloss.token_stats(hidden, weight, targets, bias, want=("logp", "sum_sq_probs"))
-    torch.testing.assert_close(got.sum_sq_probs, ref.sum_sq_probs)
+    torch.testing.assert_close(*results)
 
 
 def test_gradient_filter_skips_small_tiles(use, routed, monkeypatch):
@@ -288,8 +292,8 @@ def test_gradient_filter_skips_small_tiles(use, routed, monkeypatch):
 
 
 def test_front_doors_route_through_triton(use, routed):
-    """``fused_divergence_loss`` and ``fused_preference_loss("dpo")`` (policy and reference
-    heads) reach the kernels and equal the PyTorch backend."""
+    """``fused_divergence_loss`` and ``fused_preference_loss("dpo", wpo=True)`` (policy and
+    reference heads; WPO needs ``sum_sq_probs``) reach the kernels and equal PyTorch."""
     x = _pair_inputs()
     g = torch.Generator().manual_seed(5)
     hidden = torch.randn(2, 7, H, generator=g, requires_grad=True)
@@ -306,7 +310,7 @@ def test_front_doors_route_through_triton(use, routed):
         )  # fmt: skip
         dpo = lmloss.fused_preference_loss(
             "dpo", hidden=hidden, weight=x["student_weight"], targets=targets,
-            ref_hidden=ref_hidden, ref_weight=x["student_weight"].detach(), softcap=3.0,
+            ref_hidden=ref_hidden, ref_weight=x["student_weight"].detach(), softcap=3.0, wpo=True,
         )  # fmt: skip
         loss = jsd.loss + dpo.loss
         results.append((loss, *torch.autograd.grad(loss, (x["student_hidden"], hidden))))

@@ -9,9 +9,9 @@
   when a function is defined).
 
 The Triton kernels cover the hot paths (:mod:`lmloss.stats.triton`): the statistics
-``logp``, ``lse``, ``entropy``, ``mean_logit``, ``is_argmax`` of one head, and the
-``forward_kl``, ``reverse_kl``, ``jsd``, ``tvd`` terms between two heads, for float32,
-bfloat16 and float16 inputs. Anything else (``sum_sq_probs``, ``expectation``, other
+``logp``, ``lse``, ``entropy``, ``mean_logit``, ``sum_sq_probs``, ``is_argmax`` of one head,
+and the ``forward_kl``, ``reverse_kl``, ``jsd``, ``tvd`` terms between two heads, for
+float32, bfloat16 and float16 inputs. Anything else (``expectation``, other
 divergences, a teacher given as logits, float64) runs on the PyTorch engine whatever the
 setting. Each ``route_*`` function returns None when the PyTorch engine should run.
 """

@@ -36,8 +36,8 @@ from lmloss.stats.triton.single_kernels import logit_grad_kernel, moments_kernel
 Tensor = torch.Tensor
 
 # Statistics read off the kernels' moments; the others stay on the PyTorch engine.
-KERNEL_STATISTICS = frozenset({"logp", "lse", "entropy", "mean_logit", "is_argmax"})
-DIFFERENTIABLE = frozenset({"logp", "lse", "entropy", "mean_logit"})
+DIFFERENTIABLE = frozenset({"logp", "lse", "entropy", "mean_logit", "sum_sq_probs"})
+KERNEL_STATISTICS = DIFFERENTIABLE | {"is_argmax"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class Moments:
     mean_z: Tensor  # E_p[z] = Σ e^(z-m) z / Σ e^(z-m)
     zsum: Tensor
     zy: Tensor  # target logit (0 for a target outside [0, V))
+    lse2: Tensor  # log Σ e^(2z)
     vocab: int
 
     def value(self, name: str) -> Tensor:
@@ -62,6 +63,8 @@ class Moments:
             return self.zsum / self.vocab
         if name == "is_argmax":
             return (self.zy >= self.m).to(self.m.dtype)
+        if name == "sum_sq_probs":  # log Σ p² = log Σ e^(2z) - 2 lse
+            return self.lse2 - 2 * self.lse
         raise KeyError(name)
 
 
@@ -69,7 +72,7 @@ def head_moments(head: Head, targets: Tensor) -> Moments:
     """One sweep over the vocabulary: the online log-sum-exp and the moments of each token."""
     cfg, common = settings(head.hidden.dtype)
     n_blocks, splits, per_split = vocab_split(head.n, head.vocab, cfg)
-    out = head.hidden.new_empty((5, splits, head.n), dtype=torch.float32)
+    out = head.hidden.new_empty((6, splits, head.n), dtype=torch.float32)
     moments_kernel[(n_blocks, splits)](
         *head.args(),
         targets.contiguous(),
@@ -83,7 +86,7 @@ def head_moments(head: Head, targets: Tensor) -> Moments:
         **head.flags(),
         **common,
     )
-    m_k, s_k, ez_k, zsum_k, zy_k = out
+    m_k, s_k, ez_k, zsum_k, zy_k, s2_k = out
     m = m_k.amax(0)
     rescale = (m_k - m).exp()
     s = (s_k * rescale).sum(0)
@@ -93,14 +96,18 @@ def head_moments(head: Head, targets: Tensor) -> Moments:
         mean_z=(ez_k * rescale).sum(0) / s,
         zsum=zsum_k.sum(0),
         zy=zy_k.sum(0),
+        lse2=2 * m + (s2_k * rescale * rescale).sum(0).log(),
         vocab=head.vocab,
     )
 
 
 def grad_coefficients(moments: Moments, upstream: dict[str, Tensor]) -> Tensor:
-    """``[4, N]``: ``c_y, c_p, c_pz, c_1`` of ``dz_v = c_y 1[v=y] + p_v (c_p + c_pz z_v) + c_1``
-    for the upstream gradients of the statistics (see :mod:`lmloss.stats.statistics`)."""
-    coef = moments.lse.new_zeros((4, moments.lse.shape[0]))
+    """``[6, N]``: ``c_y, c_p, c_pz, c_1, c_q`` of
+    ``dz_v = c_y 1[v=y] + p_v (c_p + c_pz z_v) + c_1 + c_q q_v`` (``q = softmax(2z)``) for
+    the upstream gradients of the statistics (see :mod:`lmloss.stats.statistics`), and
+    ``log Σ e^(2z)``."""
+    coef = moments.lse.new_zeros((6, moments.lse.shape[0]))
+    coef[5] = moments.lse2
     for name, g in upstream.items():
         g = g.to(torch.float32)
         if name == "logp":  # 1[v=y] - p
@@ -113,13 +120,22 @@ def grad_coefficients(moments: Moments, upstream: dict[str, Tensor]) -> Tensor:
             coef[2] -= g
         elif name == "mean_logit":  # 1/V
             coef[3] += g / moments.vocab
+        elif name == "sum_sq_probs":  # 2 (q - p)
+            coef[1] -= 2 * g
+            coef[4] += 2 * g
     return coef
 
 
 def head_grads(
-    head: Head, targets: Tensor, lse: Tensor, coef: Tensor, need: tuple[bool, bool, bool]
+    head: Head,
+    targets: Tensor,
+    lse: Tensor,
+    coef: Tensor,
+    need: tuple[bool, bool, bool],
+    has_q: bool,
 ) -> tuple[Tensor | None, ...]:
-    """Gradients of hidden, weight, bias (inputs' dtypes) for the per-token coefficients."""
+    """Gradients of hidden, weight, bias (inputs' dtypes) for the per-token coefficients;
+    ``has_q``: the ``softmax(2z)`` term is present (``sum_sq_probs`` got a gradient)."""
     cfg, common = settings(head.hidden.dtype)
     grads = grad_buffers(head, need)
     dummy = lse
@@ -141,6 +157,7 @@ def head_grads(
         NEED_DW=grads[1] is not None,
         NEED_DB=grads[2] is not None,
         FILTER=skip_below > 0,
+        HAS_Q=has_q,
         GROUP_N=cfg.group_n,
         **head.flags(),
         **common,
@@ -176,7 +193,8 @@ class _TokenStats(torch.autograd.Function):
             return (None,) * 6
         head = Head.of(hidden, weight, bias, ctx.transform)
         coef = grad_coefficients(ctx.moments, upstream)
-        dh, dw, db = head_grads(head, targets, ctx.moments.lse, coef, need)
+        has_q = "sum_sq_probs" in upstream
+        dh, dw, db = head_grads(head, targets, ctx.moments.lse, coef, need, has_q)
         return dh, dw, db, None, None, None
 
 
@@ -222,7 +240,7 @@ def eager_token_loss(
         return total, values
     if upstream:
         coef = grad_coefficients(moments, upstream)
-        grads = head_grads(head, targets, moments.lse, coef, need)
+        grads = head_grads(head, targets, moments.lse, coef, need, "sum_sq_probs" in upstream)
     else:
         grads = tuple(
             None if not n else torch.zeros_like(t) for n, t in zip(need, (hidden, weight, bias))
