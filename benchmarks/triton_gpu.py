@@ -98,13 +98,22 @@ def compile_only(arch: int) -> int:
     flags = dict(HAS_BIAS=True, SOFTCAP=True, UPCAST=False)
     pair_flags = {f"{k}_{s}": v for k, v in flags.items() for s in "ST"}
     need = {"NEED_DH": True, "NEED_DW": True, "NEED_DB": True, "FILTER": True, "GROUP_N": 8}
+    single_need = {**need, "HAS_Q": True}
     pair_need = {f"{k}_{s}": True for k in ("NEED_DH", "NEED_DW", "NEED_DB") for s in "ST"}
-    plain = {"HAS_BIAS": False, "SOFTCAP": False, "NEED_DB": False, "FILTER": False}
+    plain = {"HAS_BIAS": False, "SOFTCAP": False, "NEED_DB": False, "FILTER": False, "HAS_Q": False}
     jsd = {"TERM": pair_kernels.JSD}
     kernels = [
         ("moments_kernel, bias + soft cap", single_kernels.moments_kernel, flags),
-        ("logit_grad_kernel, all options", single_kernels.logit_grad_kernel, {**flags, **need}),
-        ("logit_grad_kernel, plain", single_kernels.logit_grad_kernel, {**flags, **need, **plain}),
+        (
+            "logit_grad_kernel, all options",
+            single_kernels.logit_grad_kernel,
+            {**flags, **single_need},
+        ),
+        (
+            "logit_grad_kernel, plain",
+            single_kernels.logit_grad_kernel,
+            {**flags, **single_need, **plain},
+        ),
         ("pair_sums_kernel, JSD", pair_kernels.pair_sums_kernel, {**pair_flags, **jsd}),
         (
             "pair_grad_kernel, JSD, both heads",
