@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmloss.stats import chunking
+from lmloss.stats import backend, chunking
 from lmloss.stats.chunking import LIVE_TILES, ChunkPlan, default_budget, plan_chunks
 from lmloss.stats.divergence_terms import PAIR_TERMS, Hyper, Pair, term_partials
 from lmloss.stats.fusion import Fusable, compile_wanted
@@ -247,6 +247,9 @@ def pair_terms_autograd(inputs: tuple[Tensor | None, ...], spec: PairSpec) -> di
     as full logits ``[N_all, V]`` with the row index of each student row (the unused form is
     None). Inputs that do not require grad get none.
     """
+    routed = backend.route_pair_terms(inputs, spec)
+    if routed is not None:
+        return routed
     specs, tensors = _specs(inputs, spec)
     return recompute(_kernel(inputs, spec), specs, tensors, spec.plan)
 
@@ -271,5 +274,8 @@ def eager_pair_loss(
         The total (differentiable w.r.t. the heads and ``extra`` through gradients computed
         here) and the detached term sums of every row.
     """
+    routed = backend.route_pair_loss(inputs, spec, block_loss, extra)
+    if routed is not None:
+        return routed
     specs, tensors = _specs(inputs, spec)
     return one_pass(_kernel(inputs, spec), specs, tensors, spec.plan, block_loss, extra)

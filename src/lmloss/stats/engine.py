@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from lmloss.stats import backend
 from lmloss.stats.chunking import ChunkPlan
 from lmloss.stats.fusion import Fusable, compile_wanted
 from lmloss.stats.schedule import Block, Box, one_pass, online_moments, recompute
@@ -159,6 +160,9 @@ def token_stats_autograd(
 
     ``table``: the frozen ``[V, D]`` table of the ``expectation`` statistic (no gradient).
     """
+    routed = backend.route_token_stats(hidden, weight, bias, targets, transform, names, table)
+    if routed is not None:
+        return routed
     compiled = compile_wanted(hidden.shape[0], weight.shape[0])
     kernel = StatsKernel(names, targets, table, compiled)
     return recompute(kernel, (HeadSpec(transform),), (hidden, weight, bias), plan)
@@ -186,6 +190,11 @@ def eager_token_loss(
     """
     if plan.vocab != weight.shape[0]:
         raise ValueError("eager_token_loss needs a plan whose vocabulary tile spans the vocabulary")
+    routed = backend.route_token_loss(
+        hidden, weight, bias, targets, transform, names, token_loss, expect
+    )
+    if routed is not None:
+        return routed
     compiled = compile_wanted(hidden.shape[0], weight.shape[0])
     table = None if expect is None else expect.detach()
     kernel = StatsKernel(names, targets, table, compiled)

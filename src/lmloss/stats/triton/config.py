@@ -1,0 +1,94 @@
+"""Tile sizes and launch settings of the Triton kernels.
+
+GPU tiles (``BLOCK_N × BLOCK_V`` logits, walking the hidden size ``BLOCK_H`` at a time):
+64 tokens × 128 vocabulary entries × 64 hidden for 16-bit inputs. The float32
+accumulator of a tile is 32 KiB, 32 registers per thread over 8 warps; one pipeline stage
+of bf16 operands is (64 + 128) × 64 × 2 B = 24 KiB of shared memory, so 3 stages fit an
+A100 or H100 with room to spare. float32 operands take twice the bytes, so they walk the
+hidden size 32 at a time: with 64 and TF32 the gradient kernel needs 240 KiB of shared
+memory for sm_90, over the H100's 227 KiB per block (``benchmarks/triton_gpu.py --compile-only``
+compiles every kernel for a GPU architecture without one and checks this).
+
+How the peers choose: Cut Cross-Entropy autotunes over Triton's matmul configurations
+(128 × 128 × 32 with 3–4 stages and 4–8 warps among the usual winners), pruned by a
+roofline model and keyed on the shapes; Liger hands the matmuls to cuBLAS and only sizes
+its token chunks. A fixed configuration here avoids an autotuning pause on every new
+number of tokens; 64-token blocks halve the register pressure of CCE's 128 while keeping
+the 128-wide vocabulary blocks, and give twice the token blocks (the forward splits the
+vocabulary further until about ``target_programs`` programs run). The gradient kernel's
+atomic adds to the weight gradient happen once per token block.
+
+Under Triton's interpreter (CPU) every block op is a NumPy call per program: the tiles
+are the smallest ``tl.dot`` accepts (16), so tests with V = 37 still cross several tiles.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+GRAD_FILTER_VARIABLE = "LMLOSS_TRITON_GRAD_FILTER"
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Block sizes (powers of two, ≥ 16) and launch settings of every kernel."""
+
+    block_n: int
+    block_v: int
+    block_h: int
+    block_h_fp32: int
+    num_warps: int
+    num_stages: int
+    # Forward kernels split the vocabulary until about this many programs run at once.
+    target_programs: int
+    # Gradient kernels walk their tiles in groups of this many token blocks.
+    group_n: int
+
+
+GPU_TILES = TileConfig(
+    block_n=64,
+    block_v=128,
+    block_h=64,
+    block_h_fp32=32,
+    num_warps=8,
+    num_stages=3,
+    target_programs=528,
+    group_n=8,
+)
+INTERPRETER_TILES = TileConfig(
+    block_n=16,
+    block_v=16,
+    block_h=16,
+    block_h_fp32=16,
+    num_warps=1,
+    num_stages=1,
+    target_programs=4,
+    group_n=2,
+)
+
+
+def tiles_for(interpreting: bool) -> TileConfig:
+    return INTERPRETER_TILES if interpreting else GPU_TILES
+
+
+def hidden_block(cfg: TileConfig, element_size: int) -> int:
+    """``BLOCK_H`` for operands of ``element_size`` bytes."""
+    return cfg.block_h_fp32 if element_size >= 4 else cfg.block_h
+
+
+def grad_filter() -> float:
+    """Cut Cross-Entropy's gradient filter: skip the two matmuls of a tile whose logit
+    gradient is below this everywhere (``LMLOSS_TRITON_GRAD_FILTER``; default 0: off).
+
+    ``2**-12`` drops what a bf16 weight gradient could not represent next to an entry of
+    order 1 (CCE's choice for bf16); the result is then no longer exact.
+    """
+    value = os.environ.get(GRAD_FILTER_VARIABLE, "0")
+    try:
+        eps = float(value)
+    except ValueError:
+        raise ValueError(f"{GRAD_FILTER_VARIABLE} must be a number ≥ 0, got {value!r}") from None
+    if not eps >= 0:
+        raise ValueError(f"{GRAD_FILTER_VARIABLE} must be a number ≥ 0, got {value!r}")
+    return eps

@@ -1,0 +1,118 @@
+"""What every kernel launch needs: tile sizes, the interpreter's upcast, the grid split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from lmloss.stats.transform import LogitTransform
+from lmloss.stats.triton.config import TileConfig, hidden_block, tiles_for
+
+Tensor = torch.Tensor
+
+# Input dtypes the kernels take (float64 stays on the PyTorch engine).
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def interpreting() -> bool:
+    """Whether the kernels run under Triton's interpreter.
+
+    ``triton.jit`` decides when a function is defined, not at launch: Triton's own
+    ``triton.language`` helpers when ``triton`` is first imported, ours when :mod:`.tiles`
+    is. Both must have seen ``TRITON_INTERPRET=1``."""
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from lmloss.stats.triton.tiles import logit_tile
+
+    return isinstance(logit_tile, InterpretedFunction) and not isinstance(
+        tl.zeros, triton.runtime.JITFunction
+    )
+
+
+@dataclass(frozen=True)
+class Head:
+    """One model's head, contiguous, with its transform as kernel arguments."""
+
+    hidden: Tensor
+    weight: Tensor
+    bias: Tensor | None
+    transform: LogitTransform
+
+    @classmethod
+    def of(
+        cls, hidden: Tensor, weight: Tensor, bias: Tensor | None, transform: LogitTransform
+    ) -> Head:
+        bias = None if bias is None else bias.contiguous()
+        return cls(hidden.contiguous(), weight.contiguous(), bias, transform)
+
+    @property
+    def n(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def vocab(self) -> int:
+        return self.weight.shape[0]
+
+    def args(self) -> tuple:
+        """``h_ptr, w_ptr, b_ptr`` (the weight stands in for an absent bias)."""
+        return (self.hidden, self.weight, self.weight if self.bias is None else self.bias)
+
+    def transform_args(self) -> tuple[float, float, float]:
+        """``scale, softcap, 1/temperature`` (softcap 1.0 when absent: never read)."""
+        t = self.transform
+        return float(t.logit_scale), float(t.softcap or 1.0), 1.0 / float(t.temperature)
+
+    def flags(self) -> dict[str, bool]:
+        return {"HAS_BIAS": self.bias is not None, "SOFTCAP": self.transform.softcap is not None}
+
+
+def settings(*dtypes: torch.dtype) -> tuple[TileConfig, dict]:
+    """Tile sizes and the constexpr/launch keywords common to every kernel whose operands
+    have ``dtypes``."""
+    cfg = tiles_for(interpreting())
+    common = {
+        "BLOCK_N": cfg.block_n,
+        "BLOCK_V": cfg.block_v,
+        "BLOCK_H": hidden_block(cfg, max(d.itemsize for d in dtypes)),
+        "PRECISION": _float32_dot_precision(),
+        "num_warps": cfg.num_warps,
+        "num_stages": cfg.num_stages,
+    }
+    return cfg, common
+
+
+def _float32_dot_precision() -> str:
+    """``tl.dot`` on float32 operands follows PyTorch's matmul setting (exact by default)."""
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def upcast(dtype: torch.dtype) -> bool:
+    """The interpreter multiplies 16-bit floats wrongly; it gets float32 operands."""
+    return interpreting() and dtype != torch.float32
+
+
+def vocab_split(n: int, vocab: int, cfg: TileConfig) -> tuple[int, int, int]:
+    """``(token blocks, splits, tiles per split)`` for a forward over the vocabulary;
+    every split holds at least one vocabulary tile."""
+    n_blocks = triton.cdiv(n, cfg.block_n)
+    v_tiles = triton.cdiv(vocab, cfg.block_v)
+    wanted = max(1, min(v_tiles, triton.cdiv(cfg.target_programs, n_blocks)))
+    per_split = triton.cdiv(v_tiles, wanted)
+    return n_blocks, triton.cdiv(v_tiles, per_split), per_split
+
+
+def grad_buffers(head: Head, need: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """float32 gradient buffers of hidden, weight, bias (None where not needed)."""
+    f32 = torch.float32
+    dh = torch.zeros_like(head.hidden, dtype=f32) if need[0] else None
+    dw = torch.zeros_like(head.weight, dtype=f32) if need[1] else None
+    db = torch.zeros_like(head.bias, dtype=f32) if need[2] and head.bias is not None else None
+    return dh, dw, db
+
+
+def cast_grads(grads: tuple[Tensor | None, ...], head: Head) -> tuple[Tensor | None, ...]:
+    likes = (head.hidden, head.weight, head.bias)
+    return tuple(None if g is None else g.to(like.dtype) for g, like in zip(grads, likes))

@@ -1,0 +1,188 @@
+"""Kernels of two models: per-token sums of a divergence term and its logit gradients.
+
+With ``a = z_s - lse_s`` and ``b = z_t - lse_t`` the student's and teacher's
+log-probabilities of one vocabulary entry (``p = e^a``, ``q = e^b``), a term ``f(a, b)``
+(:mod:`lmloss.stats.divergence_terms`) gives per token ``D = Σ_v f`` and, through
+``a_v = z_v - lse``, the logit gradients
+
+    ∂D/∂z_s,u = ∂f/∂a_u - p_u G_s,   ∂D/∂z_t,u = ∂f/∂b_u - q_u G_t,   G = Σ_v ∂f/∂(a or b)
+
+Forward (:func:`pair_sums_kernel`), grid ``(token blocks, vocabulary splits)``, after each
+model's log-sum-exp (:func:`.single_kernels.moments_kernel`): ``Σ f``, ``G_s``, ``G_t`` per
+split, summed on the host. Gradient (:func:`pair_grad_kernel`), one program per ``(token
+block, vocabulary block)``: recompute both tiles, form both logit gradients for the upstream
+gradient ``g`` of each token, accumulate each head's gradients.
+
+Terms (``TERM``): 0 forward KL ``q (b - a)``; 1 reverse KL ``p (a - b)``; 2 generalized
+JSD with mixture ``m = (1-β) p + β q`` (0 < β < 1; the host maps β = 0 and 1 to the two
+KLs, as TRL does); 3 total variation ``|p - q| / 2``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from lmloss.stats.triton.tiles import add_logit_grads, grouped_tile, logit_tile
+
+FORWARD_KL, REVERSE_KL, JSD, TVD = 0, 1, 2, 3
+
+
+@triton.jit
+def pair_term(a, b, p, q, log_1m_beta, log_beta, beta, TERM: tl.constexpr):
+    """``(f, ∂f/∂a, ∂f/∂b)`` elementwise."""
+    if TERM == 0:
+        f = q * (b - a)
+        da = -q
+        db = q * (b - a + 1.0)
+    elif TERM == 1:
+        f = p * (a - b)
+        da = p * (a - b + 1.0)
+        db = -p
+    elif TERM == 2:
+        x = a + log_1m_beta
+        y = b + log_beta
+        hi = tl.maximum(x, y)
+        log_m = hi + tl.log(tl.exp(x - hi) + tl.exp(y - hi))
+        # d(log m)/da = (1-β) p / m: the mixture's derivative cancels the "+1" terms.
+        da = (1.0 - beta) * p * (a - log_m)
+        db = beta * q * (b - log_m)
+        f = da + db
+    else:
+        diff = p - q
+        sign = tl.where(diff > 0, 0.5, tl.where(diff < 0, -0.5, 0.0))
+        f = 0.5 * tl.abs(diff)
+        da = sign * p
+        db = -sign * q
+    return f, da, db
+
+
+@triton.jit
+def log_probs(z, lse, ok):
+    """``(z - lse, e^(z - lse))``, 0 and 0 outside ``ok``."""
+    a = tl.where(ok, z - lse[:, None], 0.0)
+    return a, tl.where(ok, tl.exp(a), 0.0)
+
+
+@triton.jit
+def pair_tile(
+    hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, rows, cols, lse_s, lse_t,
+    N, V, H_S, H_T,
+    scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
+    HAS_BIAS_S: tl.constexpr, SOFTCAP_S: tl.constexpr, UPCAST_S: tl.constexpr,
+    HAS_BIAS_T: tl.constexpr, SOFTCAP_T: tl.constexpr, UPCAST_T: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    """Both models' logits on one tile (0 outside the valid rows × cols), their
+    log-probabilities and probabilities: ``(z_s, z_t, a, p, b, q)``."""
+    ok = (rows < N)[:, None] & (cols < V)[None, :]
+    z_s = logit_tile(
+        hs_ptr, ws_ptr, bs_ptr, rows, cols, N, V, H_S, scale_s, softcap_s, inv_temp_s,
+        HAS_BIAS_S, SOFTCAP_S, UPCAST_S, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
+    )  # fmt: skip
+    z_t = logit_tile(
+        ht_ptr, wt_ptr, bt_ptr, rows, cols, N, V, H_T, scale_t, softcap_t, inv_temp_t,
+        HAS_BIAS_T, SOFTCAP_T, UPCAST_T, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
+    )  # fmt: skip
+    a, p = log_probs(z_s, lse_s, ok)
+    b, q = log_probs(z_t, lse_t, ok)
+    return tl.where(ok, z_s, 0.0), tl.where(ok, z_t, 0.0), a, p, b, q
+
+
+@triton.jit
+def pair_sums_kernel(
+    hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr,
+    lse_s_ptr, lse_t_ptr, out_ptr,
+    N, V, H_S, H_T, tiles_per_split,
+    scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
+    log_1m_beta, log_beta, beta,
+    TERM: tl.constexpr,
+    HAS_BIAS_S: tl.constexpr, SOFTCAP_S: tl.constexpr, UPCAST_S: tl.constexpr,
+    HAS_BIAS_T: tl.constexpr, SOFTCAP_T: tl.constexpr, UPCAST_T: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    """Writes ``out[k, split, row]`` for k = Σ f, G_s, G_t (float32 ``[3, S, N]``)."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    lse_s = tl.load(lse_s_ptr + rows, mask=row_ok, other=0.0)
+    lse_t = tl.load(lse_t_ptr + rows, mask=row_ok, other=0.0)
+    total = tl.zeros((BLOCK_N,), tl.float32)
+    g_s = tl.zeros((BLOCK_N,), tl.float32)
+    g_t = tl.zeros((BLOCK_N,), tl.float32)
+    for t in range(0, tiles_per_split):
+        cols = (split * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)
+        ok = row_ok[:, None] & (cols < V)[None, :]
+        _, _, a, p, b, q = pair_tile(
+            hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, rows, cols, lse_s, lse_t,
+            N, V, H_S, H_T, scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
+            HAS_BIAS_S, SOFTCAP_S, UPCAST_S, HAS_BIAS_T, SOFTCAP_T, UPCAST_T, PRECISION,
+            BLOCK_N, BLOCK_V, BLOCK_H,
+        )  # fmt: skip
+        f, da, db = pair_term(a, b, p, q, log_1m_beta, log_beta, beta, TERM)
+        total += tl.sum(tl.where(ok, f, 0.0), 1)
+        g_s += tl.sum(tl.where(ok, da, 0.0), 1)
+        g_t += tl.sum(tl.where(ok, db, 0.0), 1)
+    stride = n_splits * N
+    base = out_ptr + split * N + rows
+    tl.store(base, total, mask=row_ok)
+    tl.store(base + stride, g_s, mask=row_ok)
+    tl.store(base + 2 * stride, g_t, mask=row_ok)
+
+
+@triton.jit
+def pair_grad_kernel(
+    hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr,
+    lse_s_ptr, lse_t_ptr, row_ptr,
+    dhs_ptr, dws_ptr, dbs_ptr, dht_ptr, dwt_ptr, dbt_ptr,
+    N, V, H_S, H_T,
+    scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
+    log_1m_beta, log_beta, beta, skip_below,
+    TERM: tl.constexpr,
+    HAS_BIAS_S: tl.constexpr, SOFTCAP_S: tl.constexpr, UPCAST_S: tl.constexpr,
+    HAS_BIAS_T: tl.constexpr, SOFTCAP_T: tl.constexpr, UPCAST_T: tl.constexpr,
+    PRECISION: tl.constexpr,
+    NEED_DH_S: tl.constexpr, NEED_DW_S: tl.constexpr, NEED_DB_S: tl.constexpr,
+    NEED_DH_T: tl.constexpr, NEED_DW_T: tl.constexpr, NEED_DB_T: tl.constexpr,
+    FILTER: tl.constexpr, GROUP_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    """Adds one tile's share to both heads' float32 gradients; ``row`` is ``[3, N]``:
+    the upstream gradient ``g``, ``G_s`` and ``G_t`` of each token."""
+    pid_n, pid_v = grouped_tile(N, V, BLOCK_N, BLOCK_V, GROUP_N)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    row_ok = rows < N
+    ok = row_ok[:, None] & (cols < V)[None, :]
+    lse_s = tl.load(lse_s_ptr + rows, mask=row_ok, other=0.0)
+    lse_t = tl.load(lse_t_ptr + rows, mask=row_ok, other=0.0)
+    g = tl.load(row_ptr + rows, mask=row_ok, other=0.0)[:, None]
+    sum_s = tl.load(row_ptr + N + rows, mask=row_ok, other=0.0)[:, None]
+    sum_t = tl.load(row_ptr + 2 * N + rows, mask=row_ok, other=0.0)[:, None]
+    z_s, z_t, a, p, b, q = pair_tile(
+        hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, rows, cols, lse_s, lse_t,
+        N, V, H_S, H_T, scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
+        HAS_BIAS_S, SOFTCAP_S, UPCAST_S, HAS_BIAS_T, SOFTCAP_T, UPCAST_T, PRECISION,
+        BLOCK_N, BLOCK_V, BLOCK_H,
+    )  # fmt: skip
+    _, da, db = pair_term(a, b, p, q, log_1m_beta, log_beta, beta, TERM)
+    NEED_S: tl.constexpr = NEED_DH_S or NEED_DW_S or NEED_DB_S
+    NEED_T: tl.constexpr = NEED_DH_T or NEED_DW_T or NEED_DB_T
+    if NEED_S:
+        add_logit_grads(
+            tl.where(ok, g * (da - p * sum_s), 0.0), z_s,
+            hs_ptr, ws_ptr, dhs_ptr, dws_ptr, dbs_ptr, rows, cols, N, V, H_S,
+            scale_s, softcap_s, inv_temp_s, skip_below, SOFTCAP_S, UPCAST_S, PRECISION,
+            NEED_DH_S, NEED_DW_S, NEED_DB_S, FILTER, BLOCK_H,
+        )  # fmt: skip
+    if NEED_T:
+        add_logit_grads(
+            tl.where(ok, g * (db - q * sum_t), 0.0), z_t,
+            ht_ptr, wt_ptr, dht_ptr, dwt_ptr, dbt_ptr, rows, cols, N, V, H_T,
+            scale_t, softcap_t, inv_temp_t, skip_below, SOFTCAP_T, UPCAST_T, PRECISION,
+            NEED_DH_T, NEED_DW_T, NEED_DB_T, FILTER, BLOCK_H,
+        )  # fmt: skip

@@ -1,0 +1,320 @@
+"""The Triton backend equals the PyTorch backend, on CPU tensors under Triton's interpreter.
+
+Run by ``test_triton_backend.py`` in a fresh process with ``TRITON_INTERPRET=1`` (it must be
+set before ``triton`` is first imported; other test modules import it through Liger and
+TRL), or directly: ``TRITON_INTERPRET=1 pytest tests/stats/triton_interpreter_cases.py``.
+
+Shapes are such that neither the tokens (13) nor the vocabulary (37) nor the hidden size
+(20) is a multiple of the interpreter's 16-wide tiles, so every masked edge is crossed.
+Each test checks that the Triton path really ran (a ``route_*`` function returned a result).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lmloss
+from lmloss.stats import backend
+from lmloss.stats.chunking import plan_chunks
+from lmloss.stats.divergence import PairSpec, pair_plan, pair_terms_autograd
+from lmloss.stats.divergence_api import token_pair_loss, token_pair_terms
+from lmloss.stats.divergence_terms import resolve_hyper
+from lmloss.stats.engine import eager_token_loss
+from lmloss.stats.transform import LogitTransform
+
+pytest.importorskip("triton")
+from lmloss.stats.triton.launch import interpreting
+
+if not interpreting():
+    raise RuntimeError(
+        "triton_interpreter_cases.py needs TRITON_INTERPRET=1 set before triton is imported"
+    )
+
+N, H, V = 13, 20, 37
+# Two softmaxes and a log-mixture in float32, summed in another order than on torch.
+PAIR_TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
+TRANSFORMS = [{}, {"softcap": 2.5, "logit_scale": 0.8, "temperature": 1.6}]
+
+
+@pytest.fixture
+def routed(monkeypatch):
+    """Which ``route_*`` functions handed their call to Triton, in this test."""
+    calls: list[str] = []
+    for name in ("route_token_stats", "route_token_loss", "route_pair_terms", "route_pair_loss"):
+        original = getattr(backend, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            result = _original(*args, **kwargs)
+            if result is not None:
+                calls.append(_name)
+            return result
+
+        monkeypatch.setattr(backend, name, spy)
+    return calls
+
+
+@pytest.fixture
+def use(monkeypatch):
+    """``use("triton")`` / ``use("torch")``: the backend of the calls that follow."""
+    return lambda name: monkeypatch.setenv("LMLOSS_BACKEND", name)
+
+
+def _head(dtype=torch.float32, bias=True, seed=0, n=N + 2):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, H, generator=g).to(dtype).requires_grad_()
+    weight = (torch.randn(V, H, generator=g) / 2).to(dtype).requires_grad_()
+    b = torch.randn(V, generator=g).to(dtype).requires_grad_() if bias else None
+    targets = torch.randint(0, V, (n,), generator=g)
+    targets[[2, 9]] = -100  # N = 13 rows reach the engine
+    return hidden, weight, b, targets
+
+
+def _grads(loss, head):
+    return torch.autograd.grad(loss, [t for t in head if t is not None and t.requires_grad])
+
+
+def _stats_and_grads(head, transform, want):
+    hidden, weight, bias, targets = head
+    stats = lmloss.token_stats(hidden, weight, targets, bias, want=want, **transform)
+    g = torch.Generator().manual_seed(1)
+    loss = sum(
+        (stats[name] * torch.randn(targets.shape, generator=g)).sum()
+        for name in want
+        if name != "is_argmax"
+    )
+    return [stats[name] for name in want], _grads(loss, (hidden, weight, bias))
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_token_stats_match_torch(use, routed, transform):
+    head = _head()
+    want = ("logp", "entropy", "lse", "mean_logit", "sum_sq_probs", "is_argmax")
+    use("triton")
+    values, grads = _stats_and_grads(head, transform, want)
+    assert routed == ["route_token_stats"]
+    use("torch")
+    ref_values, ref_grads = _stats_and_grads(head, transform, want)
+    for got, ref in zip(values + list(grads), ref_values + list(ref_grads)):
+        torch.testing.assert_close(got, ref, atol=2e-5, rtol=2e-5)
+    assert bool((values[0][[2, 9]] == 0).all())  # ignored targets: exact zeros
+
+
+def test_token_stats_frozen_weight_and_no_bias(use, routed):
+    # 3 token blocks: the gradient kernel's grouped order ends on a partial group.
+    hidden, weight, _, targets = _head(bias=False, n=47)
+    weight = weight.detach()
+    results = []
+    for name in ("triton", "torch"):
+        use(name)
+        logp = lmloss.token_stats(hidden, weight, targets, want="logp").logp
+        results.append((logp, *torch.autograd.grad(logp.sum(), hidden)))
+    assert routed == ["route_token_stats"]
+    for got, ref in zip(*results):
+        torch.testing.assert_close(got, ref, atol=2e-5, rtol=2e-5)
+
+
+def focal_like(stats, rows):
+    p = stats["logp"].exp()
+    return (
+        -((1 - p) ** 2) * stats["logp"] + 0.1 * stats["entropy"] + 1e-2 * stats["lse"] ** 2
+    ).sum()
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_one_pass_loss_matches_torch(use, routed, transform):
+    hidden, weight, bias, targets = _head()
+    keep = targets != -100
+    plan = plan_chunks(N, V, 4, None, whole_vocab=True)
+    results = []
+    for name in ("triton", "torch"):
+        use(name)
+        rows, y = hidden[keep], targets[keep]
+        total, values = eager_token_loss(
+            rows, weight, bias, y, LogitTransform(**transform), ("logp", "entropy", "lse"),
+            focal_like, plan,
+        )  # fmt: skip
+        results.append((total, values["entropy"], *_grads(1.7 * total, (hidden, weight, bias))))
+    assert routed == ["route_token_loss"]
+    for got, ref in zip(*results):
+        torch.testing.assert_close(got, ref, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_linear_cross_entropy_matches_torch(use, routed, transform):
+    hidden, weight, bias, targets = _head()
+    results = []
+    for name in ("triton", "torch"):
+        use(name)
+        loss = lmloss.linear_cross_entropy(hidden, weight, targets, bias, **transform)
+        results.append((loss, *_grads(loss, (hidden, weight, bias))))
+    assert routed == ["route_token_loss"]
+    for got, ref in zip(*results):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_inputs_accumulate_in_float32(use, routed):
+    """bf16 heads: float32 statistics, gradients in bf16, close to the float32 result of
+    the same (bf16-representable) numbers."""
+    head = _head(dtype=torch.bfloat16)
+    transform = TRANSFORMS[1]
+    want = ("logp", "entropy", "lse")
+    use("triton")
+    values, grads = _stats_and_grads(head, transform, want)
+    assert routed == ["route_token_stats"]
+    assert all(v.dtype == torch.float32 for v in values)
+    assert [g.dtype for g in grads] == [torch.bfloat16] * 3
+    use("torch")
+    exact = tuple(t.detach().float().requires_grad_() if t.is_floating_point() else t for t in head)
+    ref_values, ref_grads = _stats_and_grads(exact, transform, want)
+    for got, ref in zip(values, ref_values):
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    for got, ref in zip(grads, ref_grads):  # da enters the matmuls in bf16, as on torch
+        torch.testing.assert_close(got.float(), ref, atol=3e-2, rtol=2e-2)
+
+
+def _pair_inputs(dtype=torch.float32):
+    g = torch.Generator().manual_seed(3)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=g).to(dtype).requires_grad_()
+
+    mask = torch.ones(N + 2, dtype=torch.bool)
+    mask[[0, 7]] = False
+    return {
+        "student_hidden": leaf(N + 2, H),
+        "student_weight": leaf(V, H),
+        "student_bias": leaf(V),
+        "teacher_hidden": leaf(N + 2, 12),  # the teacher's hidden size differs
+        "teacher_weight": leaf(V, 12),
+        "teacher_bias": leaf(V),
+        "mask": mask,
+    }
+
+
+@pytest.mark.parametrize(
+    ("names", "hyper", "teacher_grad"),
+    [
+        (("forward_kl", "reverse_kl"), {}, False),
+        (("jsd", "tvd"), {"beta": 0.3}, True),
+    ],
+)
+def test_pair_terms_match_torch(use, routed, names, hyper, teacher_grad):
+    x = _pair_inputs()
+    leaves = [v for k, v in x.items() if k != "mask"]
+    results = []
+    for name in ("triton", "torch"):
+        use(name)
+        values = token_pair_terms(
+            x["student_hidden"], x["student_weight"], names,
+            **{k: v for k, v in x.items() if k not in ("student_hidden", "student_weight")},
+            temperature=1.3, teacher_requires_grad=teacher_grad, hyper=hyper,
+        )  # fmt: skip
+        loss = sum((values[n] * (i + 1.5)).sum() for i, n in enumerate(names))
+        wanted = leaves if teacher_grad else leaves[:3]
+        results.append([values[n] for n in names] + list(torch.autograd.grad(loss, wanted)))
+    assert routed == ["route_pair_terms"]
+    for got, ref in zip(*results):
+        torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_pair_loss_one_pass_matches_torch(use, routed, beta):
+    x = _pair_inputs()
+    results = []
+    for name in ("triton", "torch"):
+        use(name)
+        loss, values = token_pair_loss(
+            x["student_hidden"], x["student_weight"], ("jsd",),
+            lambda v, rows: (v["jsd"] ** 2).sum(),
+            student_bias=x["student_bias"], teacher_hidden=x["teacher_hidden"],
+            teacher_weight=x["teacher_weight"], teacher_bias=x["teacher_bias"], mask=x["mask"],
+            hyper={"beta": beta},
+        )  # fmt: skip
+        grads = torch.autograd.grad(loss, [x["student_hidden"], x["student_weight"]])
+        results.append((loss, values["jsd"], *grads))
+    assert routed == ["route_pair_loss"]
+    for got, ref in zip(*results):
+        torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
+
+
+def test_pair_terms_with_soft_capped_heads(use, routed):
+    """Each model's own scale, soft cap and temperature (the engine level takes them)."""
+    x = _pair_inputs()
+    inputs = (
+        x["student_hidden"][:N], x["student_weight"], x["student_bias"],
+        x["teacher_hidden"][:N], x["teacher_weight"], x["teacher_bias"], None, None,
+    )  # fmt: skip
+    spec = PairSpec(
+        names=("reverse_kl", "jsd"),
+        hyper={"reverse_kl": {}, "jsd": resolve_hyper("jsd", {"beta": 0.7})},
+        student_transform=LogitTransform(logit_scale=1.3, softcap=2.0, temperature=0.8),
+        teacher_transform=LogitTransform(logit_scale=0.6, softcap=4.0, temperature=1.1),
+        plan=pair_plan(N, V, 4),
+        dtype=torch.float32,
+    )
+    results = []
+    for name in ("triton", "torch"):
+        use(name)
+        values = pair_terms_autograd(inputs, spec)
+        loss = values["reverse_kl"].sum() + 2 * values["jsd"].sum()
+        results.append([values["jsd"], *torch.autograd.grad(loss, inputs[:6])])
+    assert routed == ["route_pair_terms"]
+    for got, ref in zip(*results):
+        torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
+
+
+def test_unsupported_statistics_fall_back_to_torch(use, routed):
+    hidden, weight, bias, targets = _head()
+    table = torch.randn(V, 3)
+    results = []
+    for name in ("triton", "torch"):
+        use(name)
+        stats = lmloss.token_stats(
+            hidden, weight, targets, bias, want=("logp", "expectation"), expect=table
+        )
+        results.append(stats.expectation)
+    assert routed == []
+    torch.testing.assert_close(*results)
+
+
+def test_gradient_filter_skips_small_tiles(use, routed, monkeypatch):
+    hidden, weight, bias, targets = _head()
+    use("triton")
+    monkeypatch.setenv("LMLOSS_TRITON_GRAD_FILTER", "1e30")  # every tile is "small"
+    logp = lmloss.token_stats(hidden, weight, targets, bias).logp
+    grads = torch.autograd.grad(logp.sum(), (hidden, weight, bias))
+    assert all(bool((g == 0).all()) for g in grads)
+    monkeypatch.setenv("LMLOSS_TRITON_GRAD_FILTER", "-1")
+    logp = lmloss.token_stats(hidden, weight, targets, bias).logp
+    with pytest.raises(ValueError, match="LMLOSS_TRITON_GRAD_FILTER"):
+        logp.sum().backward()
+
+
+def test_front_doors_route_through_triton(use, routed):
+    """``fused_divergence_loss`` and ``fused_preference_loss("dpo", wpo=True)`` (policy and
+    reference heads; WPO needs ``sum_sq_probs``) reach the kernels and equal PyTorch."""
+    x = _pair_inputs()
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(2, 7, H, generator=g, requires_grad=True)
+    ref_hidden = torch.randn(2, 7, H, generator=g)
+    targets = torch.randint(0, V, (2, 7), generator=g)
+    targets[:, :2] = -100  # the prompt
+    results = []
+    for name in ("triton", "torch"):
+        use(name)
+        jsd = lmloss.fused_divergence_loss(
+            "jsd", x["student_hidden"], x["student_weight"],
+            teacher_hidden=x["teacher_hidden"], teacher_weight=x["teacher_weight"],
+            mask=x["mask"], beta=0.4,
+        )  # fmt: skip
+        dpo = lmloss.fused_preference_loss(
+            "dpo", hidden=hidden, weight=x["student_weight"], targets=targets,
+            ref_hidden=ref_hidden, ref_weight=x["student_weight"].detach(), softcap=3.0, wpo=True,
+        )  # fmt: skip
+        loss = jsd.loss + dpo.loss
+        results.append((loss, *torch.autograd.grad(loss, (x["student_hidden"], hidden))))
+    assert "route_pair_loss" in routed or "route_pair_terms" in routed
+    assert "route_token_stats" in routed
+    for got, ref in zip(*results):
+        torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
