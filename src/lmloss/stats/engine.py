@@ -140,10 +140,10 @@ class _Grads:
 
     def __init__(self, hidden: Tensor, weight: Tensor, bias: Tensor | None, need: tuple[bool, ...]):
         dtype = compute_dtype(hidden.dtype)
-        self.hidden = torch.zeros(hidden.shape, dtype=dtype) if need[0] else None
-        self.weight = torch.zeros(weight.shape, dtype=dtype) if need[1] else None
+        self.hidden = hidden.new_zeros(hidden.shape, dtype=dtype) if need[0] else None
+        self.weight = weight.new_zeros(weight.shape, dtype=dtype) if need[1] else None
         self.bias = (
-            torch.zeros(weight.shape[0], dtype=dtype) if need[2] and bias is not None else None
+            weight.new_zeros(weight.shape[0], dtype=dtype) if need[2] and bias is not None else None
         )
 
     def add(self, da: Tensor, hidden: Tensor, weight: Tensor, rows: slice, cols: slice, ws):

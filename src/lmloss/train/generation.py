@@ -58,7 +58,8 @@ def generate(
     ``sampling``: ``temperature``, ``top_p``, ``top_k`` (the torch global RNG draws).
     """
     pad = tokenizer.pad_token_id
-    ids, attention = left_pad(prompts, pad)
+    device = next(model.parameters()).device
+    ids, attention = (t.to(device) for t in left_pad(prompts, pad))
     options = {"do_sample": False} if sampling is None else {"do_sample": True, **sampling}
     was_training = model.training
     model.eval()

@@ -30,7 +30,14 @@ from lmloss.train import checkpoint, schedule
 from lmloss.train import model as model_loading
 from lmloss.train.config import Recipe
 from lmloss.train.data import Encoder, Sampler, load_rows, rename_columns
-from lmloss.train.distributed import World, full_optimizer_state, full_tensors
+from lmloss.train.device import resolve as resolve_compute
+from lmloss.train.distributed import (
+    World,
+    full_optimizer_state,
+    full_tensors,
+    unwrapped,
+    wrap_backbone,
+)
 from lmloss.train.evaluate import evaluate_task
 from lmloss.train.modes import TOKENS, Batch, Context, mode_for
 from lmloss.train.progress import EVALS, METRICS, Reporter, truncate_after
@@ -56,30 +63,43 @@ def _silent(*_args, **_kwargs) -> None:
     """The echo of data-parallel ranks other than 0."""
 
 
-def _bf16_autocast():
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+def to_device(value, device: torch.device):
+    """Tensors of a batch (also inside dicts and lists) moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
 
 
 class Trainer:
     """Builds everything a recipe describes; :meth:`run` trains (and evaluates) it."""
 
     def __init__(self, recipe: Recipe, *, resume: bool = False, echo=print) -> None:
-        self.world = World.from_env()
+        train = recipe.train
+        # device, precision and threads first: a device this machine lacks fails here,
+        # before the process group and before any model loads
+        self.compute = resolve_compute(train.device, train.precision, train.threads)
+        self.device = self.compute.device
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.world = World.from_env(self.device)
         self.recipe = recipe
         self.echo = echo if self.world.is_main else _silent
-        train = recipe.train
         self.world.per_rank(train.batch_size)  # a bad split fails before anything loads
         if train.parallel == "fsdp2" and recipe.lora.enabled:
             raise ValueError("train.parallel = 'fsdp2' does not support lora.enabled = true yet")
-        if train.threads:
-            torch.set_num_threads(train.threads)
+        torch.set_num_threads(self.compute.threads)
+        self.echo(f"compute: {self.compute.describe()}")
         torch.manual_seed(train.seed)
         random.seed(train.seed)
         self.run_dir = Path(recipe.output.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.autocast = _bf16_autocast if train.precision == "bf16" else nullcontext
+        self.autocast = self.compute.autocast
 
-        self.loaded = model_loading.load(recipe.model, recipe.lora)
+        self.loaded = model_loading.load(recipe.model, recipe.lora, device=self.device)
         self.model = self.loaded.model
         self.world.broadcast_parameters(list(self.model.parameters()))  # identical replicas
         self.model.train()
@@ -97,9 +117,17 @@ class Trainer:
         self.examples = self._examples()
         self.sampler = Sampler(len(self.examples), train.seed, recipe.data.shuffle)
 
-        self.trainable = self.loaded.trainable()
+        self.trainable = self.loaded.trainable()  # named before any wrapper renames them
         if not self.trainable:
             raise ValueError("nothing to train: every parameter is frozen (see [model] / [lora])")
+        self.replicated = None  # the backbone's DistributedDataParallel (GPU, ddp)
+        if self.world.active and not self.sharded and self.device.type == "cuda":
+            self.replicated = wrap_backbone(self.model, self.device)
+        # what the reducer of the wrapper does not sum (an untied head): summed after backward
+        in_wrapper = (
+            set() if self.replicated is None else set(map(id, self.replicated.parameters()))
+        )
+        self.summed_after = [p for p in self.trainable.values() if id(p) not in in_wrapper]
         self.optimizer = torch.optim.AdamW(
             list(self.trainable.values()),
             lr=train.lr,
@@ -121,7 +149,11 @@ class Trainer:
         distill = self.recipe.distill
         if distill.teacher is not None:
             teacher, _ = model_loading.load_pretrained(
-                distill.teacher, self.recipe.model.dtype, self.recipe.model.trust_remote_code
+                distill.teacher,
+                self.recipe.model.dtype,
+                self.recipe.model.trust_remote_code,
+                device=self.device,
+                where="distill.teacher",
             )
             teacher.requires_grad_(False)
             self.ctx.teacher = ModelReference(teacher.eval())
@@ -170,7 +202,14 @@ class Trainer:
         return examples
 
     def _save_recipe(self) -> None:
-        (self.run_dir / "recipe.json").write_text(json.dumps(self.recipe.as_dict(), indent=2))
+        """The recipe as run: ``train.device``/``precision``/``threads`` as resolved here."""
+        recipe = self.recipe.as_dict()
+        recipe["train"].update(
+            device=str(self.device),
+            precision=self.compute.precision,
+            threads=self.compute.threads,
+        )
+        (self.run_dir / "recipe.json").write_text(json.dumps(recipe, indent=2))
 
     # ---- checkpoints
 
@@ -227,6 +266,8 @@ class Trainer:
         # every rank draws the same global order and trains its slice of each micro-batch
         shard = self.world.shard(train.batch_size)
         batches: list[Batch] = [self.mode.prepare_shard(m, shard) for m in micro]
+        for batch in batches:
+            batch.tensors = to_device(batch.tensors, self.device)
         tokens = self.global_count(sum(b.tokens for b in batches))
         examples = self.global_count(sum(b.examples for b in batches))
         by_tokens = self.mode.normalizer() == TOKENS
@@ -234,18 +275,22 @@ class Trainer:
             raise ValueError(f"step {self.step + 1}: the batch has no trained token")
         metrics: dict[str, float] = {}
         total = 0.0
-        for batch in batches:
+        for index, batch in enumerate(batches):
             share = batch.examples / examples
-            out = self.mode.loss(batch, tokens if by_tokens else None)
-            loss = out.loss if by_tokens else out.loss * share
-            if not bool(torch.isfinite(loss)):
-                raise FloatingPointError(f"step {self.step + 1}: the loss is {float(loss)}")
-            loss.backward()
+            last = index == len(batches) - 1
+            # the reducer sums over ranks once per step, overlapping the last backward
+            syncs = self.replicated is None or last
+            with nullcontext() if syncs else self.replicated.no_sync():
+                out = self.mode.loss(batch, tokens if by_tokens else None)
+                loss = out.loss if by_tokens else out.loss * share
+                if not bool(torch.isfinite(loss)):
+                    raise FloatingPointError(f"step {self.step + 1}: the loss is {float(loss)}")
+                loss.backward()
             total += float(loss.detach())
             for key, value in {**out.metrics, **batch.metrics}.items():
                 metrics[key] = metrics.get(key, 0.0) + share * _scalar(value)
         params = list(self.trainable.values())
-        self.world.sum_gradients(params)
+        self.world.sum_gradients(self.summed_after)
         total = self.world.sum(total)
         metrics = self.world.sum_dict(metrics)
         norm_limit = train.max_grad_norm if train.max_grad_norm > 0 else float("inf")
@@ -346,6 +391,10 @@ class Trainer:
     def export(self, path: Path) -> None:
         """The trained model in Hugging Face layout (safetensors), loadable by ``lmloss eval``.
         Rank 0 writes it (under FSDP2 after every rank helped gather the blocks)."""
+        with unwrapped(self.model, self.replicated):
+            self._export(path)
+
+    def _export(self, path: Path) -> None:
         if self.sharded:
             whole = full_tensors(dict(self.model.state_dict()))
             if self.world.is_main:

@@ -30,6 +30,7 @@ import tomllib
 
 from lmloss import registry
 from lmloss.train.config import SECTIONS, Recipe
+from lmloss.train.device import check_device_spec
 
 
 def _hint(key: str, known: typing.Iterable[str]) -> str:
@@ -188,6 +189,7 @@ def validate(recipe: Recipe) -> None:
             f"policy.reward_weights has {len(p.reward_weights)} entries for "
             f"{len(p.rewards)} policy.rewards"
         )
+    check_device_spec(t.device)
     if recipe.reference.kind == "adapters_off" and not recipe.lora.enabled:
         raise ValueError("reference.kind = 'adapters_off' needs lora.enabled = true")
 

@@ -61,11 +61,19 @@ def token_coefficients(
     w = mask if weights is None else mask * weights
     tiny = torch.finfo(w.dtype).tiny
     if reduction == "token_mean":
-        total = w.sum() if num_items is None else torch.as_tensor(num_items, dtype=w.dtype)
+        total = (
+            w.sum()
+            if num_items is None
+            else torch.as_tensor(num_items, dtype=w.dtype, device=w.device)
+        )
         return w / total.clamp(min=tiny)
     if reduction == "sequence_mean":
         per_sequence = reduce.token_count(w).clamp(min=tiny)[:, None]
-        sequences = w.shape[0] if num_items is None else torch.as_tensor(num_items, dtype=w.dtype)
+        sequences = (
+            w.shape[0]
+            if num_items is None
+            else torch.as_tensor(num_items, dtype=w.dtype, device=w.device)
+        )
         return w / per_sequence / sequences
     return w
 
