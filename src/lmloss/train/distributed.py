@@ -2,9 +2,9 @@
 
 ``torchrun --nproc_per_node=N -m lmloss train recipe.toml`` sets ``RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``; :meth:`World.from_env` joins that group
-with ``nccl`` when the run is on CUDA (each rank on its ``LOCAL_RANK``-th GPU) and
-``gloo`` on the CPU. Without those variables the run is a world of one and nothing here
-talks to anyone.
+with ``nccl`` for CUDA tensors (each rank on its ``LOCAL_RANK``-th GPU, set by the
+trainer first) and ``gloo`` for CPU tensors. Without those variables the run is a world
+of one and nothing here talks to anyone.
 
 The recipe means the same thing at any world size: ``train.batch_size`` is the global
 micro-batch; every rank draws the same seeded order and keeps its contiguous slice of
@@ -35,8 +35,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-CPU = torch.device("cpu")
-
 
 @dataclass(frozen=True)
 class World:
@@ -44,7 +42,6 @@ class World:
 
     rank: int = 0
     size: int = 1
-    device: torch.device = CPU  # where the collectives' tensors live
 
     @property
     def is_main(self) -> bool:
@@ -55,19 +52,16 @@ class World:
         return self.size > 1
 
     @classmethod
-    def from_env(cls, device: torch.device | str = "cpu") -> World:
+    def from_env(cls) -> World:
         """Join the group torchrun describes in the environment (once per process): nccl
-        when ``device`` is a GPU, gloo on the CPU."""
-        device = torch.device(device)
+        carries CUDA tensors where there is CUDA, gloo CPU tensors (the scalar counts)."""
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size <= 1:
-            return cls(device=device)
+            return cls()
         if not dist.is_initialized():
-            if device.type == "cuda":
-                dist.init_process_group(backend="nccl", device_id=device)
-            else:
-                dist.init_process_group(backend="gloo")
-        return cls(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
+            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend=backend)
+        return cls(rank=dist.get_rank(), size=dist.get_world_size())
 
     # ---- sharding
 
@@ -93,7 +87,7 @@ class World:
             return value
         exact = isinstance(value, int)
         dtype = torch.int64 if exact else torch.float64
-        tensor = torch.tensor([value], dtype=dtype, device=self.device)
+        tensor = torch.tensor([value], dtype=dtype, device="cpu")  # a host number: gloo
         dist.all_reduce(tensor)
         return int(tensor.item()) if exact else float(tensor.item())
 
@@ -104,9 +98,7 @@ class World:
         every: list[list[str]] = [[] for _ in range(self.size)]
         dist.all_gather_object(every, sorted(values))
         keys = sorted(set().union(*every))
-        tensor = torch.tensor(
-            [values.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.device
-        )
+        tensor = torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64, device="cpu")
         dist.all_reduce(tensor)
         return dict(zip(keys, tensor.tolist()))
 
@@ -163,7 +155,8 @@ class World:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh(self.device.type, (self.size,))
+        device = next(blocks[0].parameters()).device
+        mesh = init_device_mesh(device.type, (self.size,))
         for block in blocks:
             fully_shard(block, mesh=mesh)
             block.set_gradient_divide_factor(1.0)  # a sum: losses carry the global normalizer
@@ -176,7 +169,7 @@ class World:
         grads = [p.grad for p in params if p.grad is not None]
         plain = [g for g in grads if not _is_sharded(g)]
         sharded = [g.to_local() for g in grads if _is_sharded(g)]
-        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        zero = torch.zeros((), dtype=torch.float64, device=grads[0].device if grads else "cpu")
         square = sum((g.double().pow(2).sum() for g in plain), zero)
         shards = sum((g.double().pow(2).sum() for g in sharded), zero)
         if self.active:

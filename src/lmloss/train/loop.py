@@ -85,7 +85,7 @@ class Trainer:
         self.device = self.compute.device
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.world = World.from_env(self.device)
+        self.world = World.from_env()
         self.recipe = recipe
         self.echo = echo if self.world.is_main else _silent
         self.world.per_rank(train.batch_size)  # a bad split fails before anything loads
