@@ -183,6 +183,11 @@ class EvalConfig:
     before: bool = _doc("evaluate before the first step", True)
     after: bool = _doc("evaluate after the last step", True)
     every: int = _doc("also evaluate every N steps (0: never)", 0)
+    every_size: int = _doc(
+        "problems of the evaluations every N steps: the first of the same held-out problems "
+        "(0: eval.size); before and after always use eval.size",
+        0,
+    )
     max_new_tokens: int = _doc("generation budget per answer (greedy)", 32)
     batch_size: int = _doc("prompts per generate call", 50)
 

@@ -307,7 +307,8 @@ class Trainer:
 
     # ---- evaluation
 
-    def evaluate(self) -> dict | None:
+    def evaluate(self, size: int | None = None) -> dict | None:
+        """The held-out metric on ``size`` problems (default ``eval.size``)."""
         config = self.recipe.eval
         if config.task is None:
             return None
@@ -316,7 +317,7 @@ class Trainer:
             self.ctx.tokenizer,
             self.encoder,
             config.task,
-            size=config.size,
+            size=size or config.size,
             seed=config.seed,
             max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size,
@@ -324,10 +325,10 @@ class Trainer:
         )
         return result
 
-    def _log_eval(self, reporter: Reporter, label: str) -> dict | None:
+    def _log_eval(self, reporter: Reporter, label: str, size: int | None = None) -> dict | None:
         if not self.world.is_main:  # rank 0 evaluates; the others meet it at the next step
             return None
-        result = self.evaluate()
+        result = self.evaluate(size)
         if result is None:
             return None
         metrics = result["metrics"]
@@ -373,7 +374,7 @@ class Trainer:
                     and self.step % recipe.eval.every == 0
                     and self.step < recipe.train.max_steps
                 ):
-                    self._log_eval(reporter, "during training")
+                    self._log_eval(reporter, "during training", recipe.eval.every_size)
             self.save()
             if recipe.eval.after:
                 summary.after = self._log_eval(reporter, "after training")

@@ -166,6 +166,7 @@ def validate(recipe: Recipe) -> None:
         ("train.max_grad_norm", t.max_grad_norm),
         ("train.threads", t.threads),
         ("eval.every", e.every),
+        ("eval.every_size", e.every_size),
         ("output.save_every", recipe.output.save_every),
         ("output.keep", recipe.output.keep),
         ("policy.top_k", p.top_k),
