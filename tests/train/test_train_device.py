@@ -288,3 +288,57 @@ def test_hub_data_sets_load_from_the_cache_offline(offline_hub, tmp_path):
     assert found == rows and source == "hub:acme/rows"
     with pytest.raises(ValueError, match=r"data\.path .acme/none.: the Hub data set is not in"):
         load_rows(DataConfig(path="acme/none"), tmp_path, 0)
+
+
+# ---- DistributedDataParallel around the backbone (used on GPUs; gloo here)
+
+
+def _ddp_worker(rank: int, port: int, model_dir: str, out: str) -> None:
+    import copy
+    import os
+
+    import torch.distributed as dist
+
+    from lmloss.hf import hidden_states
+    from lmloss.train.distributed import unwrapped, wrap_backbone
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    model, _ = model_loading.load_pretrained(model_dir)
+    model = model.double()
+    model.requires_grad_(False)
+    model.model.layers[-1].requires_grad_(True)
+    plain = copy.deepcopy(model)
+    inputs = [torch.tensor([[8 + r, 9, 10, 11 + r]]) for r in range(2)]
+
+    def loss_of(net, ids):
+        return (hidden_states(net, ids, torch.ones_like(ids)) ** 2).mean()
+
+    wrapped = wrap_backbone(model, torch.device("cpu"))
+    assert model.model.embed_tokens is wrapped.module.embed_tokens  # attributes answer
+    loss_of(model, inputs[rank]).backward()  # the reducer sums both ranks' gradients
+    sum(loss_of(plain, ids) for ids in inputs).backward()  # one process, both inputs
+    with unwrapped(model, wrapped):
+        keys = list(model.state_dict())
+    got = {n: p.grad for n, p in model.model.module.named_parameters() if p.requires_grad}
+    want = {n: p.grad for n, p in plain.model.named_parameters() if p.requires_grad}
+    torch.save({"got": got, "want": want, "keys": keys}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_the_wrapped_backbone_sums_gradients_over_ranks(tiny_model, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tiny_model), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        saved = torch.load(tmp_path / f"rank{rank}.pt")
+        assert saved["got"].keys() == saved["want"].keys() and saved["got"]
+        for name, grad in saved["got"].items():
+            torch.testing.assert_close(grad, saved["want"][name], rtol=1e-10, atol=1e-12)
+        assert not any(".module." in key for key in saved["keys"])

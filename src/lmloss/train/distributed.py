@@ -245,9 +245,11 @@ class _Replicated(DistributedDataParallel):
             return getattr(self.module, name)
 
 
-def _sum_hook(_state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """All-reduce a gradient bucket as a sum (DDP's default hook divides by the world size;
-    here every rank's loss already carries the global normalizer)."""
+def _sum_hook(_state, bucket):
+    """All-reduce a ``dist.GradBucket`` as a sum; returns a ``Future[Tensor]``. DDP's default
+    hook divides by the world size; here every rank's loss already carries the global
+    normalizer. (Unannotated: DDP compares annotations as objects, and this module's are
+    strings.)"""
     work = dist.all_reduce(bucket.buffer(), async_op=True)
     return work.get_future().then(lambda done: done.value()[0])
 
