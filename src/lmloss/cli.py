@@ -112,7 +112,11 @@ def _add_training_commands(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a causal LM with any objective (recipe keys: lmloss train --help)",
-        description="Train a causal LM with any registered objective, as a TOML recipe says.",
+        description="Train a causal LM with any registered objective, as a TOML recipe says.\n"
+        "It runs on train.device (auto: the GPU when CUDA is available) in train.precision "
+        "(auto: bf16 where native, else fp32) with train.threads CPU threads (0: the usable "
+        "cores); model.name and data.path may be Hugging Face Hub ids (the local cache is "
+        "used offline).",
         epilog=f"Bundled recipes: {recipes} (`lmloss train main` is the main job).\n\n"
         f"{RECIPE_CAN_RUN}\n\n"
         "Recipe keys, as [section] key (type, default): meaning\n" + reference_text(),

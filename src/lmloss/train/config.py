@@ -27,8 +27,8 @@ class ModelConfig:
     """[model] the causal LM to train."""
 
     name: str = _doc(
-        "'smollm2' (the bundled SmolLM2-135M-Instruct), a local Hugging Face model directory, "
-        "or a Hub id already in the local cache"
+        "'smollm2' (the bundled SmolLM2-135M-Instruct, offline), a local Hugging Face model "
+        "directory, or a Hub id 'owner/name' (downloaded online, from the Hub cache offline)"
     )
     dtype: str = _doc("parameter dtype", "float32", choices=("float32", "bfloat16"))
     trust_remote_code: bool = _doc("allow the model directory's own Python code", False)
@@ -55,7 +55,11 @@ class LoraConfig:
 class DataConfig:
     """[data] where the examples come from and how they become tokens."""
 
-    path: str | None = _doc("local JSONL / JSON / Parquet / CSV file (rows: see data.format)", None)
+    path: str | None = _doc(
+        "local JSONL / Parquet / CSV file (format from the extension), or a Hub data set id "
+        "'owner/name' (its train split; downloaded online, from the Hub cache offline)",
+        None,
+    )
     task: str | None = _doc("built-in generated task instead of a file ('arithmetic')", None)
     task_size: int = _doc("rows generated for a built-in task", 2000)
     columns: dict[str, str] = field(
@@ -123,13 +127,23 @@ class TrainConfig:
     decay_fraction: float = _doc("wsd: fraction of max_steps spent decaying at the end", 0.2)
     min_lr_ratio: float = _doc("cosine / wsd: final learning rate as a fraction of lr", 0.0)
     max_grad_norm: float = _doc("clip the global gradient norm (0: no clipping)", 1.0)
+    device: str = _doc(
+        "auto (CUDA when available; under torchrun the LOCAL_RANK-th GPU), cpu, cuda or "
+        "cuda:N: where the models, batches, generation and evaluation run",
+        "auto",
+    )
     precision: str = _doc(
-        "bf16: autocast matmuls to bfloat16 (the engine still accumulates in float32)",
-        "fp32",
-        choices=("fp32", "bf16"),
+        "bf16: autocast matmuls to bfloat16 (the engine still accumulates in float32); auto: "
+        "bf16 on GPUs that support it and on CPUs with native bf16 (AVX512-BF16 / AMX), "
+        "else fp32",
+        "auto",
+        choices=("auto", "fp32", "bf16"),
     )
     seed: int = _doc("seed of data order, sampling and initialization", 0)
-    threads: int = _doc("torch CPU threads (0: torch's default)", 0)
+    threads: int = _doc(
+        "torch CPU threads (0: the cores this process may use, shared by torchrun's local ranks)",
+        0,
+    )
     memory_budget: int | None = _doc("bytes the fused engine may use for a logits tile", None)
     parallel: str = _doc(
         "under torchrun: ddp (full replicas, gradients summed over ranks) or fsdp2 "
@@ -184,7 +198,9 @@ class ReferenceConfig:
 class DistillConfig:
     """[distill] the teacher of distillation objectives."""
 
-    teacher: str | None = _doc("teacher model: 'smollm2' or a local model directory", None)
+    teacher: str | None = _doc(
+        "teacher model: 'smollm2', a local model directory or a Hub id", None
+    )
     topk_file: str | None = _doc(
         "teacher top-k log-probs (safetensors from lmloss precompute) instead of a model", None
     )
@@ -202,6 +218,11 @@ class EvalConfig:
     before: bool = _doc("evaluate before the first step", True)
     after: bool = _doc("evaluate after the last step", True)
     every: int = _doc("also evaluate (eval.task, data.eval_path) every N steps (0: never)", 0)
+    every_size: int = _doc(
+        "problems of the evaluations every N steps: the first of the same held-out problems "
+        "(0: eval.size); before and after always use eval.size",
+        0,
+    )
     max_new_tokens: int = _doc("generation budget per answer (greedy)", 32)
     batch_size: int = _doc("prompts per generate call", 50)
 

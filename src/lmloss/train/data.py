@@ -25,8 +25,10 @@ import torch
 from lmloss.train import tasks
 from lmloss.train.config import DataConfig
 from lmloss.train.files import read_rows
+from lmloss.train.hub import dataset_directory, is_hub_id
 
 IGNORE = -100
+HOST = torch.device("cpu")  # batches are assembled here; the trainer moves them to its device
 
 
 # --------------------------------------------------------------------------- rows
@@ -44,7 +46,18 @@ def load_rows(config: DataConfig, run_dir: Path, seed: int) -> tuple[list[dict],
         os.replace(aside, path)
     else:
         path = Path(config.path)
+        if not path.exists() and is_hub_id(config.path):
+            return read_hub_dataset(config.path), f"hub:{config.path}"
     return read_file(path), str(path)
+
+
+def read_hub_dataset(name: str) -> list[dict]:
+    """The ``train`` split of Hub data set ``name`` (see :mod:`lmloss.train.hub`)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    directory = dataset_directory(name)
+    return datasets.load_dataset(str(directory), split="train", keep_in_memory=True).to_list()
 
 
 def read_file(path: Path) -> list[dict]:
@@ -237,15 +250,15 @@ class Sequences:
 
 def pad_sequences(rows: list[list[int]], trained: list[list[bool]], pad_id: int) -> Sequences:
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros(len(rows), width, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=HOST)
+    attention = torch.zeros(len(rows), width, dtype=torch.long, device=HOST)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long, device=HOST)
     for i, (row, mask) in enumerate(zip(rows, trained)):
         n = len(row)
-        ids[i, :n] = torch.tensor(row)
+        ids[i, :n] = torch.tensor(row, device=HOST)
         attention[i, :n] = 1
-        keep = torch.tensor(mask, dtype=torch.bool)
-        labels[i, :n] = torch.where(keep, torch.tensor(row), IGNORE)
+        keep = torch.tensor(mask, dtype=torch.bool, device=HOST)
+        labels[i, :n] = torch.where(keep, ids[i, :n], IGNORE)
     return Sequences(ids=ids, attention=attention, targets=labels[:, 1:])
 
 
@@ -257,10 +270,10 @@ def prompt_completion(prompt_ids: list[int], completion_ids: list[int]):
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids and attention mask (for generation)."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros(len(rows), width, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=HOST)
+    attention = torch.zeros(len(rows), width, dtype=torch.long, device=HOST)
     for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row)
+        ids[i, width - len(row) :] = torch.tensor(row, device=HOST)
         attention[i, width - len(row) :] = 1
     return ids, attention
 
@@ -281,7 +294,7 @@ class Sampler:
         if not self.shuffle:
             return list(range(self.n))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=generator).tolist()
+        return torch.randperm(self.n, generator=generator, device=generator.device).tolist()
 
     def take(self, count: int) -> list[int]:
         out: list[int] = []

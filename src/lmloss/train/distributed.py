@@ -1,38 +1,48 @@
 """Data parallelism on ``torch.distributed``: the process group, rank shards, global sums.
 
 ``torchrun --nproc_per_node=N -m lmloss train recipe.toml`` sets ``RANK``/``WORLD_SIZE``/
-``MASTER_ADDR``/``MASTER_PORT``; :meth:`World.from_env` joins that group with the ``gloo``
-backend (the trainer keeps its models and batches on the CPU; ``nccl`` needs CUDA tensors,
-so it comes with GPU placement, not before). Without those variables the run is a world of one and
-nothing here talks to anyone.
+``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``; :meth:`World.from_env` joins that group
+with ``nccl`` for CUDA tensors (each rank on its ``LOCAL_RANK``-th GPU, set by the
+trainer first) and ``gloo`` for CPU tensors. Without those variables the run is a world
+of one and nothing here talks to anyone.
 
 The recipe means the same thing at any world size: ``train.batch_size`` is the global
 micro-batch; every rank draws the same seeded order and keeps its contiguous slice of
 ``batch_size / world_size`` examples. Gradients are summed over ranks once per optimizer
 step (each rank's loss is already divided by the *global* normalizer, so the sum is the
-gradient of the whole global batch), which is what DistributedDataParallel's reducer
-does with ``no_sync`` on all micro-batches but the last. It is done explicitly because the
-trainer runs the backbone and the LM head separately (the fused engine never calls the
-model's ``forward``), so a ``DistributedDataParallel`` wrapper would never see a forward
-pass and never reduce. ``train.parallel = "fsdp2"`` shards the transformer blocks with
-``fully_shard`` instead (:meth:`World.shard_blocks`). See docs/distributed.md for what is
-global per objective.
+gradient of the whole global batch).
+
+* On a GPU the backbone is wrapped in ``DistributedDataParallel``
+  (:func:`wrap_backbone`) so that its buckets are all-reduced while the backward is still
+  running; its reducer sums instead of averaging (:func:`_sum_hook`). The fused engine
+  reads the LM head outside any ``forward``, so an untied trainable head (and anything
+  else outside the backbone) is summed after the backward by :meth:`World.sum_gradients`.
+* On the CPU the gradients are summed explicitly after the backward, one flat buffer per
+  dtype (gloo gains little from overlap on a few cores).
+* ``train.parallel = "fsdp2"`` shards the transformer blocks with ``fully_shard`` instead
+  (:meth:`World.shard_blocks`).
+
+See docs/distributed.md for what is global per objective.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 DEFAULT_TIMEOUT = 300.0  # seconds
 
 
 def _init_group(timeout: float) -> None:
-    dist.init_process_group(backend="gloo", timeout=timedelta(seconds=timeout))
+    # nccl for the CUDA tensors of a GPU run; host scalars (counts, flags) stay on gloo
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,8 @@ class World:
 
     @classmethod
     def from_env(cls) -> World:
-        """Join the group torchrun describes in the environment (once per process)."""
+        """Join the group torchrun describes in the environment (once per process): nccl
+        carries CUDA tensors where there is CUDA, gloo CPU tensors (the scalar counts)."""
         size = int(os.environ.get("WORLD_SIZE", "1"))
         if size <= 1:
             return cls()
@@ -91,7 +102,8 @@ class World:
         if not self.active:
             return value
         exact = isinstance(value, int)
-        tensor = torch.tensor([value], dtype=torch.int64 if exact else torch.float64)
+        dtype = torch.int64 if exact else torch.float64
+        tensor = torch.tensor([value], dtype=dtype, device="cpu")  # a host number: gloo
         dist.all_reduce(tensor)
         return int(tensor.item()) if exact else float(tensor.item())
 
@@ -102,7 +114,7 @@ class World:
         every: list[list[str]] = [[] for _ in range(self.size)]
         dist.all_gather_object(every, sorted(values))
         keys = sorted(set().union(*every))
-        tensor = torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64)
+        tensor = torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64, device="cpu")
         dist.all_reduce(tensor)
         return dict(zip(keys, tensor.tolist()))
 
@@ -156,10 +168,13 @@ class World:
         not gather it); their gradients are summed by :meth:`sum_gradients`."""
         if not self.active:
             return
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        device = next(blocks[0].parameters()).device
+        mesh = init_device_mesh(device.type, (self.size,))
         for block in blocks:
-            fully_shard(block)
+            fully_shard(block, mesh=mesh)
             block.set_gradient_divide_factor(1.0)  # a sum: losses carry the global normalizer
             block.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM
 
@@ -170,10 +185,9 @@ class World:
         grads = [p.grad for p in params if p.grad is not None]
         plain = [g for g in grads if not _is_sharded(g)]
         sharded = [g.to_local() for g in grads if _is_sharded(g)]
-        square = sum((g.double().pow(2).sum() for g in plain), torch.zeros((), dtype=torch.float64))
-        shards = sum(
-            (g.double().pow(2).sum() for g in sharded), torch.zeros((), dtype=torch.float64)
-        )
+        zero = torch.zeros((), dtype=torch.float64, device=grads[0].device if grads else "cpu")
+        square = sum((g.double().pow(2).sum() for g in plain), zero)
+        shards = sum((g.double().pow(2).sum() for g in sharded), zero)
         if self.active:
             dist.all_reduce(shards)
         norm = (square + shards).sqrt()
@@ -228,3 +242,63 @@ def shard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                     optimizer.state[param][key] = distribute_tensor(
                         value, param.device_mesh, param.placements
                     )
+
+
+# ---- DistributedDataParallel on GPUs (train.parallel = "ddp")
+
+
+class _Replicated(DistributedDataParallel):
+    """``DistributedDataParallel`` that still answers its module's attributes: the causal
+    LM reaches into its backbone (``embed_tokens``, ``layers``, ``config``) through the
+    attribute the wrapper now holds."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":  # not set yet, inside DistributedDataParallel.__init__
+                raise
+            return getattr(self.module, name)
+
+
+def _sum_hook(_state, bucket):
+    """All-reduce a ``dist.GradBucket`` as a sum; returns a ``Future[Tensor]``. DDP's default
+    hook divides by the world size; here every rank's loss already carries the global
+    normalizer. (Unannotated: DDP compares annotations as objects, and this module's are
+    strings.)"""
+    work = dist.all_reduce(bucket.buffer(), async_op=True)
+    return work.get_future().then(lambda done: done.value()[0])
+
+
+def wrap_backbone(model: torch.nn.Module, device: torch.device) -> torch.nn.Module | None:
+    """Replace the causal LM's backbone by a ``DistributedDataParallel`` of it, whose
+    gradient buckets are summed over ranks while the backward still runs. Returns the
+    wrapper, or None when no backbone parameter trains (nothing to overlap)."""
+    prefix = model.base_model_prefix
+    backbone = getattr(model, prefix)
+    if not any(p.requires_grad for p in backbone.parameters()):
+        return None
+    wrapped = _Replicated(
+        backbone,
+        device_ids=None if device.type == "cpu" else [device],
+        broadcast_buffers=False,  # rank 0 evaluates alone: no collective in a forward
+        gradient_as_bucket_view=True,
+    )
+    wrapped.register_comm_hook(None, _sum_hook)
+    setattr(model, prefix, wrapped)
+    return wrapped
+
+
+@contextmanager
+def unwrapped(model: torch.nn.Module, wrapped: torch.nn.Module | None):
+    """``model`` with its plain backbone inside (state dicts and saved files keep the
+    Hugging Face names)."""
+    if wrapped is None:
+        yield model
+        return
+    prefix = model.base_model_prefix
+    setattr(model, prefix, wrapped.module)
+    try:
+        yield model
+    finally:
+        setattr(model, prefix, wrapped)

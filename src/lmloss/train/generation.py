@@ -2,6 +2,9 @@
 
 Prompts are left-padded so that every completion starts at the same column; the
 completion mask keeps each row's tokens up to and including its first end-of-sequence.
+The decoding loop is our own (a key/value cache, one token per step) rather than
+``model.generate``: a group's prompt is encoded once for all its samples, and the draw
+costs one random number per row instead of one per vocabulary entry.
 """
 
 from __future__ import annotations
@@ -42,6 +45,33 @@ def completion_mask(completions: torch.Tensor, eos: int | None) -> torch.Tensor:
     return (is_eos.cumsum(1) - is_eos) == 0
 
 
+def pick_tokens(logits: torch.Tensor, sampling: dict | None) -> torch.Tensor:
+    """The next token of each row of ``logits [N, V]``: greedy (``sampling`` None) or a
+    draw from ``softmax(logits / temperature)`` restricted to ``top_k`` / ``top_p``.
+
+    The draw inverts the cumulative distribution with one uniform number per row (the
+    torch global RNG): the same distribution as ``torch.multinomial``, without the
+    ``V`` random numbers per row it spends on the CPU (the largest sampling cost).
+    """
+    if sampling is None:
+        return logits.argmax(-1)
+    temperature = sampling.get("temperature", 1.0)
+    top_k, top_p = sampling.get("top_k", 0), sampling.get("top_p", 1.0)
+    scores = logits.float() / temperature
+    if 0 < top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    probs = scores.softmax(-1)
+    if top_p < 1.0:
+        # drop the tail outside the smallest set whose mass reaches top_p (keep the top token)
+        sorted_probs, order = probs.sort(-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    cdf = probs.cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(1).clamp(max=cdf.shape[-1] - 1)
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -56,26 +86,60 @@ def generate(
     """``group_size`` completions per prompt; greedy when ``sampling`` is None.
 
     ``sampling``: ``temperature``, ``top_p``, ``top_k`` (the torch global RNG draws).
+    Each prompt is encoded once and its key/value cache copied to its ``group_size``
+    rows (the group shares the prefix: ``group_size`` times less prompt compute than
+    repeating the prompt); decoding stops when every row has ended.
     """
-    pad = tokenizer.pad_token_id
-    ids, attention = left_pad(prompts, pad)
-    options = {"do_sample": False} if sampling is None else {"do_sample": True, **sampling}
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    ids, attention = (t.to(device) for t in left_pad(prompts, pad))
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
     was_training = model.training
     model.eval()
     try:
         with autocast or nullcontext():
-            out = model.generate(
+            out = model(
                 input_ids=ids,
                 attention_mask=attention,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=group_size,
-                pad_token_id=pad,
-                eos_token_id=tokenizer.eos_token_id,
-                **options,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
             )
+            cache = out.past_key_values
+            logits = out.logits[:, -1]
+            if group_size > 1:
+                cache.batch_repeat_interleave(group_size)
+                logits = logits.repeat_interleave(group_size, 0)
+                attention = attention.repeat_interleave(group_size, 0)
+                positions = positions.repeat_interleave(group_size, 0)
+            position = positions[:, -1:]
+            done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
+            tokens = []
+            for step in range(max_new_tokens):
+                token = pick_tokens(logits, sampling)
+                if pad is not None:
+                    token = token.masked_fill(done, pad)
+                tokens.append(token)
+                if eos is not None:
+                    done = done | (token == eos)
+                if step == max_new_tokens - 1 or bool(done.all()):
+                    break
+                attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], 1)
+                position = position + 1
+                out = model(
+                    input_ids=token[:, None],
+                    attention_mask=attention,
+                    position_ids=position,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                logits = out.logits[:, -1]
     finally:
         model.train(was_training)
     start = ids.shape[1]
-    mask = completion_mask(out[:, start:], tokenizer.eos_token_id)
-    full_attention = torch.cat([attention.repeat_interleave(group_size, 0), mask.long()], dim=1)
-    return Generated(ids=out, attention=full_attention, start=start, mask=mask)
+    full = torch.cat([ids.repeat_interleave(group_size, 0), torch.stack(tokens, 1)], 1)
+    mask = completion_mask(full[:, start:], eos)
+    prompt_attention = attention[:, :start]
+    return Generated(
+        ids=full, attention=torch.cat([prompt_attention, mask.long()], 1), start=start, mask=mask
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from lmloss.train.device import to_device
 from lmloss.train.generation import generate
 from lmloss.train.modes import TOKENS, Example, Mode
 
@@ -22,7 +23,14 @@ SAMPLES = "samples.jsonl"
 
 
 class HeldOut:
-    def __init__(self, mode: Mode, rows: list[dict], batch_size: int, shown: int = 3) -> None:
+    def __init__(
+        self,
+        mode: Mode,
+        rows: list[dict],
+        batch_size: int,
+        device: torch.device | None = None,
+        shown: int = 3,
+    ) -> None:
         if mode.family == "policy":
             raise ValueError(
                 "data.eval_path: a held-out loss needs an offline objective, not a "
@@ -33,6 +41,7 @@ class HeldOut:
         if not self.examples:
             raise ValueError("data.eval_path: no row is left after the length limits")
         self.mode, self.batch_size, self.shown = mode, batch_size, shown
+        self.device = torch.device("cpu") if device is None else device
 
     @torch.no_grad()
     def loss(self) -> float:
@@ -45,6 +54,8 @@ class HeldOut:
                 for i in range(0, len(self.examples), self.batch_size)
             ]
             batches = [self.mode.prepare(chunk) for chunk in chunks]
+            for batch in batches:
+                batch.tensors = to_device(batch.tensors, self.device)
             by_tokens = self.mode.normalizer() == TOKENS
             tokens = sum(b.tokens for b in batches)
             total = 0.0

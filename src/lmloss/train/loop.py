@@ -32,7 +32,15 @@ from lmloss.train import checkpoint, loggers, rundir, schedule, validate
 from lmloss.train import model as model_loading
 from lmloss.train.config import Recipe
 from lmloss.train.data import Encoder, Sampler
-from lmloss.train.distributed import World, full_optimizer_state, full_tensors
+from lmloss.train.device import resolve as resolve_compute
+from lmloss.train.device import to_device
+from lmloss.train.distributed import (
+    World,
+    full_optimizer_state,
+    full_tensors,
+    unwrapped,
+    wrap_backbone,
+)
 from lmloss.train.evaluate import evaluate_task
 from lmloss.train.export import export_run_model
 from lmloss.train.heldout import SAMPLES, HeldOut, append_samples
@@ -62,10 +70,6 @@ def _silent(*_args, **_kwargs) -> None:
     """The echo of data-parallel ranks other than 0."""
 
 
-def _bf16_autocast():
-    return torch.autocast("cpu", dtype=torch.bfloat16)
-
-
 class Trainer:
     """Builds everything a recipe describes; :meth:`run` trains (and evaluates) it.
 
@@ -83,10 +87,16 @@ class Trainer:
         owner: bool = True,
         echo=print,
     ) -> None:
-        self.world = World.join(recipe.train.dist_timeout)
+        train = recipe.train
+        # device, precision and threads first: a device this machine lacks fails here,
+        # before the process group and before any model loads
+        self.compute = resolve_compute(train.device, train.precision, train.threads)
+        self.device = self.compute.device
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.world = World.join(train.dist_timeout)
         self.recipe = recipe
         self.echo = echo if self.world.is_main else _silent
-        train = recipe.train
         self.world.per_rank(train.batch_size)  # a bad split fails before anything loads
         if train.parallel == "fsdp2" and recipe.lora.enabled:
             raise ValueError("train.parallel = 'fsdp2' does not support lora.enabled = true yet")
@@ -116,17 +126,17 @@ class Trainer:
 
     def _build(self, resume: bool) -> None:
         recipe, train = self.recipe, self.recipe.train
-        if train.threads:
-            torch.set_num_threads(train.threads)
+        torch.set_num_threads(self.compute.threads)
+        self.echo(f"compute: {self.compute.describe()}")
         torch.manual_seed(train.seed)
         random.seed(train.seed)
         self.guard = Guard(train.on_nonfinite, train.max_skips)
-        self.autocast = _bf16_autocast if train.precision == "bf16" else nullcontext
+        self.autocast = self.compute.autocast
         # every weight-free check (data rows, rewards, resume target, names) before loading
         self.checked = validate.check(recipe, resume=resume, run_dir=self.run_dir, writes=True)
         self.report_to = loggers.backends(recipe.output)
 
-        self.loaded = model_loading.load(recipe.model, recipe.lora)
+        self.loaded = model_loading.load(recipe.model, recipe.lora, device=self.device)
         self.model = self.loaded.model
         self.world.broadcast_parameters(list(self.model.parameters()))  # identical replicas
         self.model.train()
@@ -146,14 +156,24 @@ class Trainer:
         if self.checked.eval_table is not None:
             if self.world.active:
                 raise ValueError("data.eval_path is not supported under torchrun yet")
-            self.heldout = HeldOut(self.mode, self.checked.eval_table.rows, train.batch_size)
+            self.heldout = HeldOut(
+                self.mode, self.checked.eval_table.rows, train.batch_size, self.device
+            )
         self._steps_from_epochs()
         train = self.recipe.train
         self.sampler = Sampler(len(self.examples), train.seed, recipe.data.shuffle)
 
-        self.trainable = self.loaded.trainable()
+        self.trainable = self.loaded.trainable()  # named before any wrapper renames them
         if not self.trainable:
             raise ValueError("nothing to train: every parameter is frozen (see [model] / [lora])")
+        self.replicated = None  # the backbone's DistributedDataParallel (GPU, ddp)
+        if self.world.active and not self.sharded and self.device.type == "cuda":
+            self.replicated = wrap_backbone(self.model, self.device)
+        # what the reducer of the wrapper does not sum (an untied head): summed after backward
+        in_wrapper = (
+            set() if self.replicated is None else set(map(id, self.replicated.parameters()))
+        )
+        self.summed_after = [p for p in self.trainable.values() if id(p) not in in_wrapper]
         self.optimizer = torch.optim.AdamW(
             list(self.trainable.values()),
             lr=train.lr,
@@ -175,7 +195,11 @@ class Trainer:
         distill = self.recipe.distill
         if distill.teacher is not None:
             teacher, _ = model_loading.load_pretrained(
-                distill.teacher, self.recipe.model.dtype, self.recipe.model.trust_remote_code
+                distill.teacher,
+                self.recipe.model.dtype,
+                self.recipe.model.trust_remote_code,
+                device=self.device,
+                where="distill.teacher",
             )
             teacher.requires_grad_(False)
             self.ctx.teacher = ModelReference(teacher.eval())
@@ -241,7 +265,14 @@ class Trainer:
         self.echo(f"train.epochs = {train.epochs:g}: {steps} steps of {per_step} examples")
 
     def _save_recipe(self) -> None:
-        (self.run_dir / "recipe.json").write_text(json.dumps(self.recipe.as_dict(), indent=2))
+        """The recipe as run: ``train.device``/``precision``/``threads`` as resolved here."""
+        recipe = self.recipe.as_dict()
+        recipe["train"].update(
+            device=str(self.device),
+            precision=self.compute.precision,
+            threads=self.compute.threads,
+        )
+        (self.run_dir / "recipe.json").write_text(json.dumps(recipe, indent=2))
 
     # ---- checkpoints
 
@@ -301,6 +332,8 @@ class Trainer:
         # every rank draws the same global order and trains its slice of each micro-batch
         shard = self.world.shard(train.batch_size)
         batches: list[Batch] = [self.mode.prepare_shard(m, shard) for m in micro]
+        for batch in batches:
+            batch.tensors = to_device(batch.tensors, self.device)
         tokens = self.global_count(sum(b.tokens for b in batches))
         examples = self.global_count(sum(b.examples for b in batches))
         by_tokens = self.mode.normalizer() == TOKENS
@@ -308,17 +341,23 @@ class Trainer:
             raise ValueError(f"step {self.step + 1}: the batch has no trained token")
         metrics: dict[str, float] = {}
         losses = []
-        for batch in batches:
+        for index, batch in enumerate(batches):
             share = batch.examples / examples
-            out = self.mode.loss(batch, tokens if by_tokens else None)
-            loss = out.loss if by_tokens else out.loss * share
-            losses.append(float(loss.detach()))
-            if math.isfinite(losses[-1]):  # a bad micro-batch is not backpropagated
-                loss.backward()
+            last = index == len(batches) - 1
+            # the reducer sums over ranks once per step, overlapping the last backward
+            syncs = self.replicated is None or last
+            with nullcontext() if syncs else self.replicated.no_sync():
+                out = self.mode.loss(batch, tokens if by_tokens else None)
+                loss = out.loss if by_tokens else out.loss * share
+                losses.append(float(loss.detach()))
+                # a bad micro-batch is not backpropagated, except under the DDP wrapper,
+                # whose reducer must meet every rank's (the guard then sees the bad norm)
+                if math.isfinite(losses[-1]) or self.replicated is not None:
+                    loss.backward()
             for key, value in {**out.metrics, **batch.metrics}.items():
                 metrics[key] = metrics.get(key, 0.0) + share * _scalar(value)
         params = list(self.trainable.values())
-        self.world.sum_gradients(params)
+        self.world.sum_gradients(self.summed_after)
         total = self.world.sum(sum(losses))
         metrics = self.world.sum_dict(metrics)
         norm_limit = train.max_grad_norm if train.max_grad_norm > 0 else float("inf")
@@ -349,7 +388,8 @@ class Trainer:
 
     # ---- evaluation
 
-    def evaluate(self) -> dict | None:
+    def evaluate(self, size: int | None = None) -> dict | None:
+        """The held-out metric on ``size`` problems (default ``eval.size``)."""
         config = self.recipe.eval
         if config.task is None:
             return None
@@ -358,7 +398,7 @@ class Trainer:
             self.ctx.tokenizer,
             self.encoder,
             config.task,
-            size=config.size,
+            size=size or config.size,
             seed=config.seed,
             max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size,
@@ -366,7 +406,7 @@ class Trainer:
         )
         return result
 
-    def _log_eval(self, reporter: Reporter, label: str) -> dict | None:
+    def _log_eval(self, reporter: Reporter, label: str, size: int | None = None) -> dict | None:
         if not self.world.is_main:  # rank 0 evaluates; the others meet it at the next step
             return None
         if self.heldout is not None:
@@ -375,7 +415,7 @@ class Trainer:
             reporter.write(f"eval loss {label} (step {self.step}): {loss:.4g}")
             samples = self.heldout.samples(self.recipe.eval.max_new_tokens, self.autocast())
             append_samples(self.run_dir, self.step, samples)
-        result = self.evaluate()
+        result = self.evaluate(size)
         if result is None:
             return None
         metrics = result["metrics"]
@@ -423,7 +463,7 @@ class Trainer:
                     and self.step % recipe.eval.every == 0
                     and self.step < recipe.train.max_steps
                 ):
-                    self._log_eval(reporter, "during training")
+                    self._log_eval(reporter, "during training", recipe.eval.every_size)
             if output.save_every:  # 0: no checkpoint (no optimizer state), only the model
                 self.save()
             if recipe.eval.after:
@@ -446,6 +486,10 @@ class Trainer:
     def export(self, path: Path) -> None:
         """The trained model in Hugging Face layout (safetensors), loadable by ``lmloss eval``.
         Rank 0 writes it (under FSDP2 after every rank helped gather the blocks)."""
+        with unwrapped(self.model, self.replicated):
+            self._export(path)
+
+    def _export(self, path: Path) -> None:
         if self.sharded:
             whole = full_tensors(dict(self.model.state_dict()))
             if self.world.is_main:

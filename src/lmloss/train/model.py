@@ -1,20 +1,21 @@
 """Load the model and tokenizer of a run, choose what trains, and add LoRA adapters.
 
-Models come from the bundled SmolLM2 (``name = "smollm2"``), a local Hugging Face
-directory or a Hub id already in the local cache; nothing is downloaded and the
-directory's own code runs only with ``trust_remote_code = true``.
+Models come from the bundled SmolLM2 (``name = "smollm2"``, always offline), a local
+Hugging Face directory, or a Hugging Face Hub id (``"HuggingFaceTB/SmolLM2-360M"``):
+downloaded when online, read from the local Hub cache when offline (``HF_HUB_OFFLINE=1``
+or no network). A model's own code runs only with ``trust_remote_code = true``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lmloss.train.config import LoraConfig, ModelConfig
+from lmloss.train.hub import hub_offline, unavailable
 
 BUNDLED_MODELS = ("smollm2",)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -32,24 +33,43 @@ class LoadedModel:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
 
-def load_pretrained(name: str, dtype: str = "float32", trust_remote_code: bool = False):
-    """``(model, tokenizer)`` from the bundled short name or a local directory."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if name == "smollm2":
+def load_pretrained(
+    name: str,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    device: torch.device | str | None = None,
+    where: str = "model.name",
+):
+    """``(model, tokenizer)`` from the bundled short name, a local directory or a Hub id,
+    on ``device`` (default: where it loads, the CPU)."""
+    if name in BUNDLED_MODELS:
         from lmloss.models import smollm2
 
         model, tokenizer = smollm2(DTYPES[dtype])
     else:
         from lmloss.train.validate import resolve_model
 
-        path = Path(resolve_model(name))  # a local folder or a Hub id's cached snapshot
+        # a local folder, a Hub id's cached snapshot, or (online) the Hub id to fetch
+        path = Path(resolve_model(name, where))
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        options = {"trust_remote_code": trust_remote_code, "local_files_only": True}
-        tokenizer = AutoTokenizer.from_pretrained(path, **options)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **options)
+        local = path.is_dir()
+        options = {
+            "trust_remote_code": trust_remote_code,
+            "local_files_only": local or hub_offline(),
+        }
+        source = path if local else name
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **options)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **options)
+        except OSError as error:
+            if local:
+                raise
+            raise unavailable(where, name, "Hub model", error) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if device is not None:
+        model.to(device)
     return model, tokenizer
 
 
@@ -102,8 +122,10 @@ def add_lora(model: torch.nn.Module, config: LoraConfig) -> torch.nn.Module:
         raise ValueError(f"lora.target_modules: {error}") from error
 
 
-def load(config: ModelConfig, lora: LoraConfig) -> LoadedModel:
-    model, tokenizer = load_pretrained(config.name, config.dtype, config.trust_remote_code)
+def load(config: ModelConfig, lora: LoraConfig, device: torch.device | None = None) -> LoadedModel:
+    model, tokenizer = load_pretrained(
+        config.name, config.dtype, config.trust_remote_code, device=device
+    )
     if lora.enabled:
         peft = add_lora(model, lora)
         # PEFT injects the adapters into the original modules: the inner model runs them

@@ -31,6 +31,7 @@ import tomllib
 
 from lmloss import registry
 from lmloss.train.config import SECTIONS, Recipe
+from lmloss.train.device import check_device_spec
 
 
 def _hint(key: str, known: typing.Iterable[str]) -> str:
@@ -213,6 +214,7 @@ def validate(recipe: Recipe) -> None:
         ("train.max_grad_norm", t.max_grad_norm),
         ("train.threads", t.threads),
         ("eval.every", e.every),
+        ("eval.every_size", e.every_size),
         ("output.save_every", recipe.output.save_every),
         ("output.keep", recipe.output.keep),
         ("policy.top_k", p.top_k),
@@ -243,6 +245,7 @@ def validate(recipe: Recipe) -> None:
             f"policy.reward_weights has {len(p.reward_weights)} entries for "
             f"{len(p.rewards)} policy.rewards"
         )
+    check_device_spec(t.device)
     if recipe.reference.kind == "adapters_off" and not recipe.lora.enabled:
         raise ValueError("reference.kind = 'adapters_off' needs lora.enabled = true")
 

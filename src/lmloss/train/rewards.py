@@ -97,7 +97,8 @@ def score(
     A reward function that raises, returns the wrong count or a non-finite value stops
     the run with a message naming it.
     """
-    total = torch.zeros(len(completions), dtype=torch.float32)
+    # rewards are Python numbers: they are summed on the host (the trainer moves the batch)
+    total = torch.zeros(len(completions), dtype=torch.float32, device="cpu")
     means = {}
     for reward in rewards:
         try:
@@ -106,7 +107,7 @@ def score(
             raise RewardError(
                 f"reward function {reward.name!r} raised {type(error).__name__}: {error}"
             ) from error
-        values = torch.as_tensor(list(values), dtype=torch.float32)
+        values = torch.as_tensor(list(values), dtype=torch.float32, device="cpu")
         if values.shape != (len(completions),):
             raise RewardError(
                 f"reward function {reward.name!r} returned {values.numel()} values for "

@@ -24,8 +24,9 @@ from pathlib import Path
 from lmloss._checks import require_choice
 from lmloss.train import formats, loggers, tasks
 from lmloss.train.config import Recipe
-from lmloss.train.data import load_rows, rename_columns
+from lmloss.train.data import load_rows, read_hub_dataset, rename_columns
 from lmloss.train.files import read_rows
+from lmloss.train.hub import hub_offline, is_hub_id
 from lmloss.train.model import BUNDLED_MODELS
 
 
@@ -63,6 +64,9 @@ def read_table(
             rows = tasks.generate(config.task, config.task_size, seed=recipe.train.seed)
             source = f"task {config.task}"
         positions = list(range(1, len(rows) + 1))
+    elif path is None and not Path(config.path).exists() and is_hub_id(config.path):
+        rows = read_hub_dataset(config.path)
+        source, positions = f"hub:{config.path}", list(range(1, len(rows) + 1))
     else:
         source = str(path or config.path)
         rows, positions = read_rows(Path(source))
@@ -80,9 +84,9 @@ def read_table(
 # --------------------------------------------------------------------------- the rest
 
 
-def resolve_model(name: str) -> str:
-    """A loadable location of ``name``: a bundled name, a local folder, or the snapshot of a
-    Hub id in the local cache (nothing is downloaded)."""
+def resolve_model(name: str, where: str = "model.name") -> str:
+    """A loadable location of ``name``: a bundled name, a local folder, the snapshot of a Hub
+    id in the local cache, or (online) the Hub id itself, fetched when the model loads."""
     if name in BUNDLED_MODELS:
         from lmloss.models import smollm2_path
 
@@ -91,17 +95,23 @@ def resolve_model(name: str) -> str:
     path = Path(name)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ValueError(f"model {name!r} is a folder without config.json (not a model)")
+            raise ValueError(f"{where} {name!r} is a folder without config.json (not a model)")
         return name
-    if name.count("/") == 1 and not path.exists():
-        from huggingface_hub import try_to_load_from_cache
+    if is_hub_id(name) and not path.exists():
+        from huggingface_hub import constants, try_to_load_from_cache
 
         found = try_to_load_from_cache(name, "config.json")
         if isinstance(found, str):
             return str(Path(found).parent)
+        if not hub_offline():
+            return name
+        raise ValueError(
+            f"{where} {name!r}: the Hub model is not in the Hub cache {constants.HF_HUB_CACHE} "
+            "and the Hub is offline; run once online to cache it, or give a local path"
+        )
     raise ValueError(
-        f"model.name {name!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}) nor a "
-        "local model directory (nor a Hub id in the local cache; nothing is downloaded)"
+        f"{where} {name!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}), a local "
+        "model directory nor a Hugging Face Hub id (owner/name)"
     )
 
 
@@ -180,7 +190,7 @@ def check(
         report.lines.append(f"eval data: {len(report.eval_table.rows)} rows")
     report.lines.append(f"model: {recipe.model.name} ({resolve_model(recipe.model.name)})")
     if recipe.distill.teacher is not None:
-        resolve_model(recipe.distill.teacher)
+        resolve_model(recipe.distill.teacher, "distill.teacher")
         report.lines.append(f"teacher: {recipe.distill.teacher}")
     for name, value in [
         ("distill.topk_file", recipe.distill.topk_file),
