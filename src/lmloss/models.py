@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
@@ -40,12 +39,14 @@ def smollm2(dtype: torch.dtype = torch.float32):
     Returns:
         ``(model, tokenizer)``; the model is in eval mode.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = smollm2_path()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    # local files only, without switching the whole process offline (a Hub teacher or data
+    # set loaded later may still be fetched)
+    local = {"gguf_file": path.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, **local)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **local)
     as_plain_model(model, SMOLLM2_HUB_ID)
     tokenizer.name_or_path = SMOLLM2_HUB_ID
     model.eval()

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from lmloss.train.config import DataConfig
 from lmloss.train.data import Encoder
+from lmloss.train.device import resolve
 from lmloss.train.evaluate import evaluate_task
 from lmloss.train.model import load_pretrained, load_trained
 
@@ -34,13 +34,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, system_prompt=args.system_prompt)
     evaluation = recipe.get("eval", {})
     max_new_tokens = args.max_new_tokens or evaluation.get("max_new_tokens", 32)
-    bf16 = args.bf16 or recipe.get("train", {}).get("precision") == "bf16"
+    precision = "bf16" if args.bf16 else recipe.get("train", {}).get("precision", "auto")
+    # the device of this machine (the run's may be elsewhere), the run's precision
+    compute = resolve("auto", precision, 0)
+    torch.set_num_threads(compute.threads)
 
     if Path(args.model).is_dir():
         model, tokenizer = load_trained(args.model)
     else:
         model, tokenizer = load_pretrained(args.model)
-    model.eval()
+    model.to(compute.device).eval()
     result = evaluate_task(
         model,
         tokenizer,
@@ -50,7 +53,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_new_tokens=max_new_tokens,
         batch_size=args.batch_size,
-        autocast=torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext(),
+        autocast=compute.autocast(),
     )
     print(json.dumps(result, indent=2))
     return 0
