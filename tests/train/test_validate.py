@@ -151,7 +151,7 @@ def test_a_hub_id_in_the_local_cache_resolves_and_loads(tiny_model, tmp_path, mo
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: say so, as a user would
     assert resolve_model("someone/tiny") == str(snapshot)
-    with pytest.raises(ValueError, match="not in the Hub cache .* the Hub is offline"):
+    with pytest.raises(ValueError, match=r"not in the Hub cache .* the Hub is offline"):
         resolve_model("someone/absent")
     model, _ = model_loading.load_pretrained("someone/tiny")
     assert model.config.vocab_size == 49
