@@ -20,6 +20,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -135,8 +136,9 @@ def _soak(tiny_model: Path, tmp_path: Path, steps: int, kills: int, seed: int) -
 
     run_dir = tmp_path / "killed"
     recipe = _recipe(tiny_model, data, run_dir, steps)
+    expected = _finished(tmp_path / "whole")
     rng = random.Random(seed)
-    killed, lives = {kind: 0 for kind in KINDS}, 0
+    killed, lives, completed = {kind: 0 for kind in KINDS}, 0, 0
     while sum(killed.values()) < kills:
         lives += 1
         assert lives < 4 * kills, f"only {killed} kills in {lives} lives"
@@ -144,22 +146,31 @@ def _soak(tiny_model: Path, tmp_path: Path, steps: int, kills: int, seed: int) -
         process = run_life(recipe)
         if _kill_at_random(process, kind, run_dir / "checkpoints", rng):
             killed[kind] += 1
-        else:
-            process.join()
-            assert process.exitcode == 0, f"life {lives} failed with {process.exitcode}"
+            continue
+        process.join()
+        assert process.exitcode == 0, f"life {lives} failed with {process.exitcode}"
+        if (run_dir / "model").is_dir():
+            # the run outlived its kills (a fast machine): check it, then soak a new one
+            _assert_same_run(run_dir, expected, steps)
+            completed += 1
+            shutil.rmtree(run_dir)
     last = run_life(recipe)
     last.join()
     assert last.exitcode == 0
     assert killed["step"] and killed["save"], killed
+    _assert_same_run(run_dir, expected, steps)
+    print(f"soak: {killed} kills in {lives} lives, {completed + 1} runs completed")
 
-    expected, got = _finished(tmp_path / "whole"), _finished(run_dir)
+
+def _assert_same_run(run_dir: Path, expected: dict, steps: int) -> None:
+    """The killed and resumed run ended bit-identical to the uninterrupted one."""
+    got = _finished(run_dir)
     assert got["rows"] == expected["rows"]
     assert [r["step"] for r in got["rows"]] == list(range(1, steps + 1))
     assert got["model"].keys() == expected["model"].keys()
     for name, value in expected["model"].items():
         assert torch.equal(got["model"][name], value), name
     assert not (run_dir / rundir.LOCK).exists()
-    print(f"soak: {killed} kills in {lives} lives")
 
 
 def test_kill_resume_soak(tiny_model, tmp_path):

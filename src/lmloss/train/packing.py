@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from lmloss.train.data import HOST
 from lmloss.train.modes.base import Example
 
 POSITIONS = "positions"
@@ -53,11 +54,11 @@ def pack(examples: list[Example], max_length: int) -> list[Example]:
 
 def position_ids(examples: list[Example], width: int) -> torch.Tensor:
     """``[B, width]`` positions of packed examples; the padding is one more row of its own."""
-    out = torch.zeros(len(examples), width, dtype=torch.long)
+    out = torch.zeros(len(examples), width, dtype=torch.long, device=HOST)
     for i, example in enumerate(examples):
         positions = example.tokens[POSITIONS]
-        out[i, : len(positions)] = torch.tensor(positions)
-        out[i, len(positions) :] = torch.arange(width - len(positions))
+        out[i, : len(positions)] = torch.tensor(positions, device=HOST)
+        out[i, len(positions) :] = torch.arange(width - len(positions), device=HOST)
     return out
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmloss.train.data import HOST
+
 
 class TokenStore:
     """``values(segment, i)``: the ``[n_i, ...]`` tensor of example ``i``'s segment."""
@@ -28,14 +30,14 @@ class TokenStore:
         """``segments[name][i] = (token ids, values [n_i, ...])``; written atomically."""
         tensors = {}
         for name, rows in segments.items():
-            lengths = torch.tensor([len(ids) for ids, _ in rows], dtype=torch.long)
+            lengths = torch.tensor([len(ids) for ids, _ in rows], dtype=torch.long, device=HOST)
             tensors[f"{name}.offsets"] = torch.cat(
-                [torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]
+                [torch.zeros(1, dtype=torch.long, device=HOST), lengths.cumsum(0)]
             )
             tensors[f"{name}.ids"] = torch.tensor(
-                [t for ids, _ in rows for t in ids], dtype=torch.long
+                [t for ids, _ in rows for t in ids], dtype=torch.long, device=HOST
             )
-            values = torch.cat([v.detach() for _, v in rows])
+            values = torch.cat([v.detach().to(HOST) for _, v in rows])  # a file: host memory
             tensors[f"{name}.values"] = values.float() if values.is_floating_point() else values
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"kind": kind})

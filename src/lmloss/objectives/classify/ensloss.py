@@ -35,7 +35,8 @@ def sample_calibrated_derivative(
     """
     low, high = _check_range("shift", shift, positive=False)
     s_low, s_high = _check_range("scale", scale, positive=True)
-    u = torch.rand(2, generator=generator, dtype=torch.float64)
+    device = "cpu" if generator is None else generator.device  # two draws read as floats
+    u = torch.rand(2, generator=generator, dtype=torch.float64, device=device)
     mu = low + (high - low) * float(u[0])
     s = math.exp(math.log(s_low) + (math.log(s_high) - math.log(s_low)) * float(u[1]))
     return mu, s
