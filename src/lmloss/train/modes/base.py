@@ -169,7 +169,7 @@ class Mode:
         ``targets``; ``segment`` names the examples' tokens they were computed for."""
         trained = targets != -100
         first = store.values(name, examples[0].index, self._segment_ids(examples[0], segment))
-        out = torch.zeros(*targets.shape, *first.shape[1:], dtype=first.dtype)
+        out = targets.new_zeros(*targets.shape, *first.shape[1:], dtype=first.dtype)
         for i, ex in enumerate(examples):
             values = store.values(name, ex.index, self._segment_ids(ex, segment))
             positions = trained[i].nonzero().squeeze(1)
@@ -178,7 +178,7 @@ class Mode:
                     f"{store.source}: example {ex.index} has {len(values)} stored tokens but "
                     f"{len(positions)} trained tokens"
                 )
-            out[i, positions] = values.to(out.dtype)
+            out[i, positions] = values.to(out.device, out.dtype)
         return out
 
     @staticmethod

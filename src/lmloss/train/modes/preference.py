@@ -22,7 +22,13 @@ import lmloss
 from lmloss.objectives.preference.inputs import Pairs, Unpaired, kind_of
 from lmloss.output import LossOutput
 from lmloss.stats import token_stats
-from lmloss.train.data import Sequences, pad_sequences, prompt_completion, require_columns
+from lmloss.train.data import (
+    HOST,
+    Sequences,
+    pad_sequences,
+    prompt_completion,
+    require_columns,
+)
 from lmloss.train.modes.base import Batch, Context, Example, Mode, head_kwargs
 from lmloss.train.token_store import TokenStore
 
@@ -100,9 +106,9 @@ class PreferenceMode(Mode):
         for name in self.inputs:
             values = [ex.row[COLUMN_OF_INPUT.get(name, name)] for ex in examples]
             out[name] = (
-                torch.tensor([bool(v) for v in values])
+                torch.tensor([bool(v) for v in values], device=HOST)
                 if name == "desirable"
-                else (torch.tensor(values, dtype=torch.float32))
+                else torch.tensor(values, dtype=torch.float32, device=HOST)
             )
         return out
 

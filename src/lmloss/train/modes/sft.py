@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
 import torch.nn.functional as F
 
 from lmloss.likelihood import fused_likelihood_loss
@@ -98,5 +97,5 @@ class SFTMode(Mode):
         )
         nll = out.per_example.detach()
         trained = seqs.targets != -100
-        metrics = {"token_loss": nll[trained].mean() if trained.any() else torch.zeros(())}
+        metrics = {"token_loss": nll[trained].mean() if trained.any() else nll.new_zeros(())}
         return LossOutput(out.loss, out.per_example, {**out.metrics, **metrics})
