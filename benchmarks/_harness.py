@@ -33,6 +33,20 @@ Inputs = dict
 Method = Callable[[Inputs], None]
 
 
+def greedy_chat(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[torch.Tensor, int]:
+    """``prompt`` as one user turn, answered greedily: the ids of prompt + answer and the
+    prompt's length (where the answer starts)."""
+    enc = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+    return out[0], enc["input_ids"].shape[1]
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])

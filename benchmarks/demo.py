@@ -14,7 +14,7 @@ import gc
 
 import torch
 
-from _harness import measure
+from _harness import greedy_chat, measure
 from lmloss.hf import causal_lm_forward
 from lmloss.models import smollm2
 
@@ -29,16 +29,9 @@ def _chat_batch(tokenizer, prompts, model, max_new_tokens):
     """Greedy answers, returned as padded ids, attention mask and a completion mask."""
     rows, completion_starts = [], []
     for prompt in prompts:
-        enc = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        )
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-        rows.append(out[0])
-        completion_starts.append(enc["input_ids"].shape[1])
+        row, start = greedy_chat(model, tokenizer, prompt, max_new_tokens)
+        rows.append(row)
+        completion_starts.append(start)
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(rows), width), pad)

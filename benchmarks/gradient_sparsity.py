@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from _harness import greedy_chat
 from lmloss.models import smollm2
 
 PROMPTS = (
@@ -30,15 +31,9 @@ VOCAB_TILES = (256, 1024, 8192)
 def probabilities(model, tokenizer) -> torch.Tensor:
     rows = []
     for prompt in PROMPTS:
-        enc = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        )
+        ids, start = greedy_chat(model, tokenizer, prompt, 96)
         with torch.no_grad():
-            ids = model.generate(**enc, max_new_tokens=96, do_sample=False)
-            logits = model(input_ids=ids).logits[0, enc["input_ids"].shape[1] - 1 : -1]
+            logits = model(input_ids=ids[None]).logits[0, start - 1 : -1]
         rows.append(torch.softmax(logits.float(), -1))
     return torch.cat(rows)
 
