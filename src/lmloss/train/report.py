@@ -34,7 +34,7 @@ def _heldout_table(summary: Summary) -> list[str]:
             b = f"{before[key]:.3f}" if key in before else "-"
             a = f"{after[key]:.3f}" if key in after else "-"
             lines.append(f"| {label} | {b} | {a} |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def render(summary: Summary, command: str) -> str:
