@@ -14,6 +14,7 @@ from lmloss.cli import main
 from lmloss.train import health, load_recipe
 from lmloss.train import rewards as reward_fns
 from lmloss.train.loop import Trainer
+from lmloss.train.validate import check
 
 VERIFIER, FORMAT = "reward/exact_numeric", "reward/format_number"
 
@@ -149,6 +150,8 @@ def test_verifier_key_defaults_to_the_task_grader_and_is_checked(tiny_model, tmp
     assert health.verifier_of(chosen) == "format_number"
     with pytest.raises(ValueError, match=r"policy.verifier 'exact' must be one of policy.rewards"):
         policy_recipe(rewards=["exact_numeric"], verifier="exact")
+    lines = check(chosen).lines  # lmloss validate says which reward is the verifier
+    assert "rewards: exact_numeric, format_number; verifier: format_number" in lines
 
 
 # ---- end to end: a run whose held-out accuracy falls says so, in all three places
