@@ -169,30 +169,23 @@ def test_run_whose_accuracy_falls_is_reported(tiny_model, tmp_path, monkeypatch,
     data = write_jsonl(
         tmp_path / "p.jsonl", [{"prompt": f"what is {i}?", "answer": str(i)} for i in range(4)]
     )
-    toml = tmp_path / "r.toml"
-    toml.write_text(f"""
-[model]
-name = "{tiny_model}"
-[data]
-path = "{data}"
-[objective]
-name = "grpo"
-[train]
-max_steps = 1
-batch_size = 2
-precision = "fp32"
-[policy]
-group_size = 2
-max_new_tokens = 2
-[eval]
-task = "arithmetic"
-[output]
-progress = false
-plot = false
-save_model = false
-""")
+    settings = {
+        "model.name": json.dumps(str(tiny_model)),
+        "data.path": json.dumps(str(data)),
+        "objective.name": "grpo",
+        "train.max_steps": 1,
+        "train.batch_size": 2,
+        "train.precision": "fp32",
+        "policy.group_size": 2,
+        "policy.max_new_tokens": 2,
+        "eval.task": "arithmetic",
+        "output.progress": "false",
+        "output.plot": "false",
+        "output.save_model": "false",
+    }
     run = tmp_path / "run"
-    assert main(["train", str(toml), "--output", str(run)]) == 0
+    overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    assert main(["train", *overrides, "--output", str(run)]) == 0
     last_line = capsys.readouterr().out.rstrip("\n").splitlines()[-1]
     expected = "held-out accuracy is worse after training than before: 0.600 -> 0.100"
     assert last_line.startswith("WARNING: this run went wrong:") and expected in last_line
