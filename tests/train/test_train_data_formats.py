@@ -223,6 +223,12 @@ def test_eval_path_logs_held_out_loss_and_samples(tiny_model, tmp_path):
     assert [e["step"] for e in evals] == [0, 1, 2]
     # the same four rows, one batch: the first held-out loss is the first training loss
     assert abs(evals[0]["eval_loss"] - summary.losses[0]) < 1e-5
+    # the held-out loss before and after is the summary's, and judged (SFT on those rows)
+    assert summary.metrics("before") == {"eval_loss": evals[0]["eval_loss"]}
+    assert summary.metrics("after") == {"eval_loss": evals[-1]["eval_loss"]}
+    assert summary.health.line().startswith(
+        f"ok: held-out loss {evals[0]['eval_loss']:.4g} -> {evals[-1]['eval_loss']:.4g}"
+    )
     samples = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
     first = json.loads(samples[0])
     assert first["step"] == 0 and first["prompt"].endswith("<|assistant|>") and "output" in first
