@@ -245,6 +245,10 @@ def validate(recipe: Recipe) -> None:
             f"policy.reward_weights has {len(p.reward_weights)} entries for "
             f"{len(p.rewards)} policy.rewards"
         )
+    if p.verifier is not None and p.verifier not in p.rewards:
+        raise ValueError(
+            f"policy.verifier {p.verifier!r} must be one of policy.rewards {list(p.rewards)}"
+        )
     check_device_spec(t.device)
     if recipe.reference.kind == "adapters_off" and not recipe.lora.enabled:
         raise ValueError("reference.kind = 'adapters_off' needs lora.enabled = true")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmloss._checks import require_choice
-from lmloss.train import formats, loggers, tasks
+from lmloss.train import formats, health, loggers, tasks
 from lmloss.train.config import Recipe
 from lmloss.train.data import load_rows, read_hub_dataset, rename_columns
 from lmloss.train.files import read_rows
@@ -206,7 +206,8 @@ def check(
         columns = set(table.rows[0]) - {"prompt"}
         for reward in recipe.policy.rewards:
             check_reward(reward, columns)
-        report.lines.append(f"rewards: {', '.join(recipe.policy.rewards)}")
+        verifier = health.verifier_of(recipe) or "none (no reward-hacking check)"
+        report.lines.append(f"rewards: {', '.join(recipe.policy.rewards)}; verifier: {verifier}")
     if recipe.eval.task is not None:
         require_choice("eval.task", recipe.eval.task, tasks.TASKS)
         report.lines.append(f"eval task: {recipe.eval.task}")
