@@ -177,6 +177,10 @@ class PolicyConfig:
     )
     reward_weights: tuple[float, ...] = _doc("weight of each reward (default: all 1)", ())
     advantage: str = _doc("advantage estimator (lmloss.advantages): grpo, rloo, ...", "grpo")
+    proxy_min_p: float = _doc(
+        "lp_reg: κ of the min-p proxy of the sampling policy (tokens with p >= κ·max p kept)",
+        0.02,
+    )
 
 
 @dataclass(frozen=True)

@@ -250,6 +250,8 @@ def validate(recipe: Recipe) -> None:
         )
     if not 0 < p.top_p <= 1:
         raise ValueError(f"policy.top_p must be in (0, 1], got {p.top_p}")
+    if not 0 < p.proxy_min_p <= 1:
+        raise ValueError(f"policy.proxy_min_p must be in (0, 1], got {p.proxy_min_p}")
     if not 0 <= t.decay_fraction <= 1 or not 0 <= t.min_lr_ratio <= 1:
         raise ValueError("train.decay_fraction and train.min_lr_ratio must be in [0, 1]")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):

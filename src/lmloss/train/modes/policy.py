@@ -49,6 +49,8 @@ class PolicyMode(Mode):
         if "max_tokens" in ctx.entry.hyper and "max_tokens" not in self.hyper:
             # Dr. GRPO's constant normalizer: the generation budget, the same every step
             self.hyper["max_tokens"] = policy.max_new_tokens
+        if "group_size" in ctx.entry.hyper and "group_size" not in self.hyper:
+            self.hyper["group_size"] = policy.group_size  # GTPO's groups: the sampled ones
 
     def check_columns(self, rows: list[dict], source: str) -> None:
         require_columns(rows, ("prompt",), source, f"the policy objective {self.ctx.entry.name!r}")
@@ -86,6 +88,7 @@ class PolicyMode(Mode):
             group_size=group,
             sampling=sampling,
             autocast=self.ctx.autocast(),
+            proxy_min_p=config.proxy_min_p if "proxy_logps" in self.ctx.entry.spec.inputs else None,
         )
         generate_seconds = time.perf_counter() - started
         texts = out.texts(self.ctx.tokenizer)
@@ -110,6 +113,8 @@ class PolicyMode(Mode):
             "targets": targets,
         }
         tensors["advantages"] = advantages
+        if out.proxy_logps is not None:  # Lp-Reg: the sampling policy's min-p proxy
+            tensors["proxy_logps"] = out.proxy_logps
         return Batch(examples=len(texts), tokens=int(mask.sum()), tensors=tensors, metrics=metrics)
 
     def _advantages(self, rewards, group: int):
@@ -145,7 +150,9 @@ class PolicyMode(Mode):
                 "ref_weight": ref_head.weight,
                 "ref_bias": ref_head.bias,
             }
-        normalizer = {"num_items": num_items} if num_items is not None else {}
+        inputs = {"num_items": num_items} if num_items is not None else {}
+        if "proxy_logps" in t:
+            inputs["proxy_logps"] = t["proxy_logps"]
         head = self.policy_head()
         return lmloss.fused_policy_loss(
             self.ctx.entry.name,
@@ -155,7 +162,7 @@ class PolicyMode(Mode):
             want_entropy=True,
             **head_kwargs(head),
             **reference,
-            **normalizer,
+            **inputs,
             **self.ctx.engine,
             **self.hyper,
         )
