@@ -48,9 +48,7 @@ SECTIONS = {
     },
     "preference": {"preference": {"samples": 2, "max_new_tokens": 3}},
 }
-TRAINED = [
-    name for name in registry.list_objectives() if registry.get(name).family not in WAITING
-]
+TRAINED = [name for name in registry.list_objectives() if registry.get(name).family not in WAITING]
 
 
 def test_every_registered_objective_is_trained_here_or_waits_with_a_reason():
