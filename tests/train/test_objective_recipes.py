@@ -126,7 +126,7 @@ def _parse(objective: dict, **sections):
         ),
         ({"name": "dpo", "add": [{"name": "dpo", "weight": 1}]}, {}, ValueError, "already a term"),
         ({"name": "dpo", "add": [{"name": "kto", "weight": 1}]}, {}, ValueError, "cannot feed"),
-        ({"name": "grpo", "add": [{"name": "ce", "weight": 1}]}, {}, ValueError, "cannot feed"),
+        ({"name": "grpo", "add": [{"name": "dpo", "weight": 1}]}, {}, ValueError, "cannot feed"),
         ({"name": "tdpo1", "add": [{"name": "ce", "weight": 1}]}, {}, ValueError, "forward_kl"),
         (
             {"name": "dpo", "add": [{"name": "ce", "weight": 1}], "hypo_weight": 0.1},
@@ -217,6 +217,46 @@ def test_dpo_plus_ce_equals_its_terms_and_runs_one_engine_pass(tiny_model, tmp_p
     head = trainer.model.get_output_embeddings().weight
     (got,) = torch.autograd.grad(out.loss, head)
     (want,) = torch.autograd.grad(dpo + weight * ce, head)
+    assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_grpo_plus_ce_on_demonstrations_equals_its_terms(tiny_model, tmp_path, monkeypatch):
+    rows = [{"prompt": f"go {x}", "completion": "aaa " + x} for x in "abcd"]
+    objective = {"name": "grpo", "add": [{"name": "ce", "weight": 0.3}]}
+    policy = {"group_size": 2, "max_new_tokens": 4, "rewards": ["train_testkit:letter_a_reward"]}
+    trainer = _trainer(tiny_model, tmp_path, rows, objective, policy=policy)
+    batch = _batch(trainer)
+    import lmloss.train.modes.policy_sum as policy_sum
+
+    calls = {"engine": 0, "backbone": 0}
+    for name, key in [("token_stats", "engine"), ("hidden_states", "backbone")]:
+        original = getattr(policy_sum, name)
+
+        def counted(*args, _original=original, _key=key, **kwargs):
+            calls[_key] += torch.is_grad_enabled()
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(policy_sum, name, counted)
+    out = trainer.mode.loss(batch, None)
+    assert calls == {"engine": 1, "backbone": 1}
+
+    t = batch.tensors
+    positions = (t["attention"].cumsum(1) - 1).clamp(min=0)
+    logits = trainer.model(
+        input_ids=t["ids"], attention_mask=t["attention"], position_ids=positions
+    ).logits[:, t["start"] - 1 : -1]
+    logp = logits.double().log_softmax(-1).gather(-1, t["targets"].clamp(min=0)[..., None])
+    mask = (t["targets"] != -100).double()
+    # GRPO on-policy: ratio 1, per-sequence token mean of -A·ratio, mean over sequences
+    ratio = torch.exp(logp.squeeze(-1) - logp.squeeze(-1).detach())
+    per_seq = (-(ratio * t["advantages"][:, None]) * mask).sum(1) / mask.sum(1)
+    demo_logp, _, demo_mask = _plain(trainer.model, t["demonstrations"])
+    ce = -demo_logp.sum() / demo_mask.sum()
+    assert torch.allclose(out.metrics["loss/ce"].double(), ce, atol=1e-5)
+    assert torch.allclose(out.loss.double(), per_seq.mean() + 0.3 * ce, atol=1e-5)
+    head = trainer.model.get_output_embeddings().weight
+    (got,) = torch.autograd.grad(out.loss, head)
+    (want,) = torch.autograd.grad(per_seq.mean() + 0.3 * ce, head)
     assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
 
 

@@ -14,9 +14,10 @@ The loss is ``L = L_objective + Σ_k w_k · L_k``; each term's unweighted loss i
 ``loss/<name>``. A term must be fed by the batch the objective's mode builds: terms of the
 same family and input kind run on the same rows; a likelihood term runs on the answers the
 data marks as good (the chosen answers of pairs, the completions labelled true of unpaired
-rows). The mode runs the backbone once and the engine once for the union of the statistics
-the terms declare, then each term's objective on those statistics (the front doors' plain
-paths), never one pass per term.
+rows, the ``completion`` column of a policy objective's prompt rows: a demonstration). The
+mode runs the backbone once and the engine once for the union of the statistics the terms
+declare, then each term's objective on those statistics (the front doors' plain paths),
+never one pass per term.
 
 A token-mean term under an objective that averages over examples is the mean over the
 micro-batch's tokens, weighted like the objective (TRL's ``rpo_alpha`` does the same).
@@ -51,12 +52,12 @@ class Term:
 
 # preference kinds whose rows mark the good answers a likelihood term trains on
 GOOD_ANSWERS = ("Pairs", "Unpaired")
-SUMMED_FAMILIES = ("likelihood", "preference")
+SUMMED_FAMILIES = ("likelihood", "preference", "policy")
 
 
 def feeds(main: registry.Entry, term: registry.Entry) -> bool:
     """Whether the mode of ``main`` builds rows ``term`` can be computed on."""
-    if main.family == "likelihood":
+    if main.family in ("likelihood", "policy"):  # policy: on the demonstration column
         return term.family == "likelihood"
     if main.family != "preference" or main.spec.kind not in GOOD_ANSWERS:
         return False
@@ -74,9 +75,11 @@ def _require_engine_only(entry: registry.Entry, where: str) -> None:
 
 def _fed_by(main: registry.Entry) -> str:
     if main.family not in SUMMED_FAMILIES:
-        return "no term (weighted sums are built for likelihood and preference objectives)"
+        return "no term (weighted sums are built for likelihood, preference, policy objectives)"
     if main.family == "likelihood":
         return "likelihood objectives"
+    if main.family == "policy":
+        return "likelihood objectives (on the rows' completion column, a demonstration)"
     if main.spec.kind in GOOD_ANSWERS:
         return f"{main.spec.kind} preference objectives and likelihood objectives (good answers)"
     return "no term (weighted sums are built for pairwise and unpaired preference objectives)"

@@ -29,6 +29,7 @@ from lmloss.train.modes.base import (
     head_kwargs,
     like_head,
 )
+from lmloss.train.modes.policy_sum import policy_with_terms
 
 
 class PolicyMode(Mode):
@@ -54,13 +55,19 @@ class PolicyMode(Mode):
 
     def check_columns(self, rows: list[dict], source: str) -> None:
         require_columns(rows, ("prompt",), source, f"the policy objective {self.ctx.entry.name!r}")
+        if self.ctx.recipe.terms:  # likelihood terms train on the demonstrations
+            require_columns(rows, ("completion",), source, "[[objective.add]] (demonstrations)")
 
     def encode(self, index: int, row: dict) -> Example | None:
         encoder = self.ctx.encoder
         prompt_ids = encoder.prompt(row["prompt"])
         if not encoder.check_prompt(prompt_ids, index):
             return None
-        return Example(index, row, {"prompt": prompt_ids})
+        tokens = {"prompt": prompt_ids}
+        if self.ctx.recipe.terms:
+            answer = encoder.completion(row["prompt"], prompt_ids, str(row["completion"]))
+            tokens["completion"] = encoder.fit(prompt_ids, answer)
+        return Example(index, row, tokens)
 
     def uses_reference(self) -> bool:
         """Policy objectives take the reference optionally: only the ``beta`` KL needs it."""
@@ -115,6 +122,8 @@ class PolicyMode(Mode):
         tensors["advantages"] = advantages
         if out.proxy_logps is not None:  # Lp-Reg: the sampling policy's min-p proxy
             tensors["proxy_logps"] = out.proxy_logps
+        if self.ctx.recipe.terms:
+            tensors["demonstrations"] = self.sequences_of(examples)
         return Batch(examples=len(texts), tokens=int(mask.sum()), tensors=tensors, metrics=metrics)
 
     def _advantages(self, rewards, group: int):
@@ -132,6 +141,8 @@ class PolicyMode(Mode):
     # ---- objective
 
     def loss(self, batch: Batch, num_items: int | None) -> LossOutput:
+        if self.ctx.recipe.terms:
+            return policy_with_terms(self, batch, num_items)
         t = batch.tensors
         positions = (t["attention"].cumsum(1) - 1).clamp(min=0)
         scored = slice(
