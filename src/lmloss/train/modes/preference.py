@@ -329,15 +329,19 @@ class PreferenceMode(Mode):
         return objective_sum.total(parts)
 
     def _reference_logps(self, seqs: Sequences, examples: list[Example]) -> dict:
-        """Reference log-probs by group keyword: stored, or one engine pass of the reference."""
-        if self.ctx.reference_store is not None:
-            return self._stored_reference(seqs, examples)
-        if self.ctx.reference is None:
-            return {}
-        hidden, head = self.reference_hidden(seqs)
+        """Reference log-probs by group keyword: stored, or one engine pass of the reference
+        (with the policy head's logit transform, as the fused front door applies it)."""
+        found = self._reference(seqs, examples)
+        if "ref_hidden" not in found:
+            return found  # stored log-probs, or no reference
         with torch.no_grad():
             logps = token_stats(
-                hidden, **head_kwargs(head), targets=seqs.targets, **self.ctx.engine
+                found["ref_hidden"],
+                found["ref_weight"],
+                seqs.targets,
+                found["ref_bias"],
+                **self.policy_head().transform_kwargs(),
+                **self.ctx.engine,
             ).logp
         parts = logps.chunk(len(self.kind.PRIMARY))
         return {f"ref_{p}logps": part for p, part in zip(self.kind.PRIMARY, parts)}
