@@ -425,3 +425,26 @@ def test_min_p_proxy_log_probs_follow_the_filtered_distribution():
     proxy = proxy / proxy.sum(-1, keepdim=True)
     assert torch.allclose(got, proxy[[0, 1], tokens].log(), atol=1e-6)
     assert min_p_logprob(logits, torch.tensor([2, 0]), 0.2)[0] == FILTERED_LOGP
+
+
+def test_precomputed_reference_of_lists_equals_the_frozen_copy(tiny_model, tmp_path):
+    from lmloss.train.precompute import precompute
+
+    data = write_jsonl(tmp_path / "lists.jsonl", LISTS)
+    losses = {}
+    for kind in ("copy", "precomputed"):
+        run = recipe(
+            tiny_model,
+            data,
+            tmp_path / kind,
+            {"name": "lipo"},
+            train=FP32,
+            reference={"kind": kind},
+        )
+        if kind == "precomputed":
+            base = recipe(tiny_model, data, tmp_path / "pre", {"name": "lipo"}, train=FP32)
+            precompute(base, echo=lambda *_: None)
+        trainer = Trainer(run, **QUIET)
+        losses[kind] = trainer.mode.loss(_batch(trainer), None).loss.item()
+        trainer.close()
+    assert losses["precomputed"] == pytest.approx(losses["copy"], rel=1e-6)

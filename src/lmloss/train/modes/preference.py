@@ -255,22 +255,26 @@ class PreferenceMode(Mode):
         for prefix, asked in self.draws.items():
             if asked:
                 inputs |= self._sample_group(prefix, batch.tensors[prefix], len(examples))
-        options = {k: v for k, v in self.options.items() if k != "lcpo_noise"}
-        door = lmloss.fused_preference_loss
-        if "lcpo_noise" in self.options:
-            door = partial(lmloss.lcpo, noise=self.options["lcpo_noise"])
         size = len(self._segments_of(examples))
-        return door(
+        return self._door(fused=True)(
             self.ctx.entry.name,
             hidden=self._layout(self.policy_hidden(seqs), size),
             targets=self._layout(seqs.targets, size),
             **head_kwargs(self.policy_head()),
             **self._reference(seqs, examples),
             **inputs,
-            **options,
             **self.ctx.engine,
             **self.ctx.hyper,
         )
+
+    def _door(self, fused: bool):
+        """The front door (fused, or plain on statistics) with the recipe's options; LCPO
+        wraps it when ``lcpo_noise`` is set."""
+        options = {k: v for k, v in self.options.items() if k != "lcpo_noise"}
+        door = lmloss.fused_preference_loss if fused else lmloss.preference_loss
+        if "lcpo_noise" in self.options:
+            door = partial(lmloss.lcpo, noise=self.options["lcpo_noise"])
+        return partial(door, **options)
 
     # ---- weighted sums
 
@@ -305,25 +309,16 @@ class PreferenceMode(Mode):
         def taken(entry) -> dict:
             return {k: v for k, v in inputs.items() if k in entry.spec.takes}
 
-        options = {k: v for k, v in self.options.items() if k != "lcpo_noise"}
-        door = lmloss.preference_loss
-        if "lcpo_noise" in self.options:
-            door = partial(lmloss.lcpo, noise=self.options["lcpo_noise"])
-        entry = self.ctx.entry
-        parts = [
-            (
-                entry.name,
-                1.0,
-                door(entry.name, **keywords, **taken(entry), **options, **self.ctx.hyper),
-            )
-        ]
+        name = self.ctx.entry.name
+        door = self._door(fused=False)
+        parts = [(name, 1.0, door(name, **keywords, **taken(self.ctx.entry), **self.ctx.hyper))]
         good = self._good_answers(mask, rows, inputs)
         for term in terms:
             if term.entry.family == "likelihood":
                 out = _likelihood_on(term, stats, good)
             else:
                 out = lmloss.preference_loss(
-                    term.name, **dict(keywords), **taken(term.entry), **term.hyper
+                    term.name, **keywords, **taken(term.entry), **term.hyper
                 )
             parts.append((term.name, term.weight, out))
         return objective_sum.total(parts)
