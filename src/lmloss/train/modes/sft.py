@@ -72,14 +72,10 @@ class SFTMode(Mode):
 
     def check_columns(self, rows: list[dict], source: str) -> None:
         require_text_columns(rows, source, f"the {self.family} objective {self.ctx.entry.name!r}")
-        column = self.ctx.recipe.options.get("token_weights")
-        if column is not None:
-            why = f"objective.token_weights = {column!r}"
-            require_columns(rows, (column,), source, why)
 
     def encode(self, index: int, row: dict) -> Example | None:
         example = encode_text_example(self, index, row)
-        column = self.ctx.recipe.options.get("token_weights")
+        column = self.ctx.recipe.options.get("token_weights")  # present: see validate
         if example is not None and column is not None:
             example.weights = self._row_weights(example, row[column], column)
         return example
