@@ -154,6 +154,23 @@ def test_options_and_terms_round_trip_and_show_in_help():
     assert "[[objective.add]]" in text and "ld_alpha (float" in text and "token_weights" in text
 
 
+def test_switching_the_objective_keeps_the_options_it_takes(tmp_path):
+    from lmloss.train.recipe import load
+
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[model]\nname = "m"\n[data]\npath = "d"\n'
+        '[objective]\nname = "dpo"\nwpo = true\nld_alpha = 0.5\n'
+    )
+    said = []
+    assert load(str(path), ["objective.name=ipo"], warn=said.append).options == {
+        "wpo": True,
+        "ld_alpha": 0.5,
+    }
+    assert load(str(path), ["objective.name=kto"], warn=said.append).options == {}
+    assert any("takes no 'wpo'" in line for line in said)
+
+
 # --------------------------------------------------------------------------- references
 
 

@@ -98,6 +98,11 @@ def options_of(entry) -> dict[str, Option]:
     return OPTIONS.get(entry.family, {})
 
 
+def applies(entry, key: str) -> bool:
+    """Whether ``entry`` takes the option ``key`` (pairwise ones: pairwise objectives only)."""
+    return key in options_of(entry) and (key not in PAIRWISE or entry.spec.kind == "Pairs")
+
+
 def check(entry, options: dict[str, Any]) -> dict[str, Any]:
     """``options`` (already known to be the family's) checked for ``entry``; a ValueError
     or TypeError names the ``objective.`` key and what it needs."""

@@ -370,7 +370,7 @@ def _switch_objective(old: dict, new: dict, warn) -> dict:
     for key, value in old.items():
         if key == "name" or key == "add" or new.get(key) is not value:
             continue  # set by --set, or added terms: checked as usual
-        if key in objective_options.options_of(entry):
+        if objective_options.applies(entry, key):
             warn(f"objective {entry.name!r} keeps the option {key} = {value!r} from the recipe")
         elif key in entry.hyper:
             warn(
