@@ -174,9 +174,10 @@ def test_switching_the_objective_keeps_the_options_it_takes(tmp_path):
 # --------------------------------------------------------------------------- references
 
 
-def _trainer(tiny_model, tmp_path, rows, objective, **sections) -> Trainer:
+def _trainer(tiny_model, tmp_path, rows, objective, precision="fp32", **sections) -> Trainer:
     data = write_jsonl(tmp_path / "rows.jsonl", rows)
-    run = recipe(tiny_model, data, tmp_path / "run", objective, train=FP32, **sections)
+    train = {**FP32, "precision": precision}
+    run = recipe(tiny_model, data, tmp_path / precision, objective, train=train, **sections)
     trainer = Trainer(run, **QUIET)
     torch.manual_seed(1)
     with torch.no_grad():  # the policy moves away from its reference copy
@@ -235,6 +236,18 @@ def test_dpo_plus_ce_equals_its_terms_and_runs_one_engine_pass(tiny_model, tmp_p
     (got,) = torch.autograd.grad(out.loss, head)
     (want,) = torch.autograd.grad(dpo + weight * ce, head)
     assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_weighted_sum_under_bf16_autocast_is_close_to_fp32(tiny_model, tmp_path):
+    objective = {"name": "dpo", "beta": 0.3, "add": [{"name": "ce", "weight": 0.7}]}
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        trainer = _trainer(tiny_model, tmp_path, PAIRS, objective, precision)
+        out = trainer.mode.loss(_batch(trainer), None)
+        out.loss.backward()
+        losses[precision] = out.loss.item()
+        trainer.close()
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=2e-2)
 
 
 def test_grpo_plus_ce_on_demonstrations_equals_its_terms(tiny_model, tmp_path, monkeypatch):
