@@ -127,6 +127,8 @@ def _parse(objective: dict, **sections):
         ({"name": "dpo", "add": [{"name": "dpo", "weight": 1}]}, {}, ValueError, "already a term"),
         ({"name": "dpo", "add": [{"name": "kto", "weight": 1}]}, {}, ValueError, "cannot feed"),
         ({"name": "grpo", "add": [{"name": "dpo", "weight": 1}]}, {}, ValueError, "cannot feed"),
+        ({"name": "jsd", "add": [{"name": "ce", "weight": 1}]}, {}, ValueError, "a distill obj"),
+        ({"name": "lipo", "add": [{"name": "ce", "weight": 1}]}, {}, ValueError, "cannot feed"),
         ({"name": "tdpo1", "add": [{"name": "ce", "weight": 1}]}, {}, ValueError, "forward_kl"),
         (
             {"name": "dpo", "add": [{"name": "ce", "weight": 1}], "hypo_weight": 0.1},

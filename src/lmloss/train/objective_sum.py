@@ -30,8 +30,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from lmloss import registry
 from lmloss.output import LossOutput
 from lmloss.stats import STATISTICS
@@ -74,8 +72,6 @@ def _require_engine_only(entry: registry.Entry, where: str) -> None:
 
 
 def _fed_by(main: registry.Entry) -> str:
-    if main.family not in SUMMED_FAMILIES:
-        return "no term (weighted sums are built for likelihood, preference, policy objectives)"
     if main.family == "likelihood":
         return "likelihood objectives"
     if main.family == "policy":
@@ -93,6 +89,11 @@ def parse(main: registry.Entry, tables: Any, check_hyper) -> tuple[Term, ...]:
             "objective.add must be a list of tables ([[objective.add]] with name and weight)"
         )
     terms, names = [], {main.name}
+    if tables and main.family not in SUMMED_FAMILIES:
+        raise ValueError(
+            f"objective.add: weighted sums are built for {', '.join(SUMMED_FAMILIES)} "
+            f"objectives; {main.name!r} is a {main.family} objective"
+        )
     if tables:
         _require_engine_only(main, "objective.add")
     for i, table in enumerate(tables):
@@ -147,8 +148,3 @@ def total(parts: list[tuple[str, float, LossOutput]]) -> LossOutput:
     for name, _, out in parts[1:]:
         metrics |= {f"{name}/{key}": value for key, value in out.metrics.items()}
     return LossOutput(loss=loss, per_example=first.per_example, metrics=metrics)
-
-
-def good_rows(mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``mask`` [B, T] with the rows not in ``keep`` [B] zeroed (a term skips them)."""
-    return mask & keep[:, None]
