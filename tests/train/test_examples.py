@@ -17,7 +17,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 
 def test_there_is_an_example_per_family_and_common_case():
     names = {p.stem for p in EXAMPLES}
-    assert {"sft_chat", "dpo", "simpo", "kto", "orpo", "grpo", "distill"} <= names
+    assert {"sft_chat", "dpo", "simpo", "kto", "orpo", "grpo", "distill", "lipo", "npo"} <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

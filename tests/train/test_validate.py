@@ -55,7 +55,10 @@ def _bad_inputs(tmp_path, tiny_model):
         ({"data": {"path": str(null)}}, f"{null}:2: column 'prompt' is empty"),
         ({"data": {"path": str(tmp_path)}}, f"{tmp_path}: is a folder"),
         ({"data": {"columns": {"prompt": "question"}}}, "no column 'question'"),
-        ({"objective": {"name": "dpo"}}, r"needs preference rows: it lacks column\(s\) 'chosen'"),
+        (
+            {"objective": {"name": "dpo"}},
+            r"needs preference rows \(prompt, chosen, rejected\): it lacks column\(s\) 'chosen'",
+        ),
         (
             {
                 "data": {"path": str(prompts)},

@@ -42,6 +42,8 @@ class ObjectiveSpec:
         batch_coupled: its per-example terms are not tied to one row (AOT sorts the batch).
         optional_inputs: keyword tensors it may take that its signature cannot show (the
             token masks of SparsePO, read from its input kind); completed below.
+        samples: it compares each row with answers sampled from the reference policy for
+            the same prompt (D2O's ``sample_*`` group): a trainer must draw them.
 
     Read from the signature at registration (see :mod:`lmloss.objectives.signatures`):
         kind: the input kind the front door builds (``"Pairs"``, ``"Rollouts"``,
@@ -72,6 +74,7 @@ class ObjectiveSpec:
     hyper: tuple[tuple[str, Any], ...] = ()
     groups: tuple[tuple[str, type], ...] = ()
     normalizer: str = ""
+    samples: bool = False
 
     @property
     def hyper_defaults(self) -> dict[str, Any]:
@@ -134,6 +137,7 @@ def objective(
     reference: str | None = None,
     batch_coupled: bool = False,
     optional_inputs: tuple[str, ...] = (),
+    samples: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Tag a function as the objective ``name``. Can be stacked to register variants.
 
@@ -157,6 +161,7 @@ def objective(
         reference=reference,
         batch_coupled=batch_coupled,
         optional_inputs=tuple(optional_inputs),
+        samples=samples,
     )
 
     def tag(fn: Callable) -> Callable:

@@ -183,6 +183,10 @@ class PolicyConfig:
         None,
     )
     advantage: str = _doc("advantage estimator (lmloss.advantages): grpo, rloo, ...", "grpo")
+    proxy_min_p: float = _doc(
+        "lp_reg: κ of the min-p proxy of the sampling policy (tokens with p >= κ·max p kept)",
+        0.02,
+    )
 
 
 @dataclass(frozen=True)
@@ -254,6 +258,17 @@ class OutputConfig:
     merge_lora: bool = _doc("LoRA runs: also write the merged model to run_dir/model", True)
 
 
+@dataclass(frozen=True)
+class PreferenceConfig:
+    """[preference] answers the trainer samples for offline preference objectives: D2O's
+    reference samples (drawn once per row from the reference model) and HyPO's on-policy
+    samples (objective.hypo_weight; drawn from the model at every step)."""
+
+    samples: int = _doc("answers sampled per prompt (D2O's K; HyPO's samples)", 4)
+    max_new_tokens: int = _doc("generation budget per sampled answer", 64)
+    temperature: float = _doc("sampling temperature", 1.0)
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "lora": LoraConfig,
@@ -265,6 +280,7 @@ SECTIONS: dict[str, type] = {
     "distill": DistillConfig,
     "eval": EvalConfig,
     "output": OutputConfig,
+    "preference": PreferenceConfig,
 }
 
 
@@ -282,6 +298,11 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: str = "<dict>"
+    # front-door options set in [objective] (lmloss.train.objective_options)
+    options: dict[str, Any] = field(default_factory=dict)
+    # [[objective.add]] terms (lmloss.train.objective_sum.Term)
+    terms: tuple[Any, ...] = ()
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
 
     @property
     def entry(self) -> registry.Entry:
@@ -292,7 +313,11 @@ class Recipe:
         out: dict[str, Any] = {}
         for section in SECTIONS:
             if section == "objective":
-                out[section] = {"name": self.objective, **self.hyper}
+                out[section] = {"name": self.objective, **self.hyper, **self.options}
+                if self.terms:
+                    out[section]["add"] = [
+                        {"name": t.name, "weight": t.weight, **t.hyper} for t in self.terms
+                    ]
             else:
                 values = dataclasses.asdict(getattr(self, section))
                 out[section] = {k: v for k, v in values.items() if v is not None}

@@ -10,6 +10,8 @@ messages            ``messages``: ``[{role, content}, ...]``         itself
 sharegpt            ``conversations``: ``[{from, value}, ...]``      ``messages``
 preference          ``prompt``, ``chosen``, ``rejected``            itself
 unpaired            ``prompt``, ``completion``, ``label``           itself
+listwise            ``prompt``, ``completions``, ``scores``         itself
+negative            ``prompt``, ``rejected``                        itself
 prompt              ``prompt`` (+ reward columns)                   itself
 ==================  ==============================================  ==========================
 
@@ -19,17 +21,31 @@ preference row without ``prompt`` (TRL's implicit prompt) has whole conversation
 ``chosen`` and ``rejected``: their shared first turns are the prompt. ShareGPT role names
 are mapped (``human`` -> ``user``, ``gpt`` -> ``assistant``; ``system`` kept).
 ``data.unpair = true`` turns each paired row into two unpaired rows (``label`` true for the
-chosen answer, false for the rejected one), the form KTO trains on.
+chosen answer, false for the rejected one), the form KTO trains on. A listwise row holds
+``K >= 2`` answers to one prompt and one number per answer (higher is better; LiPO):
+every row of a file holds the same ``K``. A negative row holds only a dispreferred answer
+(NPO, D2O); ``data.format = "negative"`` reads the ``rejected`` answers of paired rows
+that way.
 
 Every problem is a :class:`DataError` whose text is ``<file>:<row>: <what>``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-FORMATS = ("prompt_completion", "messages", "sharegpt", "preference", "unpaired", "prompt")
+FORMATS = (
+    "prompt_completion",
+    "messages",
+    "sharegpt",
+    "preference",
+    "unpaired",
+    "listwise",
+    "negative",
+    "prompt",
+)
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
     "human": "user",
@@ -63,8 +79,12 @@ def detect(columns: Sequence[str]) -> str:
         return "sharegpt"
     if "messages" in present:
         return "messages"
+    if {"completions", "scores"} <= present:
+        return "listwise"
     if {"chosen", "rejected"} <= present:
         return "preference"
+    if {"prompt", "rejected"} <= present:
+        return "negative"
     if {"completion", "label"} <= present:
         return "unpaired"
     if {"prompt", "completion"} <= present:
@@ -149,6 +169,32 @@ class RowChecker:
             raise self.error(index, f"column {column!r} must hold one assistant message")
         return messages[0]["content"]
 
+    def completions(self, index: int, row: dict) -> list[str]:
+        """A listwise row's answers: a list of at least two, each as :meth:`answer` takes."""
+        value = row.get("completions")
+        if not isinstance(value, list) or len(value) < 2:
+            raise self.error(
+                index, f"column 'completions' must be a list of at least 2 answers, got {value!r}"
+            )
+        items = {f"completions[{i}]": item for i, item in enumerate(value)}
+        return [self.answer(index, items, column) for column in items]
+
+    def scores(self, index: int, row: dict, count: int) -> list[float]:
+        """One finite number per answer of a listwise row (higher is better)."""
+        value = row.get("scores")
+        if not isinstance(value, list) or len(value) != count:
+            raise self.error(
+                index,
+                f"column 'scores' must be a list of {count} numbers (one per completion), "
+                f"got {value!r}",
+            )
+        for i, score in enumerate(value):
+            if not isinstance(score, (int, float)) or isinstance(score, bool):
+                raise self.error(index, f"scores[{i}] must be a number, got {_kind(score)}")
+            if not math.isfinite(score):
+                raise self.error(index, f"scores[{i}] must be a finite number, got {score}")
+        return [float(score) for score in value]
+
     def label(self, index: int, row: dict) -> bool:
         value = row.get("label")
         if isinstance(value, bool):
@@ -194,7 +240,11 @@ class RowChecker:
             out["label"] = self.label(index, row)
         if fmt == "preference":
             out["chosen"] = self.answer(index, row, "chosen")
+        if fmt in ("preference", "negative"):
             out["rejected"] = self.answer(index, row, "rejected")
+        if fmt == "listwise":
+            out["completions"] = self.completions(index, row)
+            out["scores"] = self.scores(index, row, len(out["completions"]))
         return out
 
 
@@ -218,7 +268,17 @@ def normalize(
         except ValueError as error:
             raise DataError(source, positions[0], str(error)) from None
     checker = RowChecker(source, positions)
-    return [checker.row(i, row, fmt) for i, row in enumerate(rows)], fmt
+    out = [checker.row(i, row, fmt) for i, row in enumerate(rows)]
+    if fmt == "listwise":  # lists are batched as [B, K, T]: one K per file
+        size = len(out[0]["completions"])
+        for i, row in enumerate(out):
+            if len(row["completions"]) != size:
+                raise checker.error(
+                    i,
+                    f"the row has {len(row['completions'])} completions, the first row {size}: "
+                    "every list of a file needs the same number",
+                )
+    return out, fmt
 
 
 def unpair(rows: list[dict], positions: Sequence[int]) -> tuple[list[dict], list[int]]:
@@ -240,7 +300,14 @@ def unpair(rows: list[dict], positions: Sequence[int]) -> tuple[list[dict], list
 FAMILY_FORMATS = {
     "likelihood": ("prompt_completion", "messages", "sharegpt"),
     "distill": ("prompt_completion", "messages", "sharegpt"),
-    "policy": ("prompt", "prompt_completion", "preference", "unpaired"),
+    "policy": ("prompt", "prompt_completion", "preference", "unpaired", "listwise", "negative"),
+}
+# a preference objective's input kind -> the format of its rows
+KIND_FORMATS = {
+    "Pairs": ("preference",),
+    "Unpaired": ("unpaired",),
+    "Lists": ("listwise",),
+    "Negatives": ("negative",),
 }
 FORMAT_COLUMNS = {
     "prompt_completion": ("prompt", "completion"),
@@ -248,20 +315,27 @@ FORMAT_COLUMNS = {
     "sharegpt": ("conversations",),
     "preference": ("prompt", "chosen", "rejected"),
     "unpaired": ("prompt", "completion", "label"),
+    "listwise": ("prompt", "completions", "scores"),
+    "negative": ("prompt", "rejected"),
     "prompt": ("prompt",),
 }
+# per-example inputs of an objective that its rows' format already holds
+FORMAT_INPUTS = {"desirable": "label", "scores": "scores"}
 
 
 def objective_formats(entry) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The data formats an objective trains on and extra columns it reads: ``(formats,
-    extra)``. Preference objectives read paired or unpaired rows by their input kind, plus a
-    column per per-example input without a default (``strength`` of OSP)."""
+    extra)``. Preference objectives read the format of their input kind, plus a column per
+    per-example input that format lacks (``strength`` of OSP)."""
     if entry.family != "preference":
         return FAMILY_FORMATS.get(entry.family, ()), ()
     spec = entry.spec
-    formats = {"Pairs": ("preference",), "Unpaired": ("unpaired",)}.get(spec.kind, ())
-    extra = tuple(n for n in spec.extra_inputs if n != "desirable")
-    return formats, extra
+    extra = tuple(n for n in spec.extra_inputs if n not in FORMAT_INPUTS)
+    return KIND_FORMATS.get(spec.kind, ()), extra
+
+
+def _columns_of(fmt: str, extra: tuple[str, ...] = ()) -> str:
+    return f"{fmt} rows ({', '.join(FORMAT_COLUMNS[fmt] + extra)})"
 
 
 def objective_columns(entry) -> str:
@@ -275,11 +349,23 @@ def objective_columns(entry) -> str:
         text += "; other columns go to the reward functions as keyword arguments"
     if formats == ("unpaired",):
         text += "; paired rows with data.unpair = true"
+    if formats == ("negative",):
+        text += "; the rejected answers of paired rows with data.format = 'negative'"
     return text
 
 
+def _hint(fmt: str, formats: tuple[str, ...], unpaired: bool) -> str:
+    """How rows of format ``fmt`` could train an objective of ``formats`` anyway."""
+    if formats == ("unpaired",) and fmt == "preference" and not unpaired:
+        return "; paired rows train it with data.unpair = true"
+    if formats == ("negative",) and fmt == "preference":
+        return "; paired rows train it on their rejected answers with data.format = 'negative'"
+    return ""
+
+
 def check_objective(fmt: str, entry, rows: list[dict], source: str, unpaired: bool) -> None:
-    """The rows' format is one the objective trains on, else a ValueError naming both."""
+    """The rows' format is one the objective trains on, else a ValueError naming the formats
+    and columns that would fit."""
     from lmloss.train.modes import mode_for
 
     mode_for(entry.family)  # families lmloss train cannot train are named first
@@ -289,14 +375,12 @@ def check_objective(fmt: str, entry, rows: list[dict], source: str, unpaired: bo
         needed = FORMAT_COLUMNS[formats[0]] if formats else ()
         present = sorted(rows[0])
         missing = [c for c in needed if c not in rows[0]]
-        hint = ""
-        if formats == ("unpaired",) and fmt == "preference" and not unpaired:
-            hint = "; paired rows train it with data.unpair = true"
+        wanted = " or ".join(_columns_of(f, extra) for f in formats) or "no"
         raise ValueError(
-            f"{source} holds {fmt} rows; {why} needs {' or '.join(formats) or 'no'} rows"
+            f"{source} holds {fmt} rows; {why} needs {wanted}"
             + (f": it lacks column(s) {', '.join(map(repr, missing))}" if missing else "")
-            + f"; it has {', '.join(map(repr, present))}{hint} (rename with data.columns, "
-            "or set data.format)"
+            + f"; it has {', '.join(map(repr, present))}{_hint(fmt, formats, unpaired)} "
+            "(rename with data.columns, or set data.format)"
         )
     for index, row in enumerate(rows):
         missing = [c for c in extra if row.get(c) is None]

@@ -9,6 +9,7 @@ costs one random number per row instead of one per vocabulary entry.
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ class Generated:
     attention: torch.Tensor
     start: int
     mask: torch.Tensor  # [N, C] completion tokens
+    proxy_logps: torch.Tensor | None = None  # [N, C] min-p proxy log-probs (when asked)
 
     @property
     def completions(self) -> torch.Tensor:
@@ -43,6 +45,23 @@ def completion_mask(completions: torch.Tensor, eos: int | None) -> torch.Tensor:
         return torch.ones_like(completions, dtype=torch.bool)
     is_eos = (completions == eos).long()
     return (is_eos.cumsum(1) - is_eos) == 0
+
+
+# log π_proxy of a token the min-p filter removed: far below any real log-probability, yet
+# finite, so that the KL estimators stay finite (Lp-Reg only regularizes tokens it keeps)
+FILTERED_LOGP = -1e4
+
+
+def min_p_logprob(logits: torch.Tensor, tokens: torch.Tensor, min_p: float) -> torch.Tensor:
+    """``log π_proxy(token)`` of each row: ``π = softmax(logits)`` keeping the tokens with
+    ``p >= min_p · max p``, renormalized (Lp-Reg's proxy, arXiv:2510.03222);
+    :data:`FILTERED_LOGP` for a token the filter removed."""
+    logp = logits.float().log_softmax(-1)
+    keep = logp >= logp.max(-1, keepdim=True).values + math.log(min_p)
+    kept_mass = torch.logsumexp(logp.masked_fill(~keep, float("-inf")), -1)
+    chosen = logp.gather(-1, tokens[:, None]).squeeze(1)
+    inside = keep.gather(-1, tokens[:, None]).squeeze(1)
+    return torch.where(inside, chosen - kept_mass, torch.full_like(chosen, FILTERED_LOGP))
 
 
 def pick_tokens(logits: torch.Tensor, sampling: dict | None) -> torch.Tensor:
@@ -82,10 +101,13 @@ def generate(
     group_size: int = 1,
     sampling: dict | None = None,
     autocast: AbstractContextManager | None = None,
+    proxy_min_p: float | None = None,
 ) -> Generated:
     """``group_size`` completions per prompt; greedy when ``sampling`` is None.
 
     ``sampling``: ``temperature``, ``top_p``, ``top_k`` (the torch global RNG draws).
+    ``proxy_min_p``: also record each sampled token's log-prob under the min-p proxy of the
+    sampling policy (:func:`min_p_logprob`; Lp-Reg's ``proxy_logps``).
     Each prompt is encoded once and its key/value cache copied to its ``group_size``
     rows (the group shares the prefix: ``group_size`` times less prompt compute than
     repeating the prompt); decoding stops when every row has ended.
@@ -114,12 +136,14 @@ def generate(
                 positions = positions.repeat_interleave(group_size, 0)
             position = positions[:, -1:]
             done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
-            tokens = []
+            tokens, proxies = [], []
             for step in range(max_new_tokens):
                 token = pick_tokens(logits, sampling)
                 if pad is not None:
                     token = token.masked_fill(done, pad)
                 tokens.append(token)
+                if proxy_min_p is not None:
+                    proxies.append(min_p_logprob(logits, token, proxy_min_p))
                 if eos is not None:
                     done = done | (token == eos)
                 if step == max_new_tokens - 1 or bool(done.all()):
@@ -141,5 +165,9 @@ def generate(
     mask = completion_mask(full[:, start:], eos)
     prompt_attention = attention[:, :start]
     return Generated(
-        ids=full, attention=torch.cat([prompt_attention, mask.long()], 1), start=start, mask=mask
+        ids=full,
+        attention=torch.cat([prompt_attention, mask.long()], 1),
+        start=start,
+        mask=mask,
+        proxy_logps=torch.stack(proxies, 1) if proxies else None,
     )

@@ -30,6 +30,7 @@ from typing import Any
 import tomllib
 
 from lmloss import registry
+from lmloss.train import objective_options, objective_sum
 from lmloss.train.config import SECTIONS, Recipe
 from lmloss.train.device import check_device_spec
 
@@ -99,7 +100,20 @@ TRAINER_OWNED = {
 }
 
 
-def _objective(values: Any) -> tuple[str, dict[str, Any]]:
+def _check_hyper(entry: registry.Entry, key: str, where: str) -> None:
+    """``key`` is a hyper-parameter of ``entry`` the recipe may set."""
+    if key in TRAINER_OWNED:
+        raise ValueError(f"{where} is set by the trainer: {TRAINER_OWNED[key]}")
+    if key not in entry.hyper:
+        known = ", ".join(entry.hyper) or "none"
+        raise ValueError(
+            f"unknown key {where}: {entry.name!r} has no hyper-parameter {key!r}"
+            f"{_hint(key, entry.hyper)}; its hyper-parameters: {known}"
+        )
+
+
+def _objective(values: Any) -> dict[str, Any]:
+    """``[objective]``: the name, its hyper-parameters, front-door options and added terms."""
     if not isinstance(values, dict) or "name" not in values:
         raise ValueError("[objective] needs name = '<objective>' (see `lmloss list`)")
     values = dict(values)
@@ -107,16 +121,18 @@ def _objective(values: Any) -> tuple[str, dict[str, Any]]:
     if not isinstance(name, str):
         raise TypeError(f"objective.name must be a string, got {name!r}")
     entry = registry.get(name)  # unknown names: ValueError with "did you mean"
+    terms = objective_sum.parse(entry, values.pop("add"), _check_hyper) if "add" in values else ()
+    options = {k: values.pop(k) for k in list(values) if k in objective_options.options_of(entry)}
     for key in values:
-        if key in TRAINER_OWNED:
-            raise ValueError(f"objective.{key} is set by the trainer: {TRAINER_OWNED[key]}")
-        if key not in entry.hyper:
-            known = ", ".join(entry.hyper) or "none"
-            raise ValueError(
-                f"unknown key objective.{key}: {entry.name!r} has no hyper-parameter {key!r}"
-                f"{_hint(key, entry.hyper)}; its hyper-parameters: {known}"
-            )
-    return entry.name, values
+        _check_hyper(entry, key, f"objective.{key}")
+    if terms and "hypo_weight" in options:
+        raise ValueError("objective.hypo_weight does not combine with [[objective.add]] yet")
+    return {
+        "objective": entry.name,
+        "hyper": values,
+        "options": objective_options.check(entry, options),
+        "terms": terms,
+    }
 
 
 def parse(data: dict[str, Any], source: str = "<dict>") -> Recipe:
@@ -126,13 +142,13 @@ def parse(data: dict[str, Any], source: str = "<dict>") -> Recipe:
             raise ValueError(f"unknown section [{section}]{_hint(section, SECTIONS)}")
     if "model" not in data:
         raise ValueError("the recipe needs a [model] section with name = ...")
-    name, hyper = _objective(data.get("objective"))
+    objective = _objective(data.get("objective"))
     kwargs = {
         section: _section(cls, section, data[section])
         for section, cls in SECTIONS.items()
         if cls is not dict and section in data
     }
-    recipe = Recipe(objective=name, hyper=hyper, source=source, **kwargs)
+    recipe = Recipe(**objective, source=source, **kwargs)
     validate(recipe)
     return recipe
 
@@ -160,7 +176,9 @@ def _non_finite(where: str, value: Any) -> str | None:
 
 def _check_finite(recipe: Recipe) -> None:
     """Every float of the recipe, objective hyper-parameters included, must be finite."""
-    values = [(f"objective.{k}", v) for k, v in recipe.hyper.items()]
+    values = [(f"objective.{k}", v) for k, v in {**recipe.hyper, **recipe.options}.items()]
+    for i, term in enumerate(recipe.terms):
+        values += [(f"objective.add[{i}].{k}", v) for k, v in term.hyper.items()]
     for section, cls in SECTIONS.items():
         if cls is not dict:
             config = getattr(recipe, section)
@@ -201,6 +219,9 @@ def validate(recipe: Recipe) -> None:
         ("policy.group_size", p.group_size),
         ("policy.max_new_tokens", p.max_new_tokens),
         ("policy.temperature", p.temperature),
+        ("preference.samples", recipe.preference.samples),
+        ("preference.max_new_tokens", recipe.preference.max_new_tokens),
+        ("preference.temperature", recipe.preference.temperature),
         ("eval.size", e.size),
         ("eval.batch_size", e.batch_size),
         ("eval.max_new_tokens", e.max_new_tokens),
@@ -229,6 +250,8 @@ def validate(recipe: Recipe) -> None:
         )
     if not 0 < p.top_p <= 1:
         raise ValueError(f"policy.top_p must be in (0, 1], got {p.top_p}")
+    if not 0 < p.proxy_min_p <= 1:
+        raise ValueError(f"policy.proxy_min_p must be in (0, 1], got {p.proxy_min_p}")
     if not 0 <= t.decay_fraction <= 1 or not 0 <= t.min_lr_ratio <= 1:
         raise ValueError("train.decay_fraction and train.min_lr_ratio must be in [0, 1]")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
@@ -250,8 +273,35 @@ def validate(recipe: Recipe) -> None:
             f"policy.verifier {p.verifier!r} must be one of policy.rewards {list(p.rewards)}"
         )
     check_device_spec(t.device)
+    _check_sampled_answers(recipe)
+    _check_token_weights(recipe)
     if recipe.reference.kind == "adapters_off" and not recipe.lora.enabled:
         raise ValueError("reference.kind = 'adapters_off' needs lora.enabled = true")
+
+
+def _check_sampled_answers(recipe: Recipe) -> None:
+    """D2O's reference samples and HyPO's on-policy samples are scored by a reference model."""
+    asked = [
+        what
+        for what, on in [
+            (f"{recipe.objective!r}'s reference samples", recipe.entry.spec.samples),
+            ("objective.hypo_weight's on-policy samples", "hypo_weight" in recipe.options),
+        ]
+        if on
+    ]
+    if asked and recipe.reference.kind in ("none", "precomputed"):
+        raise ValueError(
+            f"{' and '.join(asked)} need a reference model to draw and score them: "
+            f"reference.kind = {recipe.reference.kind!r} gives none (use 'auto')"
+        )
+
+
+def _check_token_weights(recipe: Recipe) -> None:
+    if "token_weights" in recipe.options and recipe.data.packing:
+        raise ValueError(
+            "objective.token_weights does not combine with data.packing = true (the weights "
+            "belong to rows, packing merges them)"
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -322,9 +372,11 @@ def _switch_objective(old: dict, new: dict, warn) -> dict:
     entry = registry.get(new["name"])
     out = dict(new)
     for key, value in old.items():
-        if key == "name" or new.get(key) is not value:
-            continue  # set by --set: checked as usual
-        if key in entry.hyper:
+        if key == "name" or key == "add" or new.get(key) is not value:
+            continue  # set by --set, or added terms: checked as usual
+        if objective_options.applies(entry, key):
+            warn(f"objective {entry.name!r} keeps the option {key} = {value!r} from the recipe")
+        elif key in entry.hyper:
             warn(
                 f"objective {entry.name!r} keeps {key} = {value!r} from the recipe (written for "
                 f"{old['name']!r}; {entry.name}'s default is {entry.hyper[key]!r})"
@@ -357,6 +409,12 @@ def reference_text() -> str:
             lines.append("[objective]  the objective, by registry name, and its hyper-parameters")
             lines.append("  name (str, required): see `lmloss list`; `lmloss describe NAME`")
             lines.append("  <hyper-parameter> = value: any of the objective's hyper-parameters")
+            lines.append(
+                "  [[objective.add]] name, weight, <hyper-parameter>s: a weighted term added "
+                "to the loss (logged as loss/<name>)"
+            )
+            lines.append("  options of a family's front door:")
+            lines.extend(objective_options.reference_lines())
             continue
         lines.append(f"[{section}]  {cls.__doc__.split('] ', 1)[1]}")
         hints = typing.get_type_hints(cls)

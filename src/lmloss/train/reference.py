@@ -34,12 +34,15 @@ class ModelReference:
     def adapters_off(cls, peft_model: torch.nn.Module) -> ModelReference:
         return cls(peft_model.get_base_model(), disable=peft_model.disable_adapter)
 
+    def active(self) -> contextlib.AbstractContextManager:
+        """A context in which ``self.model`` runs as the reference (LoRA adapters off)."""
+        return self._disable() if self._disable is not None else contextlib.nullcontext()
+
     def hidden(
         self, ids: torch.Tensor, attention: torch.Tensor, **kwargs
     ) -> tuple[torch.Tensor, Head]:
         """Hidden states ``[B, T, H]`` and the head of the reference, without gradients."""
-        context = self._disable() if self._disable is not None else contextlib.nullcontext()
-        with torch.no_grad(), context:
+        with torch.no_grad(), self.active():
             hidden = hidden_states(self.model, ids, attention, **kwargs)
         head = head_of(self.model)
         detached = Head(

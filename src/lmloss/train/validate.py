@@ -78,7 +78,22 @@ def read_table(
         rows, positions = formats.unpair(rows, positions)
         fmt = "unpaired"
     formats.check_objective(fmt, recipe.entry, rows, source, config.unpair)
+    check_recipe_columns(recipe, rows, positions, source)
     return Table(rows, positions, source, fmt)
+
+
+def check_recipe_columns(recipe: Recipe, rows: list[dict], positions: list[int], source) -> None:
+    """Columns the recipe's options and terms read: ``objective.token_weights``, and the
+    demonstrations (``completion``) of likelihood terms added to a policy objective."""
+    needed = {}
+    if "token_weights" in recipe.options:
+        needed[recipe.options["token_weights"]] = "objective.token_weights"
+    if recipe.terms and recipe.entry.family == "policy":
+        needed["completion"] = "[[objective.add]] (the demonstrations its terms train on)"
+    for row, position in zip(rows, positions):
+        for column, why in needed.items():
+            if row.get(column) is None:
+                raise formats.DataError(source, position, f"no column {column!r}, read by {why}")
 
 
 # --------------------------------------------------------------------------- the rest

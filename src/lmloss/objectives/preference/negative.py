@@ -40,7 +40,7 @@ def npo(batch: Negatives, *, beta: float = 0.1) -> LossOutput:
     return mean_loss(per_example, metrics)
 
 
-@objective("d2o", family=PREF, paper="Duan et al. 2024 (D2O), arXiv:2403.03419")
+@objective("d2o", family=PREF, paper="Duan et al. 2024 (D2O), arXiv:2403.03419", samples=True)
 def d2o(batch: Negatives, *, beta: float = 0.1, alpha: float = 0.1) -> LossOutput:
     """Distributional Dispreference Optimization, negatives only:
 

@@ -64,6 +64,7 @@ class Example:
     row: dict
     tokens: dict[str, list[int]] = field(default_factory=dict)
     trained: list[bool] | None = None  # per-token mask of conversations
+    weights: list[float] | None = None  # per trained token (objective.token_weights)
 
 
 @dataclass

@@ -5,6 +5,11 @@ takes both heads, no logits) or a file of the teacher's top-k token ids and log-
 trained position (``lmloss precompute`` writes it from a teacher model; an inference
 server's output in the same layout works too). Rows are those of SFT: prompt/completion or
 messages; only completion tokens are distilled.
+
+Objectives whose statistic is a batch-level ground cost (``sinkhorn_kd``: every trained
+position's prediction against every other's) have no fused form: the engine refuses them,
+so their logits at the trained positions are computed (``[n, V]`` per model) and go to
+the plain :func:`lmloss.divergence_loss`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ class DistillMode(Mode):
             raise ValueError(
                 "distillation needs a teacher: set distill.teacher (a model) or "
                 "distill.topk_file (from `lmloss precompute`)"
+            )
+        self.whole_rows = "batch_cost" in ctx.entry.spec.stats  # no fused form
+        if self.whole_rows and ctx.teacher is None:
+            raise ValueError(
+                f"{ctx.entry.name!r} compares the teacher's full predictions: it needs "
+                "distill.teacher (a model), not a top-k file"
             )
 
     def check_columns(self, rows: list[dict], source: str) -> None:
@@ -81,6 +92,8 @@ class DistillMode(Mode):
         seqs, examples = batch.tensors["seqs"], batch.tensors["examples"]
         head = self.policy_head()
         _no_transform(head, "student")
+        if self.whole_rows:
+            return self._plain_loss(seqs, head)
         trained = seqs.targets != -100
         normalizer = {"num_items": num_items} if num_items is not None else {}
         return lmloss.fused_divergence_loss(
@@ -94,6 +107,26 @@ class DistillMode(Mode):
             **self._teacher(seqs, examples),
             **normalizer,
             **self.ctx.engine,
+            **self.ctx.hyper,
+        )
+
+    def _plain_loss(self, seqs, head) -> LossOutput:
+        """The objective on both models' logits at the trained positions ``[n, V]``."""
+        trained = seqs.targets != -100
+        teacher = self._teacher(seqs, [])
+        student = _logits(self.policy_hidden(seqs)[trained], head.weight, head.bias)
+        with torch.no_grad():
+            teacher_logits = _logits(
+                teacher["teacher_hidden"][trained],
+                teacher["teacher_weight"],
+                teacher["teacher_bias"],
+            )
+        return lmloss.divergence_loss(
+            self.ctx.entry.name,
+            student_logits=student,
+            teacher_logits=teacher_logits,
+            labels=seqs.targets[trained],
+            temperature=self.ctx.recipe.distill.temperature,
             **self.ctx.hyper,
         )
 
@@ -128,10 +161,13 @@ class DistillMode(Mode):
 def _topk(rows: torch.Tensor, head, k: int, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     ids, logprobs = [], []
     for start in range(0, rows.shape[0], block):
-        logits = rows[start : start + block].float() @ head.weight.float().T
-        if head.bias is not None:
-            logits = logits + head.bias.float()
+        logits = _logits(rows[start : start + block], head.weight, head.bias)
         top = torch.log_softmax(logits, dim=-1).topk(k, dim=-1)
         ids.append(top.indices)
         logprobs.append(top.values)
     return torch.cat(ids), torch.cat(logprobs)
+
+
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    logits = hidden.float() @ weight.float().T
+    return logits if bias is None else logits + bias.float()

@@ -29,6 +29,7 @@ from lmloss.train.modes.base import (
     head_kwargs,
     like_head,
 )
+from lmloss.train.modes.policy_sum import policy_with_terms
 
 
 class PolicyMode(Mode):
@@ -49,6 +50,8 @@ class PolicyMode(Mode):
         if "max_tokens" in ctx.entry.hyper and "max_tokens" not in self.hyper:
             # Dr. GRPO's constant normalizer: the generation budget, the same every step
             self.hyper["max_tokens"] = policy.max_new_tokens
+        if "group_size" in ctx.entry.hyper and "group_size" not in self.hyper:
+            self.hyper["group_size"] = policy.group_size  # GTPO's groups: the sampled ones
 
     def check_columns(self, rows: list[dict], source: str) -> None:
         require_columns(rows, ("prompt",), source, f"the policy objective {self.ctx.entry.name!r}")
@@ -58,7 +61,11 @@ class PolicyMode(Mode):
         prompt_ids = encoder.prompt(row["prompt"])
         if not encoder.check_prompt(prompt_ids, index):
             return None
-        return Example(index, row, {"prompt": prompt_ids})
+        tokens = {"prompt": prompt_ids}
+        if self.ctx.recipe.terms:  # demonstrations for the likelihood terms (validated)
+            answer = encoder.completion(row["prompt"], prompt_ids, str(row["completion"]))
+            tokens["completion"] = encoder.fit(prompt_ids, answer)
+        return Example(index, row, tokens)
 
     def uses_reference(self) -> bool:
         """Policy objectives take the reference optionally: only the ``beta`` KL needs it."""
@@ -86,6 +93,7 @@ class PolicyMode(Mode):
             group_size=group,
             sampling=sampling,
             autocast=self.ctx.autocast(),
+            proxy_min_p=config.proxy_min_p if "proxy_logps" in self.ctx.entry.spec.inputs else None,
         )
         generate_seconds = time.perf_counter() - started
         texts = out.texts(self.ctx.tokenizer)
@@ -110,6 +118,10 @@ class PolicyMode(Mode):
             "targets": targets,
         }
         tensors["advantages"] = advantages
+        if out.proxy_logps is not None:  # Lp-Reg: the sampling policy's min-p proxy
+            tensors["proxy_logps"] = out.proxy_logps
+        if self.ctx.recipe.terms:
+            tensors["demonstrations"] = self.sequences_of(examples)
         return Batch(examples=len(texts), tokens=int(mask.sum()), tensors=tensors, metrics=metrics)
 
     def _advantages(self, rewards, group: int):
@@ -127,6 +139,8 @@ class PolicyMode(Mode):
     # ---- objective
 
     def loss(self, batch: Batch, num_items: int | None) -> LossOutput:
+        if self.ctx.recipe.terms:
+            return policy_with_terms(self, batch, num_items)
         t = batch.tensors
         positions = (t["attention"].cumsum(1) - 1).clamp(min=0)
         scored = slice(
@@ -145,7 +159,9 @@ class PolicyMode(Mode):
                 "ref_weight": ref_head.weight,
                 "ref_bias": ref_head.bias,
             }
-        normalizer = {"num_items": num_items} if num_items is not None else {}
+        inputs = {"num_items": num_items} if num_items is not None else {}
+        if "proxy_logps" in t:
+            inputs["proxy_logps"] = t["proxy_logps"]
         head = self.policy_head()
         return lmloss.fused_policy_loss(
             self.ctx.entry.name,
@@ -155,7 +171,7 @@ class PolicyMode(Mode):
             want_entropy=True,
             **head_kwargs(head),
             **reference,
-            **normalizer,
+            **inputs,
             **self.ctx.engine,
             **self.hyper,
         )

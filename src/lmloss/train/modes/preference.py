@@ -1,11 +1,15 @@
-"""Offline preference optimization: paired (``prompt``/``chosen``/``rejected``) or unpaired
-(``prompt``/``completion``/``label``) rows, by the objective's input kind.
+"""Offline preference optimization, rows by the objective's input kind: paired
+(``prompt``/``chosen``/``rejected``), unpaired (``prompt``/``completion``/``label``), listwise
+(``prompt``/``completions``/``scores``) or negative-only (``prompt``/``rejected``).
 
-The chosen and rejected rows go through the model as one ``[2B, T]`` batch (chosen first,
-as :func:`lmloss.fused_preference_loss` expects); the reference is a frozen model run under
-``no_grad`` (its hidden states go to the same front door) or log-probs precomputed by
-``lmloss precompute``. Unpaired objectives (KTO) also get KL samples: each completion
-paired with the next row's prompt, scored by policy and reference without gradients.
+The answers go through the model as one batch, segment by segment (chosen rows first, as
+:func:`lmloss.fused_preference_loss` expects; the K answers of lists become ``[B, K, T]``);
+the reference is a frozen model run under ``no_grad`` (its hidden states go to the same
+front door) or log-probs precomputed by ``lmloss precompute``. D2O's reference samples are
+drawn once per row from the reference model; HyPO's on-policy samples (``hypo_weight``) from
+the model at every step (:mod:`lmloss.train.modes.samples`). Unpaired objectives (KTO)
+also get KL samples: each completion paired with the next row's prompt, scored by policy
+and reference without gradients.
 The objective's spec says whether a reference model runs (``reference``) and which
 per-example inputs it needs beyond its input kind (``extra_inputs``: ``strength`` of OSP,
 ``desirable`` of KTO); those come from the data column of the same name (``label`` for
@@ -14,14 +18,16 @@ per-example inputs it needs beyond its input kind (``extra_inputs``: ``strength`
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
 
 import lmloss
-from lmloss.objectives.preference.inputs import Pairs, Unpaired, kind_of
+from lmloss.objectives.preference.inputs import Lists, Negatives, Pairs, Unpaired, kind_of
 from lmloss.output import LossOutput
 from lmloss.stats import token_stats
+from lmloss.train import objective_sum
 from lmloss.train.data import (
     HOST,
     Sequences,
@@ -29,16 +35,23 @@ from lmloss.train.data import (
     prompt_completion,
     require_columns,
 )
+from lmloss.train.formats import FORMAT_COLUMNS, KIND_FORMATS
 from lmloss.train.modes.base import Batch, Context, Example, Mode, head_kwargs
+from lmloss.train.modes.samples import answer_rows, sample_answers
 from lmloss.train.token_store import TokenStore
 
-# input kind -> (row columns, completion segments in the stacked batch)
-LAYOUTS = {
-    Pairs: (("prompt", "chosen", "rejected"), ("chosen", "rejected")),
-    Unpaired: (("prompt", "completion", "label"), ("completion",)),
+# input kind -> the answer segments of a row, in the order they are stacked (lists: one
+# segment per answer, ``completions[k]``)
+SEGMENTS = {
+    Pairs: ("chosen", "rejected"),
+    Unpaired: ("completion",),
+    Negatives: ("rejected",),
+    Lists: (),
 }
 COLUMN_OF_INPUT = {"desirable": "label"}
 STORE_KIND = "reference log-probs"
+# groups of sampled answers: keyword prefix -> the option or spec flag that asks for them
+REFERENCE_SAMPLES, ONLINE_SAMPLES = "sample_", "online_"
 
 
 class PreferenceMode(Mode):
@@ -48,14 +61,22 @@ class PreferenceMode(Mode):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.kind = kind_of(ctx.entry.spec)
-        if self.kind not in LAYOUTS:
-            raise ValueError(
-                f"objective {ctx.entry.name!r} takes {self.kind.__name__} inputs; lmloss train "
-                f"builds paired and unpaired batches only (objectives of kinds "
-                f"{', '.join(k.__name__ for k in LAYOUTS)})"
-            )
-        self.columns, self.segments = LAYOUTS[self.kind]
+        self.columns = FORMAT_COLUMNS[KIND_FORMATS[self.kind.__name__][0]]
+        self.segments = SEGMENTS[self.kind]
         self.inputs = ctx.entry.spec.extra_inputs
+        self.options = dict(ctx.recipe.options)
+        self.draws = {
+            REFERENCE_SAMPLES: ctx.entry.spec.samples,
+            ONLINE_SAMPLES: self.options.get("hypo_weight") is not None,
+        }
+        self.reference_samples: dict[int, list[list[int]]] = {}  # by row: drawn once
+
+    def uses_reference(self) -> bool:
+        """The reference of the objective or of an added term, or the one that draws and
+        scores sampled answers."""
+        entries = [self.ctx.entry, *(t.entry for t in self.ctx.recipe.terms)]
+        needed = any(e.spec.reference == "required" for e in entries)
+        return needed or any(self.draws.values())
 
     # ---- data
 
@@ -64,14 +85,20 @@ class PreferenceMode(Mode):
         why = f"the preference objective {self.ctx.entry.name!r}"
         require_columns(rows, tuple(dict.fromkeys((*self.columns, *extra))), source, why)
 
+    def answers(self, row: dict) -> dict[str, str]:
+        """The answers of a row by segment name (lists: ``completions[k]``)."""
+        if self.kind is Lists:
+            return {f"completions[{k}]": text for k, text in enumerate(row["completions"])}
+        return {segment: str(row[segment]) for segment in self.segments}
+
     def encode(self, index: int, row: dict) -> Example | None:
         encoder = self.ctx.encoder
         prompt_ids = encoder.prompt(row["prompt"])
         if not encoder.check_prompt(prompt_ids, index):
             return None
         tokens = {"prompt": prompt_ids}
-        for segment in self.segments:
-            ids = encoder.completion(row["prompt"], prompt_ids, str(row[segment]))
+        for segment, text in self.answers(row).items():
+            ids = encoder.completion(row["prompt"], prompt_ids, text)
             tokens[segment] = encoder.fit(prompt_ids, ids)
         return Example(index, row, tokens)
 
@@ -83,15 +110,21 @@ class PreferenceMode(Mode):
         # of all ranks together are those a single process builds from the whole batch
         return self._prepare(examples[shard], (examples[1:] + examples[:1])[shard])
 
+    def _segments_of(self, examples: list[Example]) -> tuple[str, ...]:
+        return tuple(self.answers(examples[0].row)) if self.kind is Lists else self.segments
+
     def _prepare(self, examples: list[Example], partners: list[Example]) -> Batch:
         rows, trained = [], []
-        for segment in self.segments:
+        for segment in self._segments_of(examples):
             for ex in examples:
                 ids, mask = prompt_completion(ex.tokens["prompt"], ex.tokens[segment])
                 rows.append(ids)
                 trained.append(mask)
         seqs = pad_sequences(rows, trained, self.ctx.pad_id)
         tensors = {"seqs": seqs, "examples": examples}
+        for prefix, asked in self.draws.items():
+            if asked:
+                tensors[prefix] = self._sampled(prefix, examples)
         if self.kind is Unpaired and (len(examples) > 1 or self.ctx.world.active):
             # KL samples: completion i after prompt i+1 (mismatched pairs, as TRL builds them)
             kl = [
@@ -100,6 +133,32 @@ class PreferenceMode(Mode):
             ]
             tensors["kl"] = pad_sequences([r for r, _ in kl], [m for _, m in kl], self.ctx.pad_id)
         return Batch(examples=len(examples), tokens=seqs.trained_tokens, tensors=tensors)
+
+    def _sampled(self, prefix: str, examples: list[Example]) -> Sequences:
+        """Sampled answers to each example's prompt: from the reference (drawn once per row
+        and kept, as D2O's offline samples) or from the model now (HyPO)."""
+        prompts = [ex.tokens["prompt"] for ex in examples]
+        config, ctx = self.ctx.recipe.preference, self.ctx
+        if prefix == ONLINE_SAMPLES:
+            answers = sample_answers(ctx.model, ctx.tokenizer, prompts, config, ctx.autocast())
+            return answer_rows(prompts, answers, ctx.pad_id)
+        missing = [ex for ex in examples if ex.index not in self.reference_samples]
+        if missing:
+            reference = ctx.reference
+            drawn = sample_answers(
+                reference.model,
+                ctx.tokenizer,
+                [ex.tokens["prompt"] for ex in missing],
+                config,
+                ctx.autocast(),
+                reference.active(),
+            )
+            for i, ex in enumerate(missing):
+                self.reference_samples[ex.index] = drawn[
+                    i * config.samples : (i + 1) * config.samples
+                ]
+        answers = [a for ex in examples for a in self.reference_samples[ex.index]]
+        return answer_rows(prompts, answers, ctx.pad_id)
 
     def _data_inputs(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         out = {}
@@ -114,22 +173,49 @@ class PreferenceMode(Mode):
 
     # ---- objective
 
+    def _layout(self, tensor: torch.Tensor, size: int) -> torch.Tensor:
+        """Stacked rows ``[K·B, ...]`` (segment-major) as the kind takes them: lists
+        ``[B, K, ...]``, every other kind as stacked."""
+        if self.kind is not Lists:
+            return tensor
+        return tensor.unflatten(0, (size, -1)).transpose(0, 1)
+
+    def _stored_reference(self, seqs: Sequences, examples: list[Example]) -> dict:
+        """Precomputed reference log-probs, by group keyword (``ref_chosen_logps`` ...)."""
+        segments = self._segments_of(examples)
+        parts = [
+            self.stored_per_token(self.ctx.reference_store, examples, segment, part, segment)
+            for segment, part in zip(segments, seqs.targets.chunk(len(segments)))
+        ]
+        if self.kind is Pairs:
+            return {f"ref_{p}logps": v for p, v in zip(self.kind.PRIMARY, parts)}
+        return {"ref_logps": self._layout(torch.cat(parts), len(segments))}
+
     def _reference(self, seqs: Sequences, examples: list[Example]) -> dict:
         if self.ctx.reference_store is not None:
-            targets = seqs.targets.chunk(len(self.segments))
-            return {
-                f"ref_{self._prefix(segment)}logps": self.stored_per_token(
-                    self.ctx.reference_store, examples, segment, part, segment
-                )
-                for segment, part in zip(self.segments, targets)
-            }
+            return self._stored_reference(seqs, examples)
         if self.ctx.reference is None:
             return {}
         hidden, head = self.reference_hidden(seqs)
-        return {"ref_hidden": hidden, "ref_weight": head.weight, "ref_bias": head.bias}
+        size = len(self._segments_of(examples))
+        return {
+            "ref_hidden": self._layout(hidden, size),
+            "ref_weight": head.weight,
+            "ref_bias": head.bias,
+        }
 
-    def _prefix(self, segment: str) -> str:
-        return dict(zip(self.segments, self.kind.PRIMARY))[segment]
+    def _sample_group(self, prefix: str, seqs: Sequences, prompts: int) -> dict:
+        """Policy and reference hidden states of sampled answers, ``[B, K, T, H]``."""
+
+        def per_prompt(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.unflatten(0, (prompts, -1))
+
+        ref_hidden, _ = self.reference_hidden(seqs)
+        return {
+            f"{prefix}hidden": per_prompt(self.policy_hidden(seqs)),
+            f"{prefix}targets": per_prompt(seqs.targets),
+            f"ref_{prefix}hidden": per_prompt(ref_hidden),
+        }
 
     def _kl_samples(self, kl: Sequences) -> dict:
         """Policy and reference log-probs of the KL samples, without gradients."""
@@ -160,31 +246,122 @@ class PreferenceMode(Mode):
         return out
 
     def loss(self, batch: Batch, num_items: int | None) -> LossOutput:
+        if self.ctx.recipe.terms:
+            return self._weighted_sum(batch)
         seqs, examples = batch.tensors["seqs"], batch.tensors["examples"]
-        extra = self._data_inputs(examples)
+        inputs = self._data_inputs(examples)
         if "kl" in batch.tensors:
-            extra |= self._kl_samples(batch.tensors["kl"])
-        return lmloss.fused_preference_loss(
+            inputs |= self._kl_samples(batch.tensors["kl"])
+        for prefix, asked in self.draws.items():
+            if asked:
+                inputs |= self._sample_group(prefix, batch.tensors[prefix], len(examples))
+        size = len(self._segments_of(examples))
+        return self._door(fused=True)(
             self.ctx.entry.name,
-            hidden=self.policy_hidden(seqs),
-            targets=seqs.targets,
+            hidden=self._layout(self.policy_hidden(seqs), size),
+            targets=self._layout(seqs.targets, size),
             **head_kwargs(self.policy_head()),
             **self._reference(seqs, examples),
-            **extra,
+            **inputs,
             **self.ctx.engine,
             **self.ctx.hyper,
         )
+
+    def _door(self, fused: bool):
+        """The front door (fused, or plain on statistics) with the recipe's options; LCPO
+        wraps it when ``lcpo_noise`` is set."""
+        options = {k: v for k, v in self.options.items() if k != "lcpo_noise"}
+        door = lmloss.fused_preference_loss if fused else lmloss.preference_loss
+        if "lcpo_noise" in self.options:
+            door = partial(lmloss.lcpo, noise=self.options["lcpo_noise"])
+        return partial(door, **options)
+
+    # ---- weighted sums
+
+    def _weighted_sum(self, batch: Batch) -> LossOutput:
+        """The objective and its ``[[objective.add]]`` terms (pairwise and unpaired kinds):
+        one backbone forward and one engine pass for the union of their statistics, then
+        each term's plain front door on them (:mod:`lmloss.train.objective_sum`)."""
+        seqs, examples = batch.tensors["seqs"], batch.tensors["examples"]
+        terms = self.ctx.recipe.terms
+        wpo = ("sum_sq_probs",) if self.options.get("wpo") else ()
+        want = objective_sum.engine_statistics([self.ctx.entry, *(t.entry for t in terms)], wpo)
+        stats = token_stats(
+            self.policy_hidden(seqs),
+            **head_kwargs(self.policy_head()),
+            targets=seqs.targets,
+            want=want,
+            **self.ctx.engine,
+        ).asdict()
+        mask = seqs.targets != -100
+        primary = self.kind.PRIMARY  # pairs: chosen rows, then rejected rows
+        rows = dict(zip(primary, torch.arange(mask.shape[0]).chunk(len(primary))))
+        keywords = self._reference_logps(seqs, examples)
+        for prefix, index in rows.items():
+            keywords[f"{prefix}logps"] = stats["logp"][index]
+            keywords[f"{prefix}mask"] = mask[index]
+            if wpo:
+                keywords[f"{prefix}sum_sq_probs"] = stats["sum_sq_probs"][index]
+        inputs = self._data_inputs(examples)
+        if "kl" in batch.tensors:
+            inputs |= self._kl_samples(batch.tensors["kl"])
+
+        def taken(entry) -> dict:
+            return {k: v for k, v in inputs.items() if k in entry.spec.takes}
+
+        name = self.ctx.entry.name
+        door = self._door(fused=False)
+        parts = [(name, 1.0, door(name, **keywords, **taken(self.ctx.entry), **self.ctx.hyper))]
+        good = self._good_answers(mask, rows, inputs)
+        for term in terms:
+            if term.entry.family == "likelihood":
+                out = _likelihood_on(term, stats, good)
+            else:
+                out = lmloss.preference_loss(
+                    term.name, **keywords, **taken(term.entry), **term.hyper
+                )
+            parts.append((term.name, term.weight, out))
+        return objective_sum.total(parts)
+
+    def _reference_logps(self, seqs: Sequences, examples: list[Example]) -> dict:
+        """Reference log-probs by group keyword: stored, or one engine pass of the reference
+        (with the policy head's logit transform, as the fused front door applies it)."""
+        found = self._reference(seqs, examples)
+        if "ref_hidden" not in found:
+            return found  # stored log-probs, or no reference
+        with torch.no_grad():
+            logps = token_stats(
+                found["ref_hidden"],
+                found["ref_weight"],
+                seqs.targets,
+                found["ref_bias"],
+                **self.policy_head().transform_kwargs(),
+                **self.ctx.engine,
+            ).logp
+        parts = logps.chunk(len(self.kind.PRIMARY))
+        return {f"ref_{p}logps": part for p, part in zip(self.kind.PRIMARY, parts)}
+
+    def _good_answers(self, mask: torch.Tensor, rows: dict, inputs: dict) -> torch.Tensor:
+        """The tokens likelihood terms train on: the chosen answers of pairs, the
+        completions labelled desirable of unpaired rows (a ``[rows, T]`` mask)."""
+        good = torch.zeros_like(mask)
+        first = rows[self.kind.PRIMARY[0]]
+        good[first] = mask[first]
+        if self.kind is Unpaired:
+            good &= inputs["desirable"].to(mask.device)[:, None]
+        return good
 
     # ---- lmloss precompute
 
     def precompute(self, examples: list[Example], path: Path) -> str:
         """Reference (= the initial model) log-probs of every completion token, to ``path``."""
-        segments = {segment: [] for segment in self.segments}
+        names = self._segments_of(examples)
+        segments = {segment: [] for segment in names}
         batch_size = self.ctx.recipe.train.batch_size
         head = self.policy_head()
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
-            for segment in self.segments:
+            for segment in names:
                 seqs = self.sequences_of(chunk, segment)
                 with torch.no_grad():
                     logps = token_stats(
@@ -194,4 +371,13 @@ class PreferenceMode(Mode):
                     keep = seqs.targets[i] != -100
                     segments[segment].append((ex.tokens[segment], logps[i][keep]))
         TokenStore.write(path, segments, STORE_KIND)
-        return f"reference log-probs of {len(examples)} rows ({', '.join(self.segments)})"
+        return f"reference log-probs of {len(examples)} rows ({', '.join(names)})"
+
+
+def _likelihood_on(term, stats: dict, good: torch.Tensor) -> LossOutput:
+    """A likelihood term's token mean over the ``good`` tokens (zero when there is none)."""
+    if not good.any():
+        zero = (stats["logp"] * 0).sum()
+        return LossOutput(loss=zero, per_example=torch.zeros_like(stats["logp"]))
+    other = {k: v for k, v in stats.items() if k != "logp"}
+    return lmloss.likelihood_loss(term.name, logps=stats["logp"], mask=good, **other, **term.hyper)
