@@ -38,7 +38,9 @@ def test_matches_plain_formula_with_margin_and_centering(c):
     want = _plain(chosen, rejected, margin, c)
     torch.testing.assert_close(out.per_example, want)
     torch.testing.assert_close(out.loss, want.mean())
-    assert float(out.metrics["accuracy"]) == pytest.approx(float((chosen > rejected).double().mean()))
+    assert float(out.metrics["accuracy"]) == pytest.approx(
+        float((chosen > rejected).double().mean())
+    )
     assert float(out.metrics["margin"]) == pytest.approx(float((chosen - rejected).mean()))
 
 

@@ -241,6 +241,7 @@ FAMILY_FORMATS = {
     "likelihood": ("prompt_completion", "messages", "sharegpt"),
     "distill": ("prompt_completion", "messages", "sharegpt"),
     "policy": ("prompt", "prompt_completion", "preference", "unpaired"),
+    "classify": ("preference",),  # reward models: pairwise objectives (bradley_terry)
 }
 FORMAT_COLUMNS = {
     "prompt_completion": ("prompt", "completion"),
@@ -252,10 +253,13 @@ FORMAT_COLUMNS = {
 }
 
 
-def objective_formats(entry) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def objective_formats(entry, online: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The data formats an objective trains on and extra columns it reads: ``(formats,
     extra)``. Preference objectives read paired or unpaired rows by their input kind, plus a
-    column per per-example input without a default (``strength`` of OSP)."""
+    column per per-example input without a default (``strength`` of OSP); ``online``
+    (sampled pairs) they read prompts, as policy objectives do."""
+    if online:
+        return FAMILY_FORMATS["policy"], ()
     if entry.family != "preference":
         return FAMILY_FORMATS.get(entry.family, ()), ()
     spec = entry.spec
@@ -278,13 +282,15 @@ def objective_columns(entry) -> str:
     return text
 
 
-def check_objective(fmt: str, entry, rows: list[dict], source: str, unpaired: bool) -> None:
+def check_objective(
+    fmt: str, entry, rows: list[dict], source: str, unpaired: bool, online: bool = False
+) -> None:
     """The rows' format is one the objective trains on, else a ValueError naming both."""
     from lmloss.train.modes import mode_for
 
     mode_for(entry.family)  # families lmloss train cannot train are named first
-    formats, extra = objective_formats(entry)
-    why = f"the {entry.family} objective {entry.name!r}"
+    formats, extra = objective_formats(entry, online)
+    why = f"the {'online ' * online}{entry.family} objective {entry.name!r}"
     if fmt not in formats:
         needed = FORMAT_COLUMNS[formats[0]] if formats else ()
         present = sorted(rows[0])

@@ -27,4 +27,24 @@ def mode_for(family: str) -> type[Mode]:
     return MODES[family]
 
 
-__all__ = ["EXAMPLES", "MODES", "TOKENS", "Batch", "Context", "Example", "Mode", "mode_for"]
+def mode_of(recipe) -> type[Mode]:
+    """The mode that trains ``recipe``: its objective family's, or the online preference
+    mode when the recipe samples its pairs (``[online]``)."""
+    if recipe.online.enabled:
+        from lmloss.train.modes.online_preference import OnlinePreferenceMode
+
+        return OnlinePreferenceMode
+    return mode_for(recipe.entry.family)
+
+
+__all__ = [
+    "EXAMPLES",
+    "MODES",
+    "TOKENS",
+    "Batch",
+    "Context",
+    "Example",
+    "Mode",
+    "mode_for",
+    "mode_of",
+]

@@ -18,9 +18,9 @@ from lmloss._checks import require_choice
 from lmloss.hf import hidden_states
 from lmloss.output import LossOutput
 from lmloss.policy import ADVANTAGE_ESTIMATORS
-from lmloss.train import rewards as reward_fns
 from lmloss.train.data import require_columns
 from lmloss.train.generation import generate
+from lmloss.train.judge import Judge
 from lmloss.train.modes.base import (
     Batch,
     Context,
@@ -39,7 +39,13 @@ class PolicyMode(Mode):
         super().__init__(ctx)
         policy = ctx.recipe.policy
         self.config = policy
-        self.rewards = reward_fns.build(policy.rewards, policy.reward_weights)
+        self.judge = Judge.from_section(
+            policy,
+            where="policy",
+            data=ctx.recipe.data,
+            device=next(ctx.model.parameters()).device,
+            autocast=ctx.autocast,
+        )
         require_choice("policy.advantage", policy.advantage, ADVANTAGE_ESTIMATORS)
         if policy.group_size < 2:
             raise ValueError(
@@ -69,10 +75,7 @@ class PolicyMode(Mode):
     # ---- sampling and grading
 
     def grade(self, examples: list[Example], texts: list[str], group_size: int):
-        prompts = [ex.row["prompt"] for ex in examples for _ in range(group_size)]
-        names = [k for k in examples[0].row if k != "prompt"]
-        columns = {k: [ex.row[k] for ex in examples for _ in range(group_size)] for k in names}
-        return reward_fns.score(self.rewards, texts, prompts, columns)
+        return self.judge.grade([ex.row for ex in examples], texts, group_size)
 
     def prepare(self, examples: list[Example]) -> Batch:
         group, config = self.config.group_size, self.config
