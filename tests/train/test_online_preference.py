@@ -93,17 +93,17 @@ def test_pairs_are_best_against_worst_and_ties_are_dropped(tiny_model, tmp_path)
 
 
 def test_online_recipe_checks(tiny_model, tmp_path):
-    with pytest.raises(ValueError, match="online.samples must be >= 2"):
+    with pytest.raises(ValueError, match=r"online\.samples must be >= 2"):
         _online(tiny_model, tmp_path, samples=1)
-    with pytest.raises(ValueError, match="online.rewards is empty and online.reward_model"):
+    with pytest.raises(ValueError, match=r"online\.rewards is empty and online.reward_model"):
         _online(tiny_model, tmp_path, rewards=[])
     with pytest.raises(ValueError, match="pairwise preference objectives"):
         _online(tiny_model, tmp_path, {"name": "kto"})
     with pytest.raises(ValueError, match="per-pair data"):
         _online(tiny_model, tmp_path, {"name": "osp"})
-    with pytest.raises(ValueError, match="online.reward_weights has 2 entries"):
+    with pytest.raises(ValueError, match=r"online\.reward_weights has 2 entries"):
         _online(tiny_model, tmp_path, reward_weights=[1.0, 2.0])
-    with pytest.raises(ValueError, match="online.top_p"):
+    with pytest.raises(ValueError, match=r"online\.top_p"):
         _online(tiny_model, tmp_path, top_p=0.0)
     off = _online(tiny_model, tmp_path, enabled=False)
     assert not off.online.enabled
