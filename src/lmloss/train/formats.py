@@ -241,7 +241,6 @@ FAMILY_FORMATS = {
     "likelihood": ("prompt_completion", "messages", "sharegpt"),
     "distill": ("prompt_completion", "messages", "sharegpt"),
     "policy": ("prompt", "prompt_completion", "preference", "unpaired"),
-    "classify": ("preference",),  # reward models: pairwise objectives (bradley_terry)
 }
 FORMAT_COLUMNS = {
     "prompt_completion": ("prompt", "completion"),
@@ -260,6 +259,10 @@ def objective_formats(entry, online: bool = False) -> tuple[tuple[str, ...], tup
     (sampled pairs) they read prompts, as policy objectives do."""
     if online:
         return FAMILY_FORMATS["policy"], ()
+    if entry.family == "classify":  # reward models train on pairs
+        from lmloss.classification import PAIRWISE_SCORE_OBJECTIVES
+
+        return (("preference",) if entry.name in PAIRWISE_SCORE_OBJECTIVES else ()), ()
     if entry.family != "preference":
         return FAMILY_FORMATS.get(entry.family, ()), ()
     spec = entry.spec

@@ -136,7 +136,10 @@ class Trainer:
         self.checked = validate.check(recipe, resume=resume, run_dir=self.run_dir, writes=True)
         self.report_to = loggers.backends(recipe.output)
 
-        self.loaded = model_loading.load(recipe.model, recipe.lora, device=self.device)
+        mode = mode_of(recipe)
+        self.loaded = model_loading.load(
+            recipe.model, recipe.lora, device=self.device, kind=mode.model_kind
+        )
         self.model = self.loaded.model
         self.world.broadcast_parameters(list(self.model.parameters()))  # identical replicas
         self.model.train()
@@ -146,7 +149,7 @@ class Trainer:
         self.ctx = Context(recipe, entry, self.model, tokenizer, self.encoder, self.autocast)
         self.ctx.world = self.world
         self._attach_teacher()
-        self.mode = mode_of(recipe)(self.ctx)
+        self.mode = mode(self.ctx)
         self._attach_reference()
         self.sharded = train.parallel == "fsdp2" and self.world.active
         if self.sharded:  # after the reference copy: that one stays whole

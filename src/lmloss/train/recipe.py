@@ -248,6 +248,19 @@ def validate(recipe: Recipe) -> None:
     if recipe.entry.family == "policy":
         _check_judge("policy", p.rewards, p.reward_weights, p.reward_model)
     _check_online(recipe)
+    _check_reward_model(recipe)
+
+
+def _check_reward_model(recipe: Recipe) -> None:
+    """Classify objectives train as reward models: only the pairwise ones can."""
+    from lmloss.classification import PAIRWISE_SCORE_OBJECTIVES
+
+    if recipe.entry.family == "classify" and recipe.objective not in PAIRWISE_SCORE_OBJECTIVES:
+        raise ValueError(
+            f"lmloss train trains classify objectives as reward models on preference pairs "
+            f"({', '.join(PAIRWISE_SCORE_OBJECTIVES)}); {recipe.objective!r} is a loss over "
+            "generic logits (use lmloss.classification_loss)"
+        )
 
 
 def _check_judge(

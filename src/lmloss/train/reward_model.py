@@ -24,6 +24,7 @@ import torch
 
 from lmloss.train.config import DataConfig
 from lmloss.train.data import pad_sequences, prompt_completion
+from lmloss.train.model import BUNDLED_MODELS, DTYPES, load_pretrained
 
 
 def is_reward_model(path: str | Path) -> bool:
@@ -54,6 +55,23 @@ def from_causal_lm(causal: torch.nn.Module, tokenizer) -> torch.nn.Module:
     backbone = getattr(causal, causal.base_model_prefix)
     getattr(model, model.base_model_prefix).load_state_dict(backbone.state_dict())
     return model.to(next(causal.parameters()).device)
+
+
+def load_for_training(config, device: torch.device | None = None):
+    """``(model, tokenizer)`` of a reward-model run: ``model.name`` as a sequence classifier
+    (a saved reward model goes on training; a causal LM gets a fresh score head)."""
+    from lmloss.train.validate import resolve_model
+
+    if config.name not in BUNDLED_MODELS and is_reward_model(resolve_model(config.name)):
+        model, tokenizer = load_classifier(
+            resolve_model(config.name),
+            {"trust_remote_code": config.trust_remote_code, "dtype": DTYPES[config.dtype]},
+        )
+        return (model if device is None else model.to(device)), tokenizer
+    causal, tokenizer = load_pretrained(
+        config.name, config.dtype, config.trust_remote_code, device=device
+    )
+    return from_causal_lm(causal, tokenizer), tokenizer
 
 
 def load_classifier(source: str | Path, options: dict):

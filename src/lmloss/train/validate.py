@@ -163,6 +163,20 @@ def check_reward(name: str, columns: set[str]) -> None:
         )
 
 
+def check_margins(table: Table) -> str:
+    """Reward-model pairs: a ``margin`` column, when there is one, is a number in every row."""
+    if "margin" not in table.rows[0]:
+        return "reward model pairs: no margin column"
+    for row, position in zip(table.rows, table.positions):
+        value = row.get("margin")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ValueError(
+                f"{table.source} row {position}: column 'margin' must be a number in every row "
+                f"(the required score gap of the pair), got {value!r}"
+            )
+    return "reward model pairs: margin column"
+
+
 def check_judge(section, where: str, table: Table) -> str:
     """The reward functions of ``[policy]`` / ``[online]`` import and fit the data columns;
     the reward model resolves (a folder holding a sequence classifier, or a Hub id)."""
@@ -225,6 +239,8 @@ def check(
     ]:
         if value is not None and not Path(value).is_file():
             raise ValueError(f"{name} {value!r} does not exist (run `lmloss precompute` first)")
+    if recipe.entry.family == "classify":
+        report.lines.append(check_margins(table))
     if recipe.entry.family == "policy":
         report.lines.append(check_judge(recipe.policy, "policy", table))
     if recipe.online.enabled:

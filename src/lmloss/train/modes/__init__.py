@@ -10,10 +10,11 @@ from lmloss.train.modes.base import EXAMPLES, TOKENS, Batch, Context, Example, M
 from lmloss.train.modes.distill import DistillMode
 from lmloss.train.modes.policy import PolicyMode
 from lmloss.train.modes.preference import PreferenceMode
+from lmloss.train.modes.reward import RewardMode
 from lmloss.train.modes.sft import SFTMode
 
 MODES: dict[str, type[Mode]] = {
-    mode.family: mode for mode in (SFTMode, PreferenceMode, PolicyMode, DistillMode)
+    mode.family: mode for mode in (SFTMode, PreferenceMode, PolicyMode, DistillMode, RewardMode)
 }
 
 

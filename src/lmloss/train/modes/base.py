@@ -91,6 +91,8 @@ class Mode:
 
     family: ClassVar[str]
     description: ClassVar[str]
+    # the model the mode trains: "causal_lm", or "reward_model" (a one-score classifier)
+    model_kind: ClassVar[str] = "causal_lm"
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
