@@ -168,3 +168,24 @@ def test_validate_checks_the_margin_column(tiny_model, tmp_path):
     rows[3]["margin"] = "big"
     with pytest.raises(ValueError, match="row 4: column 'margin' must be a number"):
         check(_reward_recipe(tiny_model, tmp_path, rows))
+
+
+def test_lmloss_eval_reports_pairwise_accuracy(trained_rm, tmp_path, capsys):
+    from lmloss.cli import main
+
+    run_dir, _ = trained_rm
+    held_out = [
+        {"prompt": "is z ok?", "chosen": "yes z", "rejected": "no way z"},
+        {"prompt": "is y ok?", "chosen": "no way y", "rejected": "yes y"},  # reversed
+    ]
+    path = write_jsonl(tmp_path / "heldout.jsonl", held_out)
+    assert main(["eval", str(run_dir), "--pairs", str(path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["pairs"] == 2 and result["pairwise_accuracy"] == 0.5
+    from lmloss.train.config import DataConfig
+    from lmloss.train.reward_model import RewardModel
+
+    judge = RewardModel(str(run_dir / "model"), data=DataConfig(path="x"))
+    prompts = ["is z ok?", "is y ok?"]
+    gap = judge(prompts, ["yes z", "no way y"]) - judge(prompts, ["no way z", "yes y"])
+    assert result["margin"] == pytest.approx(float(gap.mean()), abs=1e-5)
