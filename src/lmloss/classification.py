@@ -60,6 +60,20 @@ def classification_loss(
 PAIRWISE_SCORE_OBJECTIVES = ("bradley_terry",)
 
 
+def reward_objective(name: str, hyper: dict | None = None) -> registry.Entry:
+    """The pairwise reward-model objective ``name``; with ``hyper``, its keywords are checked
+    too (an unknown one raises :class:`~lmloss.ObjectiveArgumentError`)."""
+    entry = registry.get(name, family=FAMILY)
+    if entry.name not in PAIRWISE_SCORE_OBJECTIVES:
+        raise ValueError(
+            f"objective {entry.name!r} does not score preference pairs; reward models train "
+            f"with {', '.join(PAIRWISE_SCORE_OBJECTIVES)}"
+        )
+    if hyper is not None:
+        bind(entry.spec, hyper, require=())
+    return entry
+
+
 def reward_model_loss(
     name: str,
     *,
@@ -88,12 +102,7 @@ def reward_model_loss(
         >>> float(out.metrics["accuracy"]), float(out.metrics["margin"])
         (0.5, 0.0)
     """
-    entry = registry.get(name, family=FAMILY)
-    if entry.name not in PAIRWISE_SCORE_OBJECTIVES:
-        raise ValueError(
-            f"objective {entry.name!r} does not score preference pairs; reward models train "
-            f"with {', '.join(PAIRWISE_SCORE_OBJECTIVES)}"
-        )
+    entry = reward_objective(name)
     chosen = _checks.require_floating("chosen", chosen)
     _checks.require_ndim("chosen", chosen, (1,))
     _checks.require_shape("rejected", rejected, chosen.shape, "chosen")
