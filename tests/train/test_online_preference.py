@@ -10,6 +10,14 @@ from lmloss.train.loop import Trainer, train
 from lmloss.train.progress import read_jsonl
 
 
+ONLINE = {
+    "samples": 4,
+    "max_new_tokens": 6,
+    "temperature": 1.0,
+    "rewards": ["train_testkit:letter_a_reward"],
+}
+
+
 def _prompts(tmp_path, n=8):
     return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"go {x}"} for x in "abcdefgh"[:n]])
 
@@ -21,13 +29,7 @@ def _online(tiny_model, tmp_path, objective=None, **online):
         tmp_path / "run",
         objective or {"name": "dpo", "beta": 0.5},
         train={"max_steps": 12, "batch_size": 2, "lr": 3e-2, "precision": "fp32"},
-        online={
-            "samples": 4,
-            "max_new_tokens": 6,
-            "temperature": 1.0,
-            "rewards": ["train_testkit:letter_a_reward"],
-            **online,
-        },
+        online={**ONLINE, **online},
     )
 
 
@@ -107,3 +109,41 @@ def test_online_recipe_checks(tiny_model, tmp_path):
         _online(tiny_model, tmp_path, top_p=0.0)
     off = _online(tiny_model, tmp_path, enabled=False)
     assert not off.online.enabled
+
+
+def test_iterative_rounds_start_from_the_last_rounds_model(tiny_model, tmp_path):
+    """A round is a run whose model.name is the previous round's model/: its reference (a
+    frozen copy of the starting model) is then the previous round's policy."""
+    first = recipe(
+        tiny_model,
+        _prompts(tmp_path),
+        tmp_path / "round1",
+        {"name": "sppo_hard"},
+        train={"max_steps": 2, "batch_size": 2, "lr": 3e-2, "precision": "fp32"},
+        online=ONLINE,
+        output={"save_model": True},
+    )
+    train(first, echo=lambda *_: None)
+    second = recipe(
+        tmp_path / "round1" / "model",
+        _prompts(tmp_path),
+        tmp_path / "round2",
+        {"name": "sppo_hard"},
+        train={"max_steps": 1, "batch_size": 2, "precision": "fp32"},
+        online=ONLINE,
+    )
+    trainer = Trainer(second, echo=lambda *_: None)
+    try:
+        from lmloss.train.model import load_pretrained
+
+        trained, _ = load_pretrained(str(tmp_path / "round1" / "model"))
+        reference = dict(trainer.ctx.reference.model.named_parameters())
+        for name, value in trained.named_parameters():
+            torch.testing.assert_close(reference[name], value)
+        initial, _ = load_pretrained(str(tiny_model))
+        assert not torch.equal(
+            dict(initial.named_parameters())["model.layers.0.mlp.up_proj.weight"],
+            reference["model.layers.0.mlp.up_proj.weight"],
+        )
+    finally:
+        trainer.close()
