@@ -9,7 +9,6 @@ from train_testkit import recipe, write_jsonl
 from lmloss.train.loop import Trainer, train
 from lmloss.train.progress import read_jsonl
 
-
 ONLINE = {
     "samples": 4,
     "max_new_tokens": 6,

@@ -189,3 +189,44 @@ def test_lmloss_eval_reports_pairwise_accuracy(trained_rm, tmp_path, capsys):
     prompts = ["is z ok?", "is y ok?"]
     gap = judge(prompts, ["yes z", "no way y"]) - judge(prompts, ["no way z", "yes y"])
     assert result["margin"] == pytest.approx(float(gap.mean()), abs=1e-5)
+
+
+def test_held_out_file_gives_an_eval_loss(tiny_model, tmp_path):
+    held_out = write_jsonl(tmp_path / "heldout.jsonl", PAIRS[:3])
+    run = _reward_recipe(
+        tiny_model,
+        tmp_path,
+        data={"eval_path": str(held_out)},
+        train={"max_steps": 1},
+        eval={"before": False},
+    )
+    train(run, echo=lambda *_: None)
+    rows = read_jsonl(tmp_path / "rm" / "eval.jsonl")
+    assert len(rows) == 1 and rows[0]["eval_loss"] > 0
+
+
+def test_bf16_reward_model_learns(tiny_model, tmp_path):
+    run = _reward_recipe(tiny_model, tmp_path, train={"precision": "bf16"})
+    summary = train(run, echo=lambda *_: None)
+    assert summary.losses[-1] < 0.5 * summary.losses[0], summary.losses
+
+
+def test_lora_reward_model_trains_its_head_and_exports(tiny_model, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    run = _reward_recipe(
+        tiny_model,
+        tmp_path,
+        lora={"enabled": True, "r": 4},
+        train={"max_steps": 3},
+        output={"save_model": True},
+    )
+    trainer = Trainer(run, echo=lambda *_: None)
+    try:
+        names = list(trainer.trainable)
+        assert any("lora_" in n for n in names) and any("score" in n for n in names)
+        trainer.run()
+    finally:
+        trainer.close()
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "model")
+    assert model.config.num_labels == 1

@@ -18,7 +18,7 @@ Tensor = torch.Tensor
     paper="Bradley & Terry 1952, Biometrika 39(3/4); reward models: Ouyang et al. 2022, "
     "arXiv:2203.02155; margin: Touvron et al. 2023 (Llama 2), arXiv:2307.09288; centering: "
     "Eisenstein et al. 2023, arXiv:2312.09244",
-    aliases=("bt", "reward_model"),
+    aliases=("bt",),
 )
 def bradley_terry(
     logits: Tensor,

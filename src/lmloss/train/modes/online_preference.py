@@ -14,14 +14,12 @@ INPO) refresh the reference between rounds: the reference follows ``[reference]`
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from lmloss.train.data import require_columns
-from lmloss.train.generation import Generated, generate
+from lmloss.train.generation import Generated
 from lmloss.train.judge import Judge
-from lmloss.train.modes.base import Batch, Context, Example
+from lmloss.train.modes.base import Batch, Context, Example, encode_row
 from lmloss.train.modes.preference import PreferenceMode
 
 
@@ -51,32 +49,14 @@ class OnlinePreferenceMode(PreferenceMode):
         require_columns(rows, ("prompt",), source, f"[online] {self.ctx.entry.name!r}")
 
     def encode(self, index: int, row: dict) -> Example | None:
-        encoder = self.ctx.encoder
-        prompt_ids = encoder.prompt(row["prompt"])
-        if not encoder.check_prompt(prompt_ids, index):
-            return None
-        return Example(index, row, {"prompt": prompt_ids})
+        return encode_row(self.ctx.encoder, index, row)
 
     def prepare_shard(self, examples: list[Example], shard: slice) -> Batch:
         return self.prepare(examples[shard])
 
     def prepare(self, examples: list[Example]) -> Batch:
-        config, samples = self.config, self.config.samples
-        started = time.perf_counter()
-        out = generate(
-            self.ctx.model,
-            self.ctx.tokenizer,
-            [ex.tokens["prompt"] for ex in examples],
-            max_new_tokens=config.max_new_tokens,
-            group_size=samples,
-            sampling={
-                "temperature": config.temperature,
-                "top_p": config.top_p,
-                "top_k": config.top_k,
-            },
-            autocast=self.ctx.autocast(),
-        )
-        generate_seconds = time.perf_counter() - started
+        samples = self.config.samples
+        out, generate_seconds = self.sample(examples, self.config, samples)
         texts = out.texts(self.ctx.tokenizer)
         total, means = self.judge.grade([ex.row for ex in examples], texts, samples)
         pairs, chosen, rejected = self._pairs(examples, out, total.reshape(-1, samples))

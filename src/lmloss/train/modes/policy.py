@@ -11,21 +11,19 @@ non-zero (the KL penalty).
 
 from __future__ import annotations
 
-import time
-
 import lmloss
 from lmloss._checks import require_choice
 from lmloss.hf import hidden_states
 from lmloss.output import LossOutput
 from lmloss.policy import ADVANTAGE_ESTIMATORS
 from lmloss.train.data import require_columns
-from lmloss.train.generation import generate
 from lmloss.train.judge import Judge
 from lmloss.train.modes.base import (
     Batch,
     Context,
     Example,
     Mode,
+    encode_row,
     head_kwargs,
     like_head,
 )
@@ -60,11 +58,7 @@ class PolicyMode(Mode):
         require_columns(rows, ("prompt",), source, f"the policy objective {self.ctx.entry.name!r}")
 
     def encode(self, index: int, row: dict) -> Example | None:
-        encoder = self.ctx.encoder
-        prompt_ids = encoder.prompt(row["prompt"])
-        if not encoder.check_prompt(prompt_ids, index):
-            return None
-        return Example(index, row, {"prompt": prompt_ids})
+        return encode_row(self.ctx.encoder, index, row)
 
     def uses_reference(self) -> bool:
         """Policy objectives take the reference optionally: only the ``beta`` KL needs it."""
@@ -78,19 +72,8 @@ class PolicyMode(Mode):
         return self.judge.grade([ex.row for ex in examples], texts, group_size)
 
     def prepare(self, examples: list[Example]) -> Batch:
-        group, config = self.config.group_size, self.config
-        started = time.perf_counter()
-        sampling = {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
-        out = generate(
-            self.ctx.model,
-            self.ctx.tokenizer,
-            [ex.tokens["prompt"] for ex in examples],
-            max_new_tokens=config.max_new_tokens,
-            group_size=group,
-            sampling=sampling,
-            autocast=self.ctx.autocast(),
-        )
-        generate_seconds = time.perf_counter() - started
+        group = self.config.group_size
+        out, generate_seconds = self.sample(examples, self.config, group)
         texts = out.texts(self.ctx.tokenizer)
         total, means = self.grade(examples, texts, group)
         advantages = self._advantages(total, group)

@@ -29,7 +29,7 @@ from lmloss.train.data import (
     prompt_completion,
     require_columns,
 )
-from lmloss.train.modes.base import Batch, Context, Example, Mode, head_kwargs
+from lmloss.train.modes.base import Batch, Context, Example, Mode, encode_row, head_kwargs
 from lmloss.train.token_store import TokenStore
 
 # input kind -> (row columns, completion segments in the stacked batch)
@@ -65,15 +65,7 @@ class PreferenceMode(Mode):
         require_columns(rows, tuple(dict.fromkeys((*self.columns, *extra))), source, why)
 
     def encode(self, index: int, row: dict) -> Example | None:
-        encoder = self.ctx.encoder
-        prompt_ids = encoder.prompt(row["prompt"])
-        if not encoder.check_prompt(prompt_ids, index):
-            return None
-        tokens = {"prompt": prompt_ids}
-        for segment in self.segments:
-            ids = encoder.completion(row["prompt"], prompt_ids, str(row[segment]))
-            tokens[segment] = encoder.fit(prompt_ids, ids)
-        return Example(index, row, tokens)
+        return encode_row(self.ctx.encoder, index, row, self.segments)
 
     def prepare(self, examples: list[Example]) -> Batch:
         return self._prepare(examples, examples[1:] + examples[:1])

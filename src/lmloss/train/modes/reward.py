@@ -17,7 +17,7 @@ import torch
 import lmloss
 from lmloss.output import LossOutput
 from lmloss.train.data import HOST, pad_sequences, prompt_completion, require_columns
-from lmloss.train.modes.base import Batch, Example, Mode
+from lmloss.train.modes.base import Batch, Example, Mode, encode_row
 from lmloss.train.reward_model import scores
 
 SEGMENTS = ("chosen", "rejected")
@@ -35,15 +35,7 @@ class RewardMode(Mode):
         )
 
     def encode(self, index: int, row: dict) -> Example | None:
-        encoder = self.ctx.encoder
-        prompt_ids = encoder.prompt(row["prompt"])
-        if not encoder.check_prompt(prompt_ids, index):
-            return None
-        tokens = {"prompt": prompt_ids}
-        for segment in SEGMENTS:
-            ids = encoder.completion(row["prompt"], prompt_ids, str(row[segment]))
-            tokens[segment] = encoder.fit(prompt_ids, ids)
-        return Example(index, row, tokens)
+        return encode_row(self.ctx.encoder, index, row, SEGMENTS)
 
     def prepare(self, examples: list[Example]) -> Batch:
         rows = [
