@@ -38,3 +38,14 @@ def test_plot_run_writes_a_png(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     path = plot_run(tmp_path)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reward_panel_keeps_one_series_per_reward_component():
+    rows = [
+        {"step": s, "reward": 0.5, "reward/exact_numeric": 0.3, "reward/format_number": 0.2}
+        for s in range(1, 4)
+    ]
+    figure = draw(rows, [], "run")
+    (panel,) = [ax for ax in figure.axes if ax.get_title() == "reward"]
+    labels = [line.get_label() for line in panel.get_lines()]
+    assert labels == ["reward", "reward/exact_numeric", "reward/format_number"]

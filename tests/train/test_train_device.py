@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -108,8 +109,9 @@ def test_explicit_precision_stays(spec):
 
 def test_auto_on_this_machine_matches_its_cpu_flags():
     """The CI and project machines have no GPU; bf16 only where the CPU says it is native
-    (this project's Xeon has AVX-512 but no AVX512-BF16: fp32)."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    (this project's Xeon has AVX-512 but no AVX512-BF16: fp32). The flags come through
+    the module's reader, which LMLOSS_TEST_AUTO_PRECISION replaces (tests/conftest.py)."""
+    text = compute._read_cpuinfo() or ""
     if torch.cuda.is_available() or not compute.cpu_flags(text):
         pytest.skip("needs a CPU-only Linux machine")
     native = bool({"avx512_bf16", "amx_bf16"} & compute.cpu_flags(text))
@@ -166,6 +168,14 @@ def test_cuda_without_cuda_fails_before_any_model_loads(tiny_model, tmp_path, mo
         Trainer(run, echo=lambda *_: None)
 
 
+def test_the_suite_can_run_as_on_another_cpu_kind():
+    """LMLOSS_TEST_AUTO_PRECISION=fp32|bf16 (tests/conftest.py): "auto" picks it here."""
+    forced = os.environ.get("LMLOSS_TEST_AUTO_PRECISION")
+    if not forced or torch.cuda.is_available():
+        pytest.skip("set LMLOSS_TEST_AUTO_PRECISION=fp32 or bf16 on a CPU-only machine")
+    assert compute.resolve("cpu", "auto", 1).precision == forced
+
+
 def test_the_run_records_and_prints_what_it_resolved(tiny_model, tmp_path):
     lines = []
     run = recipe(
@@ -173,9 +183,8 @@ def test_the_run_records_and_prints_what_it_resolved(tiny_model, tmp_path):
         _sft_data(tmp_path),
         tmp_path / "run",
         {"name": "sft"},
-        train={"max_steps": 1, "device": "cpu", "threads": 1},
+        train={"max_steps": 1, "device": "cpu", "threads": 1, "precision": "auto"},
     )
-    assert run.train.precision == "auto"
     trainer = Trainer(run, echo=lines.append)
     saved = json.loads((tmp_path / "run" / "recipe.json").read_text())["train"]
     assert saved["device"] == "cpu"

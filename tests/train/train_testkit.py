@@ -73,12 +73,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def recipe(model: Path, data_path: Path, run_dir: Path, objective: dict, **sections) -> object:
-    """A recipe for the tiny model: quiet (no progress bar, no plot), float32, one thread."""
+    """A recipe for the tiny model: quiet (no progress bar, no plot), float32 (tests compare
+    numbers: precision is pinned, "auto" would pick bf16 on a CPU with native bf16)."""
     base = {
         "model": {"name": str(model)},
         "data": {"path": str(data_path), "max_length": 64, "max_prompt_length": 32},
         "objective": objective,
-        "train": {"max_steps": 10, "batch_size": 4, "lr": 1e-2, "seed": 0},
+        "train": {"max_steps": 10, "batch_size": 4, "lr": 1e-2, "seed": 0, "precision": "fp32"},
         "output": {
             "dir": str(run_dir),
             "progress": False,

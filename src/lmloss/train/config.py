@@ -176,6 +176,12 @@ class PolicyConfig:
         ("exact_numeric",),
     )
     reward_weights: tuple[float, ...] = _doc("weight of each reward (default: all 1)", ())
+    verifier: str | None = _doc(
+        "the reward (one of policy.rewards) that says whether an answer is right: the run "
+        "flags likely reward hacking when another reward rises while it falls (default: "
+        "the task's accuracy grader, 'exact_numeric' for arithmetic, when it is a reward)",
+        None,
+    )
     advantage: str = _doc("advantage estimator (lmloss.advantages): grpo, rloo, ...", "grpo")
     reward_model: str | None = _doc(
         "a reward model (a folder from a bradley_terry run, a sequence-classification model "

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from lmloss.train import checkpoint, loggers, rundir, schedule, validate
+from lmloss.train import checkpoint, health, loggers, rundir, schedule, validate
 from lmloss.train import model as model_loading
 from lmloss.train.config import Recipe
 from lmloss.train.data import Encoder, Sampler
@@ -47,7 +47,7 @@ from lmloss.train.heldout import SAMPLES, HeldOut, append_samples
 from lmloss.train.modes import TOKENS, Batch, Context, mode_of
 from lmloss.train.nonfinite import Guard, finite, first_problem
 from lmloss.train.packing import pack
-from lmloss.train.progress import EVALS, METRICS, Reporter, truncate_after
+from lmloss.train.progress import EVALS, METRICS, Reporter, read_jsonl, truncate_after
 from lmloss.train.reference import ModelReference
 from lmloss.train.token_store import TokenStore
 
@@ -60,6 +60,11 @@ class Summary:
     losses: list[float] = field(default_factory=list)
     before: dict | None = None
     after: dict | None = None
+    health: health.Health | None = None  # rank 0: whether the run went wrong (lmloss.train.health)
+
+    def metrics(self, when: str) -> dict:
+        """The held-out metrics measured ``"before"`` or ``"after"`` training ({}: none)."""
+        return (getattr(self, when) or {}).get("metrics", {})
 
 
 def _scalar(value) -> float:
@@ -415,8 +420,11 @@ class Trainer:
         return result
 
     def _log_eval(self, reporter: Reporter, label: str, size: int | None = None) -> dict | None:
+        """The held-out task's result (``metrics``, ``samples``), with ``eval_loss`` among the
+        metrics when there is a held-out loss; None when there is neither."""
         if not self.world.is_main:  # rank 0 evaluates; the others meet it at the next step
             return None
+        loss = None
         if self.heldout is not None:
             loss = self.heldout.loss()
             reporter.evaluation({"step": self.step, "eval_loss": loss})
@@ -425,7 +433,7 @@ class Trainer:
             append_samples(self.run_dir, self.step, samples)
         result = self.evaluate(size)
         if result is None:
-            return None
+            return None if loss is None else {"metrics": {"eval_loss": loss}, "samples": []}
         metrics = result["metrics"]
         reporter.evaluation({"step": self.step, **metrics})
         shown = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k != "problems")
@@ -434,6 +442,8 @@ class Trainer:
             reporter.write(
                 f"  Q: {sample['prompt']}\n  A: {sample['output']!r} (expected {sample['answer']})"
             )
+        if loss is not None:
+            metrics["eval_loss"] = loss
         return result
 
     # ---- the run
@@ -478,6 +488,13 @@ class Trainer:
                 summary.after = self._log_eval(reporter, "after training")
         finally:
             reporter.close()
+        if self.world.is_main:
+            summary.health = health.assess(
+                summary.metrics("before"),
+                summary.metrics("after"),
+                read_jsonl(self.run_dir / METRICS),
+                health.verifier_of(recipe),
+            )
         if output.save_model:
             self.export(self.run_dir / "model")
         if output.plot and self.world.is_main:

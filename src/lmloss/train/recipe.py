@@ -242,6 +242,10 @@ def validate(recipe: Recipe) -> None:
         )
     if (d.path is None) == (d.task is None):
         raise ValueError("give exactly one of data.path (a local file) or data.task")
+    if p.verifier is not None and p.verifier not in p.rewards:
+        raise ValueError(
+            f"policy.verifier {p.verifier!r} must be one of policy.rewards {list(p.rewards)}"
+        )
     check_device_spec(t.device)
     if recipe.reference.kind == "adapters_off" and not recipe.lora.enabled:
         raise ValueError("reference.kind = 'adapters_off' needs lora.enabled = true")

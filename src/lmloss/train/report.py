@@ -1,4 +1,6 @@
-"""The end-of-run report: an honest before/after table, wall time and peak memory."""
+"""The end-of-run report: an honest before/after table, wall time, peak memory, and whether
+the run went wrong (:mod:`lmloss.train.health`), in ``summary.md``, ``summary.json`` and
+the last console line."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ LABELS = {
     "accuracy": "accuracy (exact numeric answer)",
     "bare_number": "answers that are a bare number",
     "answer_tokens": "mean answer length (tokens)",
+    "eval_loss": "held-out loss (data.eval_path)",
 }
 
 
@@ -19,29 +22,36 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _heldout_table(summary: Summary) -> list[str]:
+    before, after = summary.metrics("before"), summary.metrics("after")
+    if not before and not after:
+        return []
+    problems = before.get("problems") or after.get("problems")
+    title = f"{problems} problems never seen in training, greedy" if problems else "held-out rows"
+    lines = [f"Held-out evaluation ({title}):", "", "| metric | before | after |", "|---|---|---|"]
+    for key, label in LABELS.items():
+        if key in before or key in after:
+            b = f"{before[key]:.3f}" if key in before else "-"
+            a = f"{after[key]:.3f}" if key in after else "-"
+            lines.append(f"| {label} | {b} | {a} |")
+    return [*lines, ""]
+
+
 def render(summary: Summary, command: str) -> str:
+    """The report; its last line says whether the run went wrong (when it was judged)."""
     lines = [
         f"Run: {summary.run_dir}  ({summary.steps} steps, {summary.seconds:.0f} s wall, "
         f"peak memory {peak_memory_mb():.0f} MB)",
         f"Command: {command}",
         "",
+        *_heldout_table(summary),
     ]
-    if summary.before is not None or summary.after is not None:
-        before = (summary.before or {}).get("metrics", {})
-        after = (summary.after or {}).get("metrics", {})
-        problems = before.get("problems") or after.get("problems")
-        lines += [f"Held-out evaluation ({problems} problems never seen in training, greedy):", ""]
-        lines += ["| metric | before | after |", "|---|---|---|"]
-        for key, label in LABELS.items():
-            if key in before or key in after:
-                b = f"{before[key]:.3f}" if key in before else "-"
-                a = f"{after[key]:.3f}" if key in after else "-"
-                lines.append(f"| {label} | {b} | {a} |")
-        lines.append("")
     if summary.losses:
         lines.append(
             f"loss: first step {summary.losses[0]:.4f}, last step {summary.losses[-1]:.4f}"
         )
+    if summary.health is not None:
+        lines.append(summary.health.line())
     return "\n".join(lines)
 
 
@@ -54,6 +64,7 @@ def write(summary: Summary, command: str) -> str:
         "peak_memory_mb": peak_memory_mb(),
         "before": summary.before,
         "after": summary.after,
+        "health": summary.health.as_dict() if summary.health is not None else None,
         "command": command,
     }
     (summary.run_dir / "summary.json").write_text(json.dumps(data, indent=2))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmloss._checks import require_choice
-from lmloss.train import formats, loggers, tasks
+from lmloss.train import formats, health, loggers, tasks
 from lmloss.train.config import Recipe
 from lmloss.train.data import load_rows, read_hub_dataset, rename_columns
 from lmloss.train.files import read_rows
@@ -179,7 +179,8 @@ def check_margins(table: Table) -> str:
 
 def check_judge(section, where: str, table: Table) -> str:
     """The reward functions of ``[policy]`` / ``[online]`` import and fit the data columns;
-    the reward model resolves (a folder holding a sequence classifier, or a Hub id)."""
+    the reward model resolves (a folder holding a sequence classifier, or a Hub id).
+    Returns the judge's parts, in words."""
     current_folder_importable()
     columns = set(table.rows[0]) - {"prompt"}
     for reward in section.rewards:
@@ -196,7 +197,7 @@ def check_judge(section, where: str, table: Table) -> str:
                 "train one with objective bradley_terry"
             )
         parts.append(f"reward model {section.reward_model}")
-    return f"{where} judge: {', '.join(parts)}"
+    return ", ".join(parts)
 
 
 def check_resume(run_dir: Path) -> str:
@@ -242,9 +243,11 @@ def check(
     if recipe.entry.family == "classify":
         report.lines.append(check_margins(table))
     if recipe.entry.family == "policy":
-        report.lines.append(check_judge(recipe.policy, "policy", table))
+        judge = check_judge(recipe.policy, "policy", table)
+        verifier = health.verifier_of(recipe) or "none (no reward-hacking check)"
+        report.lines.append(f"rewards: {judge}; verifier: {verifier}")
     if recipe.online.enabled:
-        report.lines.append(check_judge(recipe.online, "online", table))
+        report.lines.append(f"online rewards: {check_judge(recipe.online, 'online', table)}")
     if recipe.eval.task is not None:
         require_choice("eval.task", recipe.eval.task, tasks.TASKS)
         report.lines.append(f"eval task: {recipe.eval.task}")
