@@ -32,6 +32,7 @@ _LAZY = {
     "likelihood_loss": "lmloss.likelihood",
     "fused_likelihood_loss": "lmloss.likelihood",
     "classification_loss": "lmloss.classification",
+    "reward_model_loss": "lmloss.classification",
     "divergence_loss": "lmloss.distill",
     "fused_divergence_loss": "lmloss.distill",
     "token_divergence": "lmloss.distill",

@@ -53,3 +53,69 @@ def classification_loss(
     per_example = entry(logits, labels, **inputs, **hyper)
     loss = per_example.mean() if aggregation == "mean" else per_example.sum()
     return LossOutput(loss=loss, per_example=per_example)
+
+
+# objectives of the classify family that score preference pairs (``[N, 2]`` logits, the
+# preferred column as label): what reward-model trainers accept
+PAIRWISE_SCORE_OBJECTIVES = ("bradley_terry",)
+
+
+def reward_objective(name: str, hyper: dict | None = None) -> registry.Entry:
+    """The pairwise reward-model objective ``name``; with ``hyper``, its keywords are checked
+    too (an unknown one raises :class:`~lmloss.ObjectiveArgumentError`)."""
+    entry = registry.get(name, family=FAMILY)
+    if entry.name not in PAIRWISE_SCORE_OBJECTIVES:
+        raise ValueError(
+            f"objective {entry.name!r} does not score preference pairs; reward models train "
+            f"with {', '.join(PAIRWISE_SCORE_OBJECTIVES)}"
+        )
+    if hyper is not None:
+        bind(entry.spec, hyper, require=())
+    return entry
+
+
+def reward_model_loss(
+    name: str,
+    *,
+    chosen: Tensor,
+    rejected: Tensor,
+    margin: Tensor | None = None,
+    **hyper,
+) -> LossOutput:
+    """A pairwise reward-model objective on the scores ``[N]`` of chosen and rejected
+    completions, with the metrics reward-model training logs.
+
+    Args:
+        name: an objective of :data:`PAIRWISE_SCORE_OBJECTIVES` (``bradley_terry``).
+        chosen, rejected: ``[N]`` scalar scores of the preferred and the other completion.
+        margin: optional ``[N]`` required gap (a ``margin`` data column).
+        **hyper: the objective's hyper-parameters (``center_rewards_coefficient``).
+
+    Returns:
+        :class:`LossOutput` (mean over pairs) with metrics ``accuracy`` (the fraction of
+        pairs scored in the right order, ties counting as wrong), ``margin`` (mean
+        ``r_chosen − r_rejected``) and the mean scores ``rewards/chosen``, ``rewards/rejected``.
+
+    Example:
+        >>> out = reward_model_loss("bradley_terry", chosen=torch.tensor([2.0, 0.0]),
+        ...                         rejected=torch.tensor([1.0, 1.0]))
+        >>> float(out.metrics["accuracy"]), float(out.metrics["margin"])
+        (0.5, 0.0)
+    """
+    entry = reward_objective(name)
+    chosen = _checks.require_floating("chosen", chosen)
+    _checks.require_ndim("chosen", chosen, (1,))
+    _checks.require_shape("rejected", rejected, chosen.shape, "chosen")
+    logits = torch.stack([chosen, rejected], dim=1)
+    labels = torch.zeros(len(chosen), dtype=torch.long, device=chosen.device)
+    optional = {} if margin is None else {"margin": margin.to(logits.dtype)}
+    out = classification_loss(entry.name, logits=logits, labels=labels, **optional, **hyper)
+    with torch.no_grad():
+        gap = (chosen - rejected).float()
+        out.metrics = {
+            "accuracy": (gap > 0).float().mean(),
+            "margin": gap.mean(),
+            "rewards/chosen": chosen.float().mean(),
+            "rewards/rejected": rejected.float().mean(),
+        }
+    return out

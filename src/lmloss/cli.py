@@ -155,9 +155,19 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--resume", action="store_true", help="also check the checkpoint to resume")
     p.set_defaults(run=_validate)
 
-    p = sub.add_parser("eval", help="held-out accuracy of a model or a run on a verifiable task")
+    p = sub.add_parser(
+        "eval",
+        help="held-out accuracy of a model or a run on a verifiable task, or of a reward "
+        "model on held-out preference pairs",
+    )
     p.add_argument("model", help="run directory, model directory or 'smollm2'")
-    p.add_argument("--task", required=True, help="built-in task, e.g. arithmetic")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", help="built-in task, e.g. arithmetic")
+    what.add_argument(
+        "--pairs",
+        metavar="FILE",
+        help="reward models: prompt/chosen/rejected file; reports pairwise accuracy and margin",
+    )
     p.add_argument("--size", type=int, default=100, help="held-out problems")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     p.add_argument("--max-new-tokens", type=int, help="default: the run's (else 32)")

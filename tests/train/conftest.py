@@ -16,3 +16,16 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny_teacher"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model with a one-score head (an untrained reward model), saved."""
+    from lmloss.train.model import load_pretrained
+    from lmloss.train.reward_model import from_causal_lm
+
+    causal, tokenizer = load_pretrained(str(tiny_model))
+    path = tmp_path_factory.mktemp("tiny_reward_model")
+    from_causal_lm(causal, tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

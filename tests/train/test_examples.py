@@ -22,7 +22,7 @@ def test_there_is_an_example_per_family_and_common_case():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_validates_and_trains_one_step(
-    path, tiny_model, tiny_teacher, tmp_path, monkeypatch
+    path, tiny_model, tiny_teacher, tiny_reward_model, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(ROOT)  # examples name their data relative to the repository root
     data, _ = read_toml(str(path))
@@ -40,8 +40,13 @@ def test_example_validates_and_trains_one_step(
         overrides.append("train.epochs=0.01")  # one step
     if "teacher" in data.get("distill", {}):
         overrides.append(f"distill.teacher={json.dumps(str(tiny_teacher))}")
-    if "policy" in data:
-        overrides.append("policy.max_new_tokens=3")
+    if "task" in data.get("data", {}):  # the character tokenizer spends a token per letter
+        overrides += ["data.max_prompt_length=200", "data.max_length=260", "data.task_size=8"]
+    for section in ("policy", "online"):
+        if section in data:
+            overrides.append(f"{section}.max_new_tokens=3")
+        if "reward_model" in data.get(section, {}):
+            overrides.append(f"{section}.reward_model={json.dumps(str(tiny_reward_model))}")
     recipe = load(str(path), overrides)
     report = check(recipe)
     assert any(line.startswith("data:") for line in report.lines)

@@ -129,9 +129,9 @@ def test_unimportable_reward_is_named(tiny_model, tmp_path):
         Trainer(run, **QUIET)
 
 
-def test_untrainable_family_is_named(tiny_model, tmp_path):
+def test_untrainable_classify_objective_is_named(tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "x.jsonl", [{"prompt": "go"}])
-    with pytest.raises(ValueError, match="'classify' family are not trainable"):
+    with pytest.raises(ValueError, match="'infonce' is a loss over generic logits"):
         Trainer(recipe(tiny_model, data, tmp_path / "run", {"name": "infonce"}), **QUIET)
 
 

@@ -10,7 +10,7 @@ import pytest
 DOC = Path(__file__).parents[2] / "docs" / "integrations.md"
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EXAMPLES = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
-TITLES = ["transformers", "peft", "trl_sft", "trl_dpo", "trl_grpo"]
+TITLES = ["transformers", "peft", "trl_sft", "trl_dpo", "trl_grpo", "trl_reward"]
 
 
 def test_the_document_has_one_example_per_integration():

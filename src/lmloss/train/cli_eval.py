@@ -1,4 +1,5 @@
-"""``lmloss eval``: the held-out metric of a run, a model directory or the bundled model.
+"""``lmloss eval``: the held-out metric of a run, a model directory or the bundled model
+(``--task``), or the pairwise accuracy of a reward model on held-out pairs (``--pairs``).
 
 For a run directory the run's own settings are the defaults (chat template, system
 prompt, generation budget, bf16 autocast), so the numbers match the run's "after" column.
@@ -16,13 +17,20 @@ import torch
 from lmloss.train.config import DataConfig
 from lmloss.train.data import Encoder
 from lmloss.train.device import resolve
-from lmloss.train.evaluate import evaluate_task
+from lmloss.train.evaluate import evaluate_pairs, evaluate_task
 from lmloss.train.model import load_pretrained, load_trained
+from lmloss.train.reward_model import RewardModel
 
 
 def _run_recipe(model: str) -> dict:
     path = Path(model) / "recipe.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _model_folder(model: str) -> str | Path:
+    """A run directory's ``model/``, else ``model`` itself (a folder or a Hub id)."""
+    inside = Path(model) / "model"
+    return inside if inside.is_dir() else model
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -39,6 +47,17 @@ def evaluate_command(args: argparse.Namespace) -> int:
     compute = resolve("auto", precision, 0)
     torch.set_num_threads(compute.threads)
 
+    if args.pairs is not None:
+        limits = {k: data[k] for k in ("max_length", "max_prompt_length") if k in data}
+        judge = RewardModel(
+            str(_model_folder(args.model)),
+            data=dataclasses.replace(config, **limits),
+            device=compute.device,
+            autocast=compute.autocast,
+            where="lmloss eval MODEL",
+        )
+        print(json.dumps(evaluate_pairs(judge, Path(args.pairs), args.batch_size), indent=2))
+        return 0
     if Path(args.model).is_dir():
         model, tokenizer = load_trained(args.model)
     else:

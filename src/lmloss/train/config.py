@@ -187,6 +187,40 @@ class PolicyConfig:
         "lp_reg: κ of the min-p proxy of the sampling policy (tokens with p >= κ·max p kept)",
         0.02,
     )
+    reward_model: str | None = _doc(
+        "a reward model (a folder from a bradley_terry run, a sequence-classification model "
+        "folder or Hub id) scoring prompt + completion, added to the reward functions",
+        None,
+    )
+    reward_model_weight: float = _doc("weight of the reward model's score", 1.0)
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """[online] preference objectives on the policy's own samples (online / iterative DPO)."""
+
+    enabled: bool = _doc(
+        "sample the pairs from the policy instead of reading them (on whenever the recipe "
+        "has an [online] section, unless it says false)",
+        False,
+    )
+    samples: int = _doc("completions sampled per prompt; pair = best vs worst (ties dropped)", 2)
+    max_new_tokens: int = _doc("generation budget per completion", 64)
+    temperature: float = _doc("sampling temperature", 0.9)
+    top_p: float = _doc("nucleus sampling threshold (1: off)", 1.0)
+    top_k: int = _doc("top-k sampling (0: off)", 0)
+    rewards: tuple[str, ...] = _doc(
+        "reward functions grading the samples: built-ins ('exact_numeric', 'format_number') "
+        "or 'module:function'",
+        (),
+    )
+    reward_weights: tuple[float, ...] = _doc("weight of each reward (default: all 1)", ())
+    reward_model: str | None = _doc(
+        "a reward model (folder or Hub id of a sequence-classification model) grading the "
+        "samples, with the reward functions",
+        None,
+    )
+    reward_model_weight: float = _doc("weight of the reward model's score", 1.0)
 
 
 @dataclass(frozen=True)
@@ -276,6 +310,7 @@ SECTIONS: dict[str, type] = {
     "objective": dict,  # name + hyper-parameters, checked against the registry
     "train": TrainConfig,
     "policy": PolicyConfig,
+    "online": OnlineConfig,
     "reference": ReferenceConfig,
     "distill": DistillConfig,
     "eval": EvalConfig,
@@ -293,6 +328,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,4 +1,5 @@
-"""Held-out evaluation on a verifiable task: greedy answers, graded by the task's verifiers.
+"""Held-out evaluation: greedy answers on a verifiable task, graded by the task's verifiers;
+a reward model's pairwise accuracy on held-out preference pairs.
 
 The held-out split is generated apart from the training rows (see
 :mod:`lmloss.train.tasks`); prompts are encoded exactly as in training (same chat
@@ -9,9 +10,14 @@ from __future__ import annotations
 
 import time
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import torch
 
 from lmloss.train import rewards, tasks
 from lmloss.train.data import Encoder
+from lmloss.train.files import read_rows
+from lmloss.train.formats import normalize
 from lmloss.train.generation import generate
 
 
@@ -60,3 +66,30 @@ def evaluate_task(
     result["problems"] = len(rows)
     result["seconds"] = time.perf_counter() - start
     return {"metrics": result, "samples": samples}
+
+
+def evaluate_pairs(judge, path: Path, batch_size: int) -> dict:
+    """A reward model (:class:`~lmloss.train.reward_model.RewardModel`) on the held-out
+    preference pairs of ``path``: ``pairwise_accuracy`` (chosen scored above rejected; a tie
+    counts as wrong), mean ``margin`` (score of chosen minus rejected), and the mean scores."""
+    rows, positions = read_rows(path)
+    rows, fmt = normalize(rows, positions, str(path))
+    if fmt != "preference":
+        raise ValueError(f"--pairs {path}: needs prompt/chosen/rejected rows, got {fmt} rows")
+    start = time.perf_counter()
+    gaps, chosen_total = [], 0.0
+    for first in range(0, len(rows), batch_size):
+        chunk = rows[first : first + batch_size]
+        prompts = [r["prompt"] for r in chunk]
+        chosen = judge(prompts, [r["chosen"] for r in chunk])
+        rejected = judge(prompts, [r["rejected"] for r in chunk])
+        gaps.append(chosen - rejected)
+        chosen_total += float(chosen.sum())
+    gap = torch.cat(gaps)
+    return {
+        "pairwise_accuracy": float((gap > 0).float().mean()),
+        "margin": float(gap.mean()),
+        "mean_chosen_score": chosen_total / len(rows),
+        "pairs": len(rows),
+        "seconds": time.perf_counter() - start,
+    }

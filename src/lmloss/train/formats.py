@@ -323,10 +323,17 @@ FORMAT_COLUMNS = {
 FORMAT_INPUTS = {"desirable": "label", "scores": "scores"}
 
 
-def objective_formats(entry) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def objective_formats(entry, online: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The data formats an objective trains on and extra columns it reads: ``(formats,
     extra)``. Preference objectives read the format of their input kind, plus a column per
-    per-example input that format lacks (``strength`` of OSP)."""
+    per-example input that format lacks (``strength`` of OSP); ``online`` (sampled pairs)
+    they read prompts, as policy objectives do."""
+    if online:
+        return FAMILY_FORMATS["policy"], ()
+    if entry.family == "classify":  # reward models train on pairs
+        from lmloss.classification import PAIRWISE_SCORE_OBJECTIVES
+
+        return (("preference",) if entry.name in PAIRWISE_SCORE_OBJECTIVES else ()), ()
     if entry.family != "preference":
         return FAMILY_FORMATS.get(entry.family, ()), ()
     spec = entry.spec
@@ -363,14 +370,16 @@ def _hint(fmt: str, formats: tuple[str, ...], unpaired: bool) -> str:
     return ""
 
 
-def check_objective(fmt: str, entry, rows: list[dict], source: str, unpaired: bool) -> None:
+def check_objective(
+    fmt: str, entry, rows: list[dict], source: str, unpaired: bool, online: bool = False
+) -> None:
     """The rows' format is one the objective trains on, else a ValueError naming the formats
     and columns that would fit."""
     from lmloss.train.modes import mode_for
 
     mode_for(entry.family)  # families lmloss train cannot train are named first
-    formats, extra = objective_formats(entry)
-    why = f"the {entry.family} objective {entry.name!r}"
+    formats, extra = objective_formats(entry, online)
+    why = f"the {'online ' * online}{entry.family} objective {entry.name!r}"
     if fmt not in formats:
         needed = FORMAT_COLUMNS[formats[0]] if formats else ()
         present = sorted(rows[0])

@@ -68,7 +68,10 @@ class HeldOut:
         return total
 
     def samples(self, max_new_tokens: int, autocast=None) -> list[dict]:
-        """Greedy answers to the first prompts of the file."""
+        """Greedy answers to the first prompts of the file (none for a reward model, which
+        does not generate)."""
+        if self.mode.model_kind != "causal_lm":
+            return []
         chosen = self.examples[: self.shown]
         prompts = [_prompt_ids(e) for e in chosen]
         tokenizer = self.mode.ctx.tokenizer

@@ -44,7 +44,7 @@ from lmloss.train.distributed import (
 from lmloss.train.evaluate import evaluate_task
 from lmloss.train.export import export_run_model
 from lmloss.train.heldout import SAMPLES, HeldOut, append_samples
-from lmloss.train.modes import TOKENS, Batch, Context, mode_for
+from lmloss.train.modes import TOKENS, Batch, Context, mode_of
 from lmloss.train.nonfinite import Guard, finite, first_problem
 from lmloss.train.packing import pack
 from lmloss.train.progress import EVALS, METRICS, Reporter, read_jsonl, truncate_after
@@ -141,7 +141,10 @@ class Trainer:
         self.checked = validate.check(recipe, resume=resume, run_dir=self.run_dir, writes=True)
         self.report_to = loggers.backends(recipe.output)
 
-        self.loaded = model_loading.load(recipe.model, recipe.lora, device=self.device)
+        mode = mode_of(recipe)
+        self.loaded = model_loading.load(
+            recipe.model, recipe.lora, device=self.device, kind=mode.model_kind
+        )
         self.model = self.loaded.model
         self.world.broadcast_parameters(list(self.model.parameters()))  # identical replicas
         self.model.train()
@@ -151,7 +154,7 @@ class Trainer:
         self.ctx = Context(recipe, entry, self.model, tokenizer, self.encoder, self.autocast)
         self.ctx.world = self.world
         self._attach_teacher()
-        self.mode = mode_for(entry.family)(self.ctx)
+        self.mode = mode(self.ctx)
         self._attach_reference()
         self.sharded = train.parallel == "fsdp2" and self.world.active
         if self.sharded:  # after the reference copy: that one stays whole
@@ -347,6 +350,11 @@ class Trainer:
         metrics: dict[str, float] = {}
         losses = []
         for index, batch in enumerate(batches):
+            if not batch.examples:  # online pairs: every group of it tied, nothing to learn
+                if not examples:  # nor in the whole step: its metrics are the step's
+                    for key, value in batch.metrics.items():
+                        metrics[key] = metrics.get(key, 0.0) + value / len(batches)
+                continue
             share = batch.examples / examples
             last = index == len(batches) - 1
             # the reducer sums over ranks once per step, overlapping the last backward

@@ -104,8 +104,11 @@ def choose_trainable(model: torch.nn.Module, config: ModelConfig) -> None:
         head.weight.requires_grad_(config.train_head)
 
 
-def add_lora(model: torch.nn.Module, config: LoraConfig) -> torch.nn.Module:
-    """Wrap with PEFT LoRA adapters; only the adapters train. Returns the PEFT model."""
+def add_lora(
+    model: torch.nn.Module, config: LoraConfig, task_type: str = "CAUSAL_LM"
+) -> torch.nn.Module:
+    """Wrap with PEFT LoRA adapters; only the adapters train (and, for ``SEQ_CLS``, the
+    score head). Returns the PEFT model."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -114,7 +117,7 @@ def add_lora(model: torch.nn.Module, config: LoraConfig) -> torch.nn.Module:
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
         target_modules=list(config.target_modules),
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     try:
         return get_peft_model(model, peft_config)
@@ -122,15 +125,32 @@ def add_lora(model: torch.nn.Module, config: LoraConfig) -> torch.nn.Module:
         raise ValueError(f"lora.target_modules: {error}") from error
 
 
-def load(config: ModelConfig, lora: LoraConfig, device: torch.device | None = None) -> LoadedModel:
-    model, tokenizer = load_pretrained(
-        config.name, config.dtype, config.trust_remote_code, device=device
-    )
+MODEL_KINDS = {"causal_lm": "CAUSAL_LM", "reward_model": "SEQ_CLS"}  # -> PEFT task type
+
+
+def load(
+    config: ModelConfig,
+    lora: LoraConfig,
+    device: torch.device | None = None,
+    kind: str = "causal_lm",
+) -> LoadedModel:
+    """The model a mode trains: the causal LM, or (``kind = "reward_model"``) a one-score
+    sequence classifier made from it (:mod:`lmloss.train.reward_model`)."""
+    if kind == "reward_model":
+        from lmloss.train.reward_model import load_for_training
+
+        model, tokenizer = load_for_training(config, device)
+    else:
+        model, tokenizer = load_pretrained(
+            config.name, config.dtype, config.trust_remote_code, device=device
+        )
     if lora.enabled:
-        peft = add_lora(model, lora)
+        peft = add_lora(model, lora, MODEL_KINDS[kind])
         # PEFT injects the adapters into the original modules: the inner model runs them
         return LoadedModel(model=peft.get_base_model(), tokenizer=tokenizer, peft=peft)
     choose_trainable(model, config)
+    if kind == "reward_model":
+        model.score.requires_grad_(True)  # the new head always trains
     return LoadedModel(model=model, tokenizer=tokenizer)
 
 

@@ -143,6 +143,8 @@ def parse(data: dict[str, Any], source: str = "<dict>") -> Recipe:
     if "model" not in data:
         raise ValueError("the recipe needs a [model] section with name = ...")
     objective = _objective(data.get("objective"))
+    if isinstance(data.get("online"), dict):  # an [online] section turns online sampling on
+        data = {**data, "online": {"enabled": True, **data["online"]}}
     kwargs = {
         section: _section(cls, section, data[section])
         for section, cls in SECTIONS.items()
@@ -263,11 +265,6 @@ def validate(recipe: Recipe) -> None:
         )
     if (d.path is None) == (d.task is None):
         raise ValueError("give exactly one of data.path (a local file) or data.task")
-    if p.reward_weights and len(p.reward_weights) != len(p.rewards):
-        raise ValueError(
-            f"policy.reward_weights has {len(p.reward_weights)} entries for "
-            f"{len(p.rewards)} policy.rewards"
-        )
     if p.verifier is not None and p.verifier not in p.rewards:
         raise ValueError(
             f"policy.verifier {p.verifier!r} must be one of policy.rewards {list(p.rewards)}"
@@ -277,6 +274,77 @@ def validate(recipe: Recipe) -> None:
     _check_token_weights(recipe)
     if recipe.reference.kind == "adapters_off" and not recipe.lora.enabled:
         raise ValueError("reference.kind = 'adapters_off' needs lora.enabled = true")
+    if recipe.entry.family == "policy":
+        _check_judge("policy", p.rewards, p.reward_weights, p.reward_model)
+    _check_online(recipe)
+    _check_reward_model(recipe)
+
+
+def _check_reward_model(recipe: Recipe) -> None:
+    """Classify objectives train as reward models: only the pairwise ones can."""
+    from lmloss.classification import PAIRWISE_SCORE_OBJECTIVES
+
+    if recipe.entry.family == "classify" and recipe.objective not in PAIRWISE_SCORE_OBJECTIVES:
+        raise ValueError(
+            f"lmloss train trains classify objectives as reward models on preference pairs "
+            f"({', '.join(PAIRWISE_SCORE_OBJECTIVES)}); {recipe.objective!r} is a loss over "
+            "generic logits (use lmloss.classification_loss)"
+        )
+
+
+def _check_judge(
+    section: str, rewards: tuple[str, ...], weights: tuple[float, ...], model: str | None
+) -> None:
+    """Weights match the reward functions, and something grades the samples."""
+    if weights and len(weights) != len(rewards):
+        raise ValueError(
+            f"{section}.reward_weights has {len(weights)} entries for {len(rewards)} "
+            f"{section}.rewards"
+        )
+    if not rewards and model is None:
+        raise ValueError(
+            f"{section}.rewards is empty and {section}.reward_model is not set: online "
+            "training needs a reward function or a reward model"
+        )
+
+
+def _check_online(recipe: Recipe) -> None:
+    """[online]: a pairwise preference objective, a judge, sampling settings in range."""
+    online = recipe.online
+    if not online.enabled:
+        return
+    entry = recipe.entry
+    if entry.family != "preference" or entry.spec.kind != "Pairs":
+        raise ValueError(
+            f"[online] trains pairwise preference objectives (dpo, ipo, simpo, sppo_hard, ...); "
+            f"{entry.name!r} is a {entry.family} objective with {entry.spec.kind} inputs"
+        )
+    if entry.spec.extra_inputs:
+        raise ValueError(
+            f"[online]: {entry.name!r} needs per-pair data ({', '.join(entry.spec.extra_inputs)}) "
+            "that sampled pairs do not have"
+        )
+    if recipe.reference.kind == "precomputed":
+        raise ValueError(
+            "[online]: reference.kind = 'precomputed' cannot score completions sampled during "
+            "training; use 'copy' (or 'auto')"
+        )
+    if recipe.data.eval_path is not None:
+        raise ValueError(
+            "[online]: data.eval_path (a held-out loss of fixed rows) does not apply to sampled "
+            "pairs; use eval.task for a held-out metric"
+        )
+    if online.samples < 2:
+        raise ValueError(
+            f"online.samples must be >= 2 (a pair is the best and worst sample), got "
+            f"{online.samples}"
+        )
+    _positive("online.max_new_tokens", online.max_new_tokens)
+    _positive("online.temperature", online.temperature)
+    _positive("online.top_k", online.top_k, zero_ok=True)
+    if not 0 < online.top_p <= 1:
+        raise ValueError(f"online.top_p must be in (0, 1], got {online.top_p}")
+    _check_judge("online", online.rewards, online.reward_weights, online.reward_model)
 
 
 def _check_sampled_answers(recipe: Recipe) -> None:

@@ -77,7 +77,9 @@ def read_table(
             raise ValueError(f"{source}: data.unpair = true needs paired rows, got {fmt} rows")
         rows, positions = formats.unpair(rows, positions)
         fmt = "unpaired"
-    formats.check_objective(fmt, recipe.entry, rows, source, config.unpair)
+    formats.check_objective(
+        fmt, recipe.entry, rows, source, config.unpair, online=recipe.online.enabled
+    )
     check_recipe_columns(recipe, rows, positions, source)
     return Table(rows, positions, source, fmt)
 
@@ -176,6 +178,43 @@ def check_reward(name: str, columns: set[str]) -> None:
         )
 
 
+def check_margins(table: Table) -> str:
+    """Reward-model pairs: a ``margin`` column, when there is one, is a number in every row."""
+    if "margin" not in table.rows[0]:
+        return "reward model pairs: no margin column"
+    for row, position in zip(table.rows, table.positions):
+        value = row.get("margin")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ValueError(
+                f"{table.source} row {position}: column 'margin' must be a number in every row "
+                f"(the required score gap of the pair), got {value!r}"
+            )
+    return "reward model pairs: margin column"
+
+
+def check_judge(section, where: str, table: Table) -> str:
+    """The reward functions of ``[policy]`` / ``[online]`` import and fit the data columns;
+    the reward model resolves (a folder holding a sequence classifier, or a Hub id).
+    Returns the judge's parts, in words."""
+    current_folder_importable()
+    columns = set(table.rows[0]) - {"prompt"}
+    for reward in section.rewards:
+        check_reward(reward, columns)
+    parts = list(section.rewards)
+    if section.reward_model is not None:
+        from lmloss.train.reward_model import is_reward_model
+
+        found = resolve_model(section.reward_model, f"{where}.reward_model")
+        if Path(found).is_dir() and not is_reward_model(found):
+            raise ValueError(
+                f"{where}.reward_model {section.reward_model!r} is not a sequence-classification "
+                "model (its config.json names no ...ForSequenceClassification architecture); "
+                "train one with objective bradley_terry"
+            )
+        parts.append(f"reward model {section.reward_model}")
+    return ", ".join(parts)
+
+
 def check_resume(run_dir: Path) -> str:
     from lmloss.train import checkpoint
 
@@ -216,13 +255,14 @@ def check(
     ]:
         if value is not None and not Path(value).is_file():
             raise ValueError(f"{name} {value!r} does not exist (run `lmloss precompute` first)")
+    if recipe.entry.family == "classify":
+        report.lines.append(check_margins(table))
     if recipe.entry.family == "policy":
-        current_folder_importable()
-        columns = set(table.rows[0]) - {"prompt"}
-        for reward in recipe.policy.rewards:
-            check_reward(reward, columns)
+        judge = check_judge(recipe.policy, "policy", table)
         verifier = health.verifier_of(recipe) or "none (no reward-hacking check)"
-        report.lines.append(f"rewards: {', '.join(recipe.policy.rewards)}; verifier: {verifier}")
+        report.lines.append(f"rewards: {judge}; verifier: {verifier}")
+    if recipe.online.enabled:
+        report.lines.append(f"online rewards: {check_judge(recipe.online, 'online', table)}")
     if recipe.eval.task is not None:
         require_choice("eval.task", recipe.eval.task, tasks.TASKS)
         report.lines.append(f"eval task: {recipe.eval.task}")

@@ -1,7 +1,8 @@
 """lmloss inside TRL: TRL's trainers with the loss computed by lmloss's fused engine.
 
-``lmloss.trl.SFTTrainer``, ``lmloss.trl.DPOTrainer`` and ``lmloss.trl.GRPOTrainer`` are TRL's
-classes with one more argument, ``objective=`` (any registered objective of the family),
+``lmloss.trl.SFTTrainer``, ``lmloss.trl.DPOTrainer``, ``lmloss.trl.GRPOTrainer`` and
+``lmloss.trl.RewardTrainer`` are TRL's classes with one more argument, ``objective=`` (any
+registered objective of the family; pairwise reward objectives for the reward trainer),
 and its hyper-parameters as keywords. Data handling, the reference model, PEFT, generation,
 logging and callbacks are TRL's; only the loss changes. Needs ``pip install lmloss[trl]``;
 ``import lmloss`` never imports TRL, only ``import lmloss.trl`` does.
@@ -16,6 +17,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from lmloss.trl.dpo import DPOTrainer
 from lmloss.trl.grpo import GRPOTrainer
+from lmloss.trl.reward import RewardTrainer
 from lmloss.trl.sft import SFTTrainer
 
-__all__ = ["DPOTrainer", "GRPOTrainer", "SFTTrainer"]
+__all__ = ["DPOTrainer", "GRPOTrainer", "RewardTrainer", "SFTTrainer"]

@@ -10,10 +10,11 @@ from lmloss.train.modes.base import EXAMPLES, TOKENS, Batch, Context, Example, M
 from lmloss.train.modes.distill import DistillMode
 from lmloss.train.modes.policy import PolicyMode
 from lmloss.train.modes.preference import PreferenceMode
+from lmloss.train.modes.reward import RewardMode
 from lmloss.train.modes.sft import SFTMode
 
 MODES: dict[str, type[Mode]] = {
-    mode.family: mode for mode in (SFTMode, PreferenceMode, PolicyMode, DistillMode)
+    mode.family: mode for mode in (SFTMode, PreferenceMode, PolicyMode, DistillMode, RewardMode)
 }
 
 
@@ -27,4 +28,24 @@ def mode_for(family: str) -> type[Mode]:
     return MODES[family]
 
 
-__all__ = ["EXAMPLES", "MODES", "TOKENS", "Batch", "Context", "Example", "Mode", "mode_for"]
+def mode_of(recipe) -> type[Mode]:
+    """The mode that trains ``recipe``: its objective family's, or the online preference
+    mode when the recipe samples its pairs (``[online]``)."""
+    if recipe.online.enabled:
+        from lmloss.train.modes.online_preference import OnlinePreferenceMode
+
+        return OnlinePreferenceMode
+    return mode_for(recipe.entry.family)
+
+
+__all__ = [
+    "EXAMPLES",
+    "MODES",
+    "TOKENS",
+    "Batch",
+    "Context",
+    "Example",
+    "Mode",
+    "mode_for",
+    "mode_of",
+]

@@ -8,6 +8,7 @@ never materializes logits: the backbone's hidden states and the head go to the e
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -77,6 +78,21 @@ class Batch:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def encode_row(encoder: Encoder, index: int, row: dict, answers=()) -> Example | None:
+    """The :class:`Example` of ``row``: its prompt's tokens and those of each answer (cut to
+    fit ``max_length``); None when a too-long prompt is dropped. ``answers`` names the
+    answer columns, or maps segment names to texts (lists: ``completions[k]``)."""
+    prompt_ids = encoder.prompt(row["prompt"])
+    if not encoder.check_prompt(prompt_ids, index):
+        return None
+    texts = answers if isinstance(answers, dict) else {a: str(row[a]) for a in answers}
+    tokens = {"prompt": prompt_ids}
+    for segment, text in texts.items():
+        ids = encoder.completion(row["prompt"], prompt_ids, text)
+        tokens[segment] = encoder.fit(prompt_ids, ids)
+    return Example(index, row, tokens)
+
+
 def head_kwargs(head: Head) -> dict[str, Any]:
     return {"weight": head.weight, "bias": head.bias, **head.transform_kwargs()}
 
@@ -92,6 +108,8 @@ class Mode:
 
     family: ClassVar[str]
     description: ClassVar[str]
+    # the model the mode trains: "causal_lm", or "reward_model" (a one-score classifier)
+    model_kind: ClassVar[str] = "causal_lm"
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -129,6 +147,31 @@ class Mode:
         raise ValueError(f"there is nothing to precompute for the {self.family} family")
 
     # ---- shared helpers
+    def sample(
+        self, examples: list[Example], config, group_size: int, proxy_min_p: float | None = None
+    ) -> tuple[Any, float]:
+        """``group_size`` completions of each example's prompt from the trained model, drawn
+        as ``config`` (a ``[policy]`` or ``[online]`` section) says, with the min-p proxy
+        log-probs when ``proxy_min_p`` is set (lp_reg); and the seconds it took."""
+        from lmloss.train.generation import generate
+
+        started = time.perf_counter()
+        out = generate(
+            self.ctx.model,
+            self.ctx.tokenizer,
+            [ex.tokens["prompt"] for ex in examples],
+            max_new_tokens=config.max_new_tokens,
+            group_size=group_size,
+            sampling={
+                "temperature": config.temperature,
+                "top_p": config.top_p,
+                "top_k": config.top_k,
+            },
+            autocast=self.ctx.autocast(),
+            proxy_min_p=proxy_min_p,
+        )
+        return out, time.perf_counter() - started
+
     def policy_hidden(self, seqs: Sequences, **kwargs) -> torch.Tensor:
         """The trained model's hidden states at the scored positions ``[B, T-1, H]``."""
         with self.ctx.autocast():

@@ -11,21 +11,19 @@ non-zero (the KL penalty).
 
 from __future__ import annotations
 
-import time
-
 import lmloss
 from lmloss._checks import require_choice
 from lmloss.hf import hidden_states
 from lmloss.output import LossOutput
 from lmloss.policy import ADVANTAGE_ESTIMATORS
-from lmloss.train import rewards as reward_fns
 from lmloss.train.data import require_columns
-from lmloss.train.generation import generate
+from lmloss.train.judge import Judge
 from lmloss.train.modes.base import (
     Batch,
     Context,
     Example,
     Mode,
+    encode_row,
     head_kwargs,
     like_head,
 )
@@ -40,7 +38,13 @@ class PolicyMode(Mode):
         super().__init__(ctx)
         policy = ctx.recipe.policy
         self.config = policy
-        self.rewards = reward_fns.build(policy.rewards, policy.reward_weights)
+        self.judge = Judge.from_section(
+            policy,
+            where="policy",
+            data=ctx.recipe.data,
+            device=next(ctx.model.parameters()).device,
+            autocast=ctx.autocast,
+        )
         require_choice("policy.advantage", policy.advantage, ADVANTAGE_ESTIMATORS)
         if policy.group_size < 2:
             raise ValueError(
@@ -57,15 +61,9 @@ class PolicyMode(Mode):
         require_columns(rows, ("prompt",), source, f"the policy objective {self.ctx.entry.name!r}")
 
     def encode(self, index: int, row: dict) -> Example | None:
-        encoder = self.ctx.encoder
-        prompt_ids = encoder.prompt(row["prompt"])
-        if not encoder.check_prompt(prompt_ids, index):
-            return None
-        tokens = {"prompt": prompt_ids}
-        if self.ctx.recipe.terms:  # demonstrations for the likelihood terms (validated)
-            answer = encoder.completion(row["prompt"], prompt_ids, str(row["completion"]))
-            tokens["completion"] = encoder.fit(prompt_ids, answer)
-        return Example(index, row, tokens)
+        # demonstrations (the validated completion column) feed the likelihood terms
+        answers = ("completion",) if self.ctx.recipe.terms else ()
+        return encode_row(self.ctx.encoder, index, row, answers)
 
     def uses_reference(self) -> bool:
         """Policy objectives take the reference optionally: only the ``beta`` KL needs it."""
@@ -76,26 +74,14 @@ class PolicyMode(Mode):
     # ---- sampling and grading
 
     def grade(self, examples: list[Example], texts: list[str], group_size: int):
-        prompts = [ex.row["prompt"] for ex in examples for _ in range(group_size)]
-        names = [k for k in examples[0].row if k != "prompt"]
-        columns = {k: [ex.row[k] for ex in examples for _ in range(group_size)] for k in names}
-        return reward_fns.score(self.rewards, texts, prompts, columns)
+        return self.judge.grade([ex.row for ex in examples], texts, group_size)
 
     def prepare(self, examples: list[Example]) -> Batch:
-        group, config = self.config.group_size, self.config
-        started = time.perf_counter()
-        sampling = {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
-        out = generate(
-            self.ctx.model,
-            self.ctx.tokenizer,
-            [ex.tokens["prompt"] for ex in examples],
-            max_new_tokens=config.max_new_tokens,
-            group_size=group,
-            sampling=sampling,
-            autocast=self.ctx.autocast(),
-            proxy_min_p=config.proxy_min_p if "proxy_logps" in self.ctx.entry.spec.inputs else None,
+        group = self.config.group_size
+        proxy = "proxy_logps" in self.ctx.entry.spec.inputs
+        out, generate_seconds = self.sample(
+            examples, self.config, group, proxy_min_p=self.config.proxy_min_p if proxy else None
         )
-        generate_seconds = time.perf_counter() - started
         texts = out.texts(self.ctx.tokenizer)
         total, means = self.grade(examples, texts, group)
         advantages = self._advantages(total, group)

@@ -36,7 +36,7 @@ from lmloss.train.data import (
     require_columns,
 )
 from lmloss.train.formats import FORMAT_COLUMNS, KIND_FORMATS
-from lmloss.train.modes.base import Batch, Context, Example, Mode, head_kwargs
+from lmloss.train.modes.base import Batch, Context, Example, Mode, encode_row, head_kwargs
 from lmloss.train.modes.samples import answer_rows, sample_answers
 from lmloss.train.token_store import TokenStore
 
@@ -92,15 +92,7 @@ class PreferenceMode(Mode):
         return {segment: str(row[segment]) for segment in self.segments}
 
     def encode(self, index: int, row: dict) -> Example | None:
-        encoder = self.ctx.encoder
-        prompt_ids = encoder.prompt(row["prompt"])
-        if not encoder.check_prompt(prompt_ids, index):
-            return None
-        tokens = {"prompt": prompt_ids}
-        for segment, text in self.answers(row).items():
-            ids = encoder.completion(row["prompt"], prompt_ids, text)
-            tokens[segment] = encoder.fit(prompt_ids, ids)
-        return Example(index, row, tokens)
+        return encode_row(self.ctx.encoder, index, row, self.answers(row))
 
     def prepare(self, examples: list[Example]) -> Batch:
         return self._prepare(examples, examples[1:] + examples[:1])
