@@ -173,10 +173,10 @@ def causal_lm_loss(
     head = head_of(model)
     return fused_likelihood_loss(
         objective,
-        hidden,
-        head.weight,
-        shift_labels.to(hidden.device),
-        head.bias,
+        hidden=hidden,
+        weight=head.weight,
+        targets=shift_labels.to(hidden.device),
+        bias=head.bias,
         num_items=num_items_in_batch,
         ignore_index=ignore_index,
         **head.transform_kwargs(),

@@ -26,6 +26,10 @@ class ObjectiveArgumentError(TypeError, ValueError):
     """
 
 
+class LmlossDeprecationWarning(DeprecationWarning):
+    """A deprecated form of an lmloss argument; the test configuration makes it an error."""
+
+
 def renamed(kwargs: dict, old: str, new: str, value: Any, where: str) -> Any:
     """The argument ``new`` (given as ``value``), or the deprecated spelling ``old`` popped
     from ``kwargs`` with a DeprecationWarning. Old spellings are kept for one release."""
@@ -33,7 +37,7 @@ def renamed(kwargs: dict, old: str, new: str, value: Any, where: str) -> Any:
         return value
     warnings.warn(
         f"{where}: {old}= is deprecated, use {new}= (the same word in every family)",
-        DeprecationWarning,
+        LmlossDeprecationWarning,
         stacklevel=3,
     )
     if value is not None:
@@ -51,7 +55,7 @@ def positional_tensors(
     warnings.warn(
         f"{where}: passing {', '.join(names[: len(args)])} by position is deprecated; pass "
         "tensors by keyword, as every front door takes them",
-        DeprecationWarning,
+        LmlossDeprecationWarning,
         stacklevel=3,
     )
     if len(args) > len(names):
