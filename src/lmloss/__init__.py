@@ -1,7 +1,9 @@
 """lmloss: language-model post-training objectives, each defined once, fused by default.
 
-The top level re-exports the public API. Family front doors are imported on first use so
-that ``import lmloss`` stays light (the engine only).
+The top level re-exports the public API: the two doors to every objective, :func:`loss`
+(per-token statistics or logits) and :func:`fused_loss` (hidden states and LM heads), and
+each family's own door. Family front doors are imported on first use so that ``import
+lmloss`` stays light (the engine only).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lmloss.doors import fused_loss, loss
+from lmloss.head import Head
 from lmloss.objectives.binding import ObjectiveArgumentError
 from lmloss.objectives.spec import ObjectiveSpec
 from lmloss.output import LossOutput
@@ -48,13 +52,16 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Head",
     "LogitTransform",
     "LossOutput",
     "ObjectiveArgumentError",
     "ObjectiveSpec",
     "TokenStats",
     "describe",
+    "fused_loss",
     "list_objectives",
+    "loss",
     "spec",
     "token_stats",
     "token_stats_from_logits",

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from lmloss import _checks, registry
-from lmloss.objectives.binding import bind, positional_tensors
+from lmloss.objectives.binding import bind, positional_tensors, unknown_arguments
 from lmloss.objectives.distill.pld import plackett_luce_order
 from lmloss.objectives.distill.sparse import check_sparse_teacher, sparse_support
 from lmloss.output import LossOutput
@@ -85,12 +85,9 @@ def token_divergence(
         "token_divergence", args, _STUDENT_HEAD, (student_hidden, student_weight)
     )
     _checks.require_choice("divergence", name, DIVERGENCES)
-    unknown = sorted(set(hyper) - set(PAIR_TERMS[name].defaults))
+    unknown = set(hyper) - set(PAIR_TERMS[name].defaults)
     if unknown:
-        raise TypeError(
-            f"divergence {name!r} got unknown argument(s) {unknown}; "
-            f"its hyper-parameters are {sorted(PAIR_TERMS[name].defaults)}"
-        )
+        raise unknown_arguments("divergence", name, unknown, PAIR_TERMS[name].defaults)
     values = token_pair_terms(
         student_hidden,
         student_weight,

@@ -30,6 +30,7 @@ from typing import Any
 import tomllib
 
 from lmloss import registry
+from lmloss.objectives.binding import ObjectiveArgumentError, check_hyper
 from lmloss.train.config import SECTIONS, Recipe
 from lmloss.train.device import check_device_spec
 
@@ -110,12 +111,11 @@ def _objective(values: Any) -> tuple[str, dict[str, Any]]:
     for key in values:
         if key in TRAINER_OWNED:
             raise ValueError(f"objective.{key} is set by the trainer: {TRAINER_OWNED[key]}")
-        if key not in entry.hyper:
-            known = ", ".join(entry.hyper) or "none"
-            raise ValueError(
-                f"unknown key objective.{key}: {entry.name!r} has no hyper-parameter {key!r}"
-                f"{_hint(key, entry.hyper)}; its hyper-parameters: {known}"
-            )
+    try:
+        check_hyper(entry.spec, values)
+    except ObjectiveArgumentError as error:
+        keys = ", ".join(f"objective.{k}" for k in values if k not in entry.hyper)
+        raise ValueError(f"unknown key {keys}: {error}") from None
     return entry.name, values
 
 
