@@ -278,11 +278,20 @@ def objective_columns(entry) -> str:
     return text
 
 
+def require_trainable(family: str) -> None:
+    """Families whose objectives train on rows of text; the others (losses over generic
+    logits) lmloss train cannot train."""
+    trainable = ("preference", *FAMILY_FORMATS)
+    if family not in trainable:
+        raise ValueError(
+            f"objectives of the {family!r} family are not trainable by lmloss train (they are "
+            f"losses over generic logits); trainable families: {', '.join(trainable)}"
+        )
+
+
 def check_objective(fmt: str, entry, rows: list[dict], source: str, unpaired: bool) -> None:
     """The rows' format is one the objective trains on, else a ValueError naming both."""
-    from lmloss.train.modes import mode_for
-
-    mode_for(entry.family)  # families lmloss train cannot train are named first
+    require_trainable(entry.family)  # families lmloss train cannot train are named first
     formats, extra = objective_formats(entry)
     why = f"the {entry.family} objective {entry.name!r}"
     if fmt not in formats:
