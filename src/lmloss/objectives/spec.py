@@ -74,6 +74,8 @@ class ObjectiveSpec:
         batch_coupled: its per-example terms are not tied to one row (AOT sorts the batch).
         optional_inputs: keyword tensors it may take that its signature cannot show (the
             token masks of SparsePO, read from its input kind); completed below.
+        trl: how TRL 1.16 spells the same loss, where it has it
+            (``'DPOTrainer(loss_type="sigmoid")'``); ``""`` where it has none.
 
     Read from the signature at registration (see :mod:`lmloss.objectives.signatures`):
         kind: the input kind the front door builds (``"Pairs"``, ``"Rollouts"``,
@@ -97,6 +99,7 @@ class ObjectiveSpec:
     defaults: tuple[tuple[str, Any], ...] = ()
     reference: str = ""
     batch_coupled: bool = False
+    trl: str = ""
     kind: str = ""
     inputs: tuple[str, ...] = ()
     optional_inputs: tuple[str, ...] = ()
@@ -148,6 +151,7 @@ class ObjectiveSpec:
             f"  per-example:      {names(self.extra_inputs)}",
             f"  statistics:       {names(self.stats)}",
             f"  reference model:  {self.reference}",
+            f"  TRL:              {self.trl or '-'}",
             f"  normalizer:       {self.normalizer}" + ("  (batch-coupled)" * self.batch_coupled),
             "  hyper-parameters:",
             hyper,
@@ -166,6 +170,7 @@ def objective(
     reference: str | None = None,
     batch_coupled: bool = False,
     optional_inputs: tuple[str, ...] = (),
+    trl: str = "",
 ) -> Callable[[Callable], Callable]:
     """Tag a function as the objective ``name``. Can be stacked to register variants.
 
@@ -186,6 +191,7 @@ def objective(
         reference=reference or "",
         batch_coupled=batch_coupled,
         optional_inputs=tuple(optional_inputs),
+        trl=trl,
     )
 
     def tag(fn: Callable) -> Callable:
