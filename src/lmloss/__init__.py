@@ -18,6 +18,7 @@ from lmloss.objectives.spec import ObjectiveSpec
 from lmloss.output import LossOutput
 from lmloss.registry import describe, list_objectives, spec
 from lmloss.stats import LogitTransform, TokenStats, token_stats, token_stats_from_logits
+from lmloss.stats.backend import backend
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,7 @@ __all__ = [
     "ObjectiveArgumentError",
     "ObjectiveSpec",
     "TokenStats",
+    "backend",
     "describe",
     "fused_loss",
     "list_objectives",
