@@ -8,6 +8,7 @@ import json
 import sys
 
 from lmloss import registry
+from lmloss._extras import MissingExtraError, is_missing_dependency, missing_extra
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -204,5 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, TypeError, RewardError, NonFiniteError) as error:
+        print(f"lmloss: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        if not is_missing_dependency(error):
+            raise
+        if not isinstance(error, MissingExtraError):
+            error = missing_extra(error, f"lmloss {args.command}", "hf")
         print(f"lmloss: error: {error}", file=sys.stderr)
         return 2
