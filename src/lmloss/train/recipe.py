@@ -303,11 +303,30 @@ def load(spec: str | None, overrides: list[str] = (), warn=None) -> Recipe:
     X does not take are dropped and those it takes are kept, each with a warning."""
     data, source = ({}, "<flags>") if spec is None else read_toml(spec)
     changed = apply_overrides(data, list(overrides))
+    _steps_over_epochs(changed, overrides, warn)
     before = (data.get("objective") or {}).get("name")
     after = (changed.get("objective") or {}).get("name")
     if before is not None and isinstance(after, str) and after != before:
         changed["objective"] = _switch_objective(data["objective"], changed["objective"], warn)
     return parse(changed, source)
+
+
+def _steps_over_epochs(data: dict, overrides, warn) -> None:
+    """``--set train.max_steps=N`` on a recipe that sets ``train.epochs`` (which would win):
+    the command line means N steps, so the file's epochs are dropped, with a warning."""
+    keys = {item.partition("=")[0].strip() for item in overrides}
+    train = data.get("train")
+    if "train.max_steps" not in keys or not isinstance(train, dict) or "epochs" not in train:
+        return
+    if "train.epochs" in keys:
+        raise ValueError("--set gives train.max_steps and train.epochs: give one of them")
+    import warnings
+
+    warn = warn or (lambda text: warnings.warn(text, UserWarning, stacklevel=4))
+    warn(
+        f"--set train.max_steps={train['max_steps']} replaces the recipe's train.epochs = "
+        f"{train.pop('epochs')} (epochs would otherwise decide the number of steps)"
+    )
 
 
 def _switch_objective(old: dict, new: dict, warn) -> dict:
