@@ -5,8 +5,9 @@
 * :func:`fused_divergence_loss` — the same objectives from hidden states and LM-head
   weights: the two-model engine (:mod:`lmloss.stats.divergence`) never holds ``[N, V]``.
 * :func:`token_divergence` — the per-token divergence itself (e.g. TDPO's per-token
-  ``KL(π_ref ‖ π_θ)``: ``token_divergence("forward_kl", policy_hidden, policy_weight,
-  teacher_hidden=ref_hidden, teacher_weight=ref_weight, mask=mask)``).
+  ``KL(π_ref ‖ π_θ)``: ``token_divergence("forward_kl", student_hidden=policy_hidden,
+  student_weight=policy_weight, teacher_hidden=ref_hidden, teacher_weight=ref_weight,
+  mask=mask)``).
 
 Objectives are found by name in the registry (``lmloss.list_objectives("distill")``). What
 an objective reads is declared by its ``stats``: pair terms (divergences and entropies,
@@ -205,7 +206,7 @@ def _run(
             terms.update(_BUILDERS[stat](models, hyper, labels, sparse))
     if hyper.get("hard_weight", 0) > 0:
         terms["nll"] = models.student_nll(_checked_labels(labels, models, "hard_weight > 0"))
-    return entry.fn(terms, models.mask, **hyper)
+    return entry(terms, models.mask, **hyper)
 
 
 def _one_pass_applies(entry: registry.Entry, models: Models, sparse) -> bool:
@@ -226,11 +227,11 @@ def _run_one_pass(entry: registry.Entry, hyper: dict, models: HeadModels, labels
     block_hyper = {**hyper, "num_items": count}
 
     def block_loss(values: dict[str, Tensor], rows: slice) -> Tensor:
-        return entry.fn(values, None, **block_hyper).loss
+        return entry(values, None, **block_hyper).loss
 
     loss, values = models.pair_loss(entry.spec.stats, hyper, block_loss, extra)
     with torch.no_grad():
-        summary = entry.fn({**values, **extra}, models.mask, **hyper)
+        summary = entry({**values, **extra}, models.mask, **hyper)
     return LossOutput(loss=loss, per_example=summary.per_example, metrics=summary.metrics)
 
 
