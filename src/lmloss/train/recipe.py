@@ -316,10 +316,10 @@ def _steps_over_epochs(data: dict, overrides, warn) -> None:
     the command line means N steps, so the file's epochs are dropped, with a warning."""
     keys = {item.partition("=")[0].strip() for item in overrides}
     train = data.get("train")
-    if "train.max_steps" not in keys or not isinstance(train, dict) or "epochs" not in train:
+    if "train.max_steps" not in keys or "train.epochs" in keys:
+        return  # both on the command line: epochs decide, as in a recipe file
+    if not isinstance(train, dict) or "epochs" not in train:
         return
-    if "train.epochs" in keys:
-        raise ValueError("--set gives train.max_steps and train.epochs: give one of them")
     import warnings
 
     warn = warn or (lambda text: warnings.warn(text, UserWarning, stacklevel=4))
