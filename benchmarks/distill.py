@@ -109,8 +109,8 @@ def liger(inputs: dict) -> None:
 def lmloss_fused(inputs: dict) -> None:
     out = lmloss.fused_divergence_loss(
         "jsd",
-        inputs["hidden"],
-        inputs["weight"],
+        student_hidden=inputs["hidden"],
+        student_weight=inputs["weight"],
         teacher_hidden=inputs["teacher_hidden"],
         teacher_weight=inputs["teacher_weight"],
         beta=BETA,

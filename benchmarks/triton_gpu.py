@@ -227,8 +227,8 @@ def _methods(family: str, device: str) -> dict[str, Callable]:
     def lmloss_jsd(x):
         out = lmloss.fused_divergence_loss(
             "jsd",
-            x["hidden"],
-            x["weight"],
+            student_hidden=x["hidden"],
+            student_weight=x["weight"],
             teacher_hidden=x["teacher_hidden"],
             teacher_weight=x["teacher_weight"],
             beta=BETA,

@@ -1,7 +1,9 @@
 """lmloss: language-model post-training objectives, each defined once, fused by default.
 
-The top level re-exports the public API. Family front doors are imported on first use so
-that ``import lmloss`` stays light (the engine only).
+The top level re-exports the public API: the two doors to every objective, :func:`loss`
+(per-token statistics or logits) and :func:`fused_loss` (hidden states and LM heads), and
+each family's own door. Family front doors are imported on first use so that ``import
+lmloss`` stays light (the engine only).
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lmloss.doors import fused_loss, loss
+from lmloss.head import Head
 from lmloss.objectives.binding import ObjectiveArgumentError
 from lmloss.objectives.spec import ObjectiveSpec
 from lmloss.output import LossOutput
 from lmloss.registry import describe, list_objectives, spec
 from lmloss.stats import LogitTransform, TokenStats, token_stats, token_stats_from_logits
+from lmloss.stats.backend import backend
 
 __version__ = "0.1.0"
 
@@ -49,13 +54,17 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Head",
     "LogitTransform",
     "LossOutput",
     "ObjectiveArgumentError",
     "ObjectiveSpec",
     "TokenStats",
+    "backend",
     "describe",
+    "fused_loss",
     "list_objectives",
+    "loss",
     "spec",
     "token_stats",
     "token_stats_from_logits",

@@ -8,11 +8,11 @@ import json
 import sys
 
 from lmloss import registry
-from lmloss.objectives.spec import FAMILIES
+from lmloss._extras import MissingExtraError, is_missing_dependency, missing_extra
 
 
 def _list(args: argparse.Namespace) -> int:
-    for family in [args.family] if args.family else FAMILIES:
+    for family in [args.family] if args.family else registry.families():
         names = registry.list_objectives(family)
         if not names:
             continue
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_training_commands(sub)
     p = sub.add_parser("list", help="every objective: family, paper, hyper-parameters")
-    p.add_argument("--family", choices=FAMILIES)
+    p.add_argument("--family", help="only this family's objectives (e.g. preference)")
     p.set_defaults(run=_list)
     p = sub.add_parser(
         "describe",
@@ -215,5 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, TypeError, RewardError, NonFiniteError) as error:
+        print(f"lmloss: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        if not is_missing_dependency(error):
+            raise
+        if not isinstance(error, MissingExtraError):
+            error = missing_extra(error, f"lmloss {args.command}", "hf")
         print(f"lmloss: error: {error}", file=sys.stderr)
         return 2

@@ -5,8 +5,9 @@
 * :func:`fused_divergence_loss` — the same objectives from hidden states and LM-head
   weights: the two-model engine (:mod:`lmloss.stats.divergence`) never holds ``[N, V]``.
 * :func:`token_divergence` — the per-token divergence itself (e.g. TDPO's per-token
-  ``KL(π_ref ‖ π_θ)``: ``token_divergence("forward_kl", policy_hidden, policy_weight,
-  teacher_hidden=ref_hidden, teacher_weight=ref_weight, mask=mask)``).
+  ``KL(π_ref ‖ π_θ)``: ``token_divergence("forward_kl", student_hidden=policy_hidden,
+  student_weight=policy_weight, teacher_hidden=ref_hidden, teacher_weight=ref_weight,
+  mask=mask)``).
 
 Objectives are found by name in the registry (``lmloss.list_objectives("distill")``). What
 an objective reads is declared by its ``stats``: pair terms (divergences and entropies,
@@ -24,7 +25,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from lmloss import _checks, registry
-from lmloss.objectives.binding import bind, positional_tensors
+from lmloss.objectives.binding import bind, positional_tensors, unknown_arguments
 from lmloss.objectives.distill.pld import plackett_luce_order
 from lmloss.objectives.distill.sparse import check_sparse_teacher, sparse_support
 from lmloss.output import LossOutput
@@ -85,12 +86,9 @@ def token_divergence(
         "token_divergence", args, _STUDENT_HEAD, (student_hidden, student_weight)
     )
     _checks.require_choice("divergence", name, DIVERGENCES)
-    unknown = sorted(set(hyper) - set(PAIR_TERMS[name].defaults))
+    unknown = set(hyper) - set(PAIR_TERMS[name].defaults)
     if unknown:
-        raise TypeError(
-            f"divergence {name!r} got unknown argument(s) {unknown}; "
-            f"its hyper-parameters are {sorted(PAIR_TERMS[name].defaults)}"
-        )
+        raise unknown_arguments("divergence", name, unknown, PAIR_TERMS[name].defaults)
     values = token_pair_terms(
         student_hidden,
         student_weight,
@@ -208,7 +206,7 @@ def _run(
             terms.update(_BUILDERS[stat](models, hyper, labels, sparse))
     if hyper.get("hard_weight", 0) > 0:
         terms["nll"] = models.student_nll(_checked_labels(labels, models, "hard_weight > 0"))
-    return entry.fn(terms, models.mask, **hyper)
+    return entry(terms, models.mask, **hyper)
 
 
 def _one_pass_applies(entry: registry.Entry, models: Models, sparse) -> bool:
@@ -229,11 +227,11 @@ def _run_one_pass(entry: registry.Entry, hyper: dict, models: HeadModels, labels
     block_hyper = {**hyper, "num_items": count}
 
     def block_loss(values: dict[str, Tensor], rows: slice) -> Tensor:
-        return entry.fn(values, None, **block_hyper).loss
+        return entry(values, None, **block_hyper).loss
 
     loss, values = models.pair_loss(entry.spec.stats, hyper, block_loss, extra)
     with torch.no_grad():
-        summary = entry.fn({**values, **extra}, models.mask, **hyper)
+        summary = entry({**values, **extra}, models.mask, **hyper)
     return LossOutput(loss=loss, per_example=summary.per_example, metrics=summary.metrics)
 
 

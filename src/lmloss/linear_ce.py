@@ -65,11 +65,11 @@ def linear_cross_entropy(
         raise ValueError(f"num_items only applies to reduction='mean', got reduction={reduction!r}")
     out = fused_likelihood_loss(
         "ce",
-        hidden,
-        weight,
-        targets,
-        bias,
-        reduction=_REDUCTIONS[reduction],
+        hidden=hidden,
+        weight=weight,
+        targets=targets,
+        bias=bias,
+        aggregation=_REDUCTIONS[reduction],
         num_items=num_items,
         ignore_index=ignore_index,
         temperature=temperature,

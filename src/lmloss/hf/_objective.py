@@ -11,27 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmloss import registry
-from lmloss.objectives.binding import ObjectiveArgumentError
+from lmloss.objectives.binding import check_hyper
 
 # Options of the fused likelihood front door that a patched model may also take.
 LIKELIHOOD_OPTIONS = ("reweight", "reweight_temperature", "memory_budget", "embedding_table")
-
-
-def _check_hyper(entry: registry.Entry, hyper: dict, options: tuple[str, ...] = ()) -> None:
-    known = set(entry.spec.hyper_defaults)
-    unknown = sorted(set(hyper) - known - set(options))
-    if unknown:
-        raise ObjectiveArgumentError(
-            f"{entry.family} objective {entry.name!r} got unknown argument(s) {unknown}; its "
-            f"hyper-parameters are {sorted(known)}"
-            + (f" and it takes the options {list(options)}" if options else "")
-        )
+# Options of the preference front doors (any pairwise objective).
+PREFERENCE_OPTIONS = ("wpo", "wpo_clamp", "ld_alpha", "hypo_weight")
 
 
 def likelihood_objective(name: str, hyper: dict) -> str:
     """The registry name of the likelihood objective ``name``, its ``hyper`` checked."""
     entry = registry.get(name, family="likelihood")
-    _check_hyper(entry, hyper, LIKELIHOOD_OPTIONS)
+    check_hyper(entry.spec, hyper, LIKELIHOOD_OPTIONS)
     return entry.name
 
 
@@ -47,7 +38,7 @@ class PreferenceNeeds:
 def preference_needs(name: str, hyper: dict) -> PreferenceNeeds:
     """The needs of the preference objective ``name`` with ``hyper``, checked."""
     entry = registry.get(name, family="preference")
-    _check_hyper(entry, hyper, ("wpo", "wpo_clamp", "ld_alpha", "hypo_weight"))
+    check_hyper(entry.spec, hyper, PREFERENCE_OPTIONS)
     return PreferenceNeeds(entry.name, entry.spec.reference != "none", entry.spec.kind)
 
 
@@ -62,6 +53,6 @@ class PolicyNeeds:
 def policy_needs(name: str, hyper: dict) -> PolicyNeeds:
     """The needs of the policy objective ``name`` with ``hyper``, checked."""
     entry = registry.get(name, family="policy")
-    _check_hyper(entry, hyper)
+    check_hyper(entry.spec, hyper)
     beta = hyper.get("beta", entry.spec.hyper_defaults.get("beta", 0.0))
     return PolicyNeeds(entry.name, float(beta or 0.0) != 0.0)

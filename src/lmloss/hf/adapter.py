@@ -19,26 +19,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 
+from lmloss.head import Head
 from lmloss.stats import TokenStats, token_stats
 
 Tensor = torch.Tensor
-
-
-@dataclass(frozen=True)
-class Head:
-    """The LM head's parameters and logit transform."""
-
-    weight: Tensor
-    bias: Tensor | None
-    softcap: float | None
-    logit_scale: float
-
-    def transform_kwargs(self) -> dict:
-        return {"softcap": self.softcap, "logit_scale": self.logit_scale}
 
 
 def _peft_wrapper_types() -> tuple[type, ...]:

@@ -79,13 +79,24 @@ class _Patch:
     instance_forward: bool  # the forward replaced was set on the instance (e.g. by a hook)
 
 
+# config fields of mixture-of-experts models (Mixtral, Qwen2-MoE, OLMoE, ...)
+_EXPERT_FIELDS = ("num_local_experts", "num_experts", "router_aux_loss_coef")
+
+
 def _patchable(lm: torch.nn.Module) -> None:
-    model_type = getattr(getattr(lm, "config", None), "model_type", None)
+    config = getattr(lm, "config", None)
+    model_type = getattr(config, "model_type", None)
     if model_type not in PATCHABLE_MODEL_TYPES:
+        moe = any(getattr(config, field, None) for field in _EXPERT_FIELDS)
+        why = (
+            "a mixture-of-experts model's loss adds its router's auxiliary loss, which a "
+            "patched loss would leave out"
+            if moe
+            else "its logits are not known to be the LM head of the final hidden states"
+        )
         raise TypeError(
             f"lmloss.hf.patch cannot patch {type(lm).__name__} (model_type={model_type!r}): "
-            f"its logits are not known to be the LM head of the final hidden states; "
-            f"supported model types: {', '.join(PATCHABLE_MODEL_TYPES)}"
+            f"{why}; supported model types: {', '.join(PATCHABLE_MODEL_TYPES)}"
         )
 
 
@@ -173,10 +184,10 @@ def causal_lm_loss(
     head = head_of(model)
     return fused_likelihood_loss(
         objective,
-        hidden,
-        head.weight,
-        shift_labels.to(hidden.device),
-        head.bias,
+        hidden=hidden,
+        weight=head.weight,
+        targets=shift_labels.to(hidden.device),
+        bias=head.bias,
         num_items=num_items_in_batch,
         ignore_index=ignore_index,
         **head.transform_kwargs(),

@@ -26,6 +26,10 @@ class ObjectiveArgumentError(TypeError, ValueError):
     """
 
 
+class LmlossDeprecationWarning(DeprecationWarning):
+    """A deprecated form of an lmloss argument; the test configuration makes it an error."""
+
+
 def renamed(kwargs: dict, old: str, new: str, value: Any, where: str) -> Any:
     """The argument ``new`` (given as ``value``), or the deprecated spelling ``old`` popped
     from ``kwargs`` with a DeprecationWarning. Old spellings are kept for one release."""
@@ -33,7 +37,7 @@ def renamed(kwargs: dict, old: str, new: str, value: Any, where: str) -> Any:
         return value
     warnings.warn(
         f"{where}: {old}= is deprecated, use {new}= (the same word in every family)",
-        DeprecationWarning,
+        LmlossDeprecationWarning,
         stacklevel=3,
     )
     if value is not None:
@@ -51,7 +55,7 @@ def positional_tensors(
     warnings.warn(
         f"{where}: passing {', '.join(names[: len(args)])} by position is deprecated; pass "
         "tensors by keyword, as every front door takes them",
-        DeprecationWarning,
+        LmlossDeprecationWarning,
         stacklevel=3,
     )
     if len(args) > len(names):
@@ -65,6 +69,44 @@ def positional_tensors(
 def _suggestion(key: str, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(valid), n=3)
     return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def unknown_arguments(
+    kind: str,
+    name: str,
+    unknown: Iterable[str],
+    hyper: Iterable[str],
+    others: Iterable[str] = (),
+) -> ObjectiveArgumentError:
+    """The one error for arguments an objective (or a per-token divergence) does not take.
+
+    Args:
+        kind: what ``name`` is, e.g. ``"preference objective"`` or ``"divergence"``.
+        name: its registry name (``lmloss describe NAME`` documents it).
+        unknown: the names it does not take.
+        hyper: its hyper-parameters (listed in the message, offered as suggestions).
+        others: the other names it takes (inputs, the door's options), also suggested.
+    """
+    hyper = list(hyper)
+    valid = [*hyper, *others]
+    named = "; ".join(f"{key!r}{_suggestion(key, valid)}" for key in sorted(unknown))
+    return ObjectiveArgumentError(
+        f"{kind} {name!r} got unknown argument(s): {named}. An unknown argument is neither a "
+        f"hyper-parameter of {name!r} nor one of its inputs; its hyper-parameters are: "
+        f"{', '.join(hyper) or 'none'} (lmloss describe {name})"
+    )
+
+
+def check_hyper(spec: ObjectiveSpec, hyper: Mapping[str, Any], options: Iterable[str] = ()) -> None:
+    """Every key of ``hyper`` is a hyper-parameter of ``spec`` or one of the caller's
+    ``options``; else :func:`unknown_arguments`. What recipes, ``lmloss.hf`` and
+    ``lmloss.trl`` check before they run an objective."""
+    options = set(options)
+    unknown = [k for k in hyper if k not in spec.hyper_defaults and k not in options]
+    if unknown:
+        raise unknown_arguments(
+            f"{spec.family} objective", spec.name, unknown, spec.hyper_defaults, options
+        )
 
 
 def bind(
@@ -114,12 +156,12 @@ def bind(
         else:
             unknown.append(key)
     if unknown:
-        valid = [*spec.hyper_defaults, *spec.takes, *suggest]
-        named = "; ".join(f"{key!r}{_suggestion(key, valid)}" for key in sorted(unknown))
-        raise ObjectiveArgumentError(
-            f"{where} got unexpected arguments: {named}. An unknown argument is neither a "
-            f"hyper-parameter of {spec.name!r} nor one of its inputs; its hyper-parameters: "
-            f"{', '.join(spec.hyper_defaults) or 'none'} (lmloss describe {spec.name})"
+        raise unknown_arguments(
+            f"{spec.family} objective",
+            spec.name,
+            unknown,
+            spec.hyper_defaults,
+            [*spec.takes, *suggest],
         )
     for key, value in hyper.items():
         if isinstance(value, float) and not math.isfinite(value):

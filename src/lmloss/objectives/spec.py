@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-FAMILIES = ("likelihood", "preference", "policy", "distill", "classify")
-
 # Whether the objective needs a frozen reference model's log-probs.
 REFERENCE = ("required", "optional", "none")
 
@@ -26,24 +24,60 @@ NORMALIZERS = ("token", "sequence", "pair", "example", "batch")
 
 
 @dataclass(frozen=True)
+class Family:
+    """What a family of objectives declares, once, as ``FAMILY`` in its package's ``__init__``.
+
+    The registry finds every ``lmloss.objectives.<package>.FAMILY``; nothing else lists the
+    families. A new family is its package (objectives + this declaration) and, for its
+    callers, the front-door functions named here.
+
+    Attributes:
+        name: the family name objectives declare (``@objective(..., family=name)``).
+        read_signature: ``(spec, fn, extra_inputs) -> dict`` of what the family's signature
+            convention says (``kind``, ``inputs``, ``optional_inputs``, ``normalizer``);
+            see :mod:`lmloss.objectives.signatures`.
+        plain: ``"module:function"`` of the front door on per-token statistics (or logits).
+        fused: ``"module:function"`` of the front door on hidden states and LM heads, or
+            ``""`` when the family's inputs are not a language model's head.
+        heads: the fused door's :class:`lmloss.Head` roles: role keyword (``"head"``,
+            ``"ref_head"``, ``"teacher_head"``) -> (prefix of its ``weight``/``bias``
+            keywords, prefix of its ``softcap``/``logit_scale`` keywords, or None when
+            the role shares the ``head``'s transform).
+        reference: the default of ``@objective(reference=...)`` in this family.
+        trl_trainer: the :mod:`lmloss.trl` trainer that takes its objectives, if any.
+    """
+
+    name: str
+    read_signature: Callable[[ObjectiveSpec, Callable, tuple[str, ...]], dict]
+    plain: str
+    fused: str = ""
+    heads: tuple[tuple[str, tuple[str, str | None]], ...] = ()
+    reference: str = "none"
+    trl_trainer: str = ""
+
+
+@dataclass(frozen=True)
 class ObjectiveSpec:
     """Everything the library knows about an objective, declared or read once.
 
     Declared with :func:`objective`:
         name: registry name, lower case (``"dpo"``).
-        family: one of :data:`FAMILIES`.
+        family: the name of a declared :class:`Family`.
         paper: the reference, e.g. ``"Rafailov et al. 2023, arXiv:2305.18290"``.
         stats: statistics the fused path must compute for it, by engine name
             (``"logp"``, ``"entropy"``, ``"lse"``, ``"forward_kl"``, ...).
         aliases: other names that resolve to it.
         defaults: hyper-parameter overrides that distinguish this entry when several
             registry names share one function (e.g. ``tdpo2`` is ``tdpo`` with ``alpha=0.5``).
-        reference: ``"required"``, ``"optional"`` or ``"none"`` (of :data:`REFERENCE`).
+        reference: ``"required"``, ``"optional"`` or ``"none"`` (of :data:`REFERENCE`);
+            declared or the family's default.
         batch_coupled: its per-example terms are not tied to one row (AOT sorts the batch).
         optional_inputs: keyword tensors it may take that its signature cannot show (the
             token masks of SparsePO, read from its input kind); completed below.
         samples: it compares each row with answers sampled from the reference policy for
             the same prompt (D2O's ``sample_*`` group): a trainer must draw them.
+        trl: how TRL 1.16 spells the same loss, where it has it
+            (``'DPOTrainer(loss_type="sigmoid")'``); ``""`` where it has none.
 
     Read from the signature at registration (see :mod:`lmloss.objectives.signatures`):
         kind: the input kind the front door builds (``"Pairs"``, ``"Rollouts"``,
@@ -65,8 +99,9 @@ class ObjectiveSpec:
     stats: tuple[str, ...] = ("logp",)
     aliases: tuple[str, ...] = ()
     defaults: tuple[tuple[str, Any], ...] = ()
-    reference: str = "none"
+    reference: str = ""
     batch_coupled: bool = False
+    trl: str = ""
     kind: str = ""
     inputs: tuple[str, ...] = ()
     optional_inputs: tuple[str, ...] = ()
@@ -119,6 +154,7 @@ class ObjectiveSpec:
             f"  per-example:      {names(self.extra_inputs)}",
             f"  statistics:       {names(self.stats)}",
             f"  reference model:  {self.reference}",
+            f"  TRL:              {self.trl or '-'}",
             f"  normalizer:       {self.normalizer}" + ("  (batch-coupled)" * self.batch_coupled),
             "  hyper-parameters:",
             hyper,
@@ -138,18 +174,16 @@ def objective(
     batch_coupled: bool = False,
     optional_inputs: tuple[str, ...] = (),
     samples: bool = False,
+    trl: str = "",
 ) -> Callable[[Callable], Callable]:
     """Tag a function as the objective ``name``. Can be stacked to register variants.
 
-    ``reference`` defaults to the family's convention: ``"required"`` for preference
-    objectives (declare ``"none"`` for reference-free ones such as SimPO), ``"optional"``
-    for policy objectives (used by the ``beta`` KL term), ``"none"`` elsewhere.
+    ``reference`` defaults to the family's convention (:attr:`Family.reference`):
+    ``"required"`` for preference objectives (declare ``"none"`` for reference-free ones
+    such as SimPO), ``"optional"`` for policy objectives (used by the ``beta`` KL term),
+    ``"none"`` elsewhere. The registry checks that ``family`` is declared.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    if reference is None:
-        reference = {"preference": "required", "policy": "optional"}.get(family, "none")
-    if reference not in REFERENCE:
+    if reference is not None and reference not in REFERENCE:
         raise ValueError(f"reference must be one of {REFERENCE}, got {reference!r}")
     spec = ObjectiveSpec(
         name=name,
@@ -158,10 +192,11 @@ def objective(
         stats=tuple(stats),
         aliases=tuple(aliases),
         defaults=tuple(sorted((defaults or {}).items())),
-        reference=reference,
+        reference=reference or "",
         batch_coupled=batch_coupled,
         optional_inputs=tuple(optional_inputs),
         samples=samples,
+        trl=trl,
     )
 
     def tag(fn: Callable) -> Callable:

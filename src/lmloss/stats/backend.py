@@ -1,6 +1,7 @@
 """Which implementation runs the engine: PyTorch tiles or the Triton kernels.
 
-``LMLOSS_BACKEND`` picks it:
+``with lmloss.backend("torch"):`` picks it for the calls inside the block (this thread or
+task only); elsewhere ``LMLOSS_BACKEND`` picks it:
 
 * ``auto`` (default) — Triton for CUDA tensors when ``triton`` imports, PyTorch otherwise;
 * ``torch`` — always PyTorch; ``triton`` is never imported;
@@ -18,9 +19,11 @@ setting. Each ``route_*`` function returns None when the PyTorch engine should r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 
 import torch
 
@@ -31,8 +34,43 @@ BACKENDS = ("auto", "torch", "triton")
 _TRUE = ("1", "true", "yes", "on", "y")
 
 
+# the backend of the innermost ``with backend(...)`` block, None outside any
+_CHOSEN: ContextVar[str | None] = ContextVar("lmloss_backend", default=None)
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Run the engine on ``name`` (``"auto"``, ``"torch"`` or ``"triton"``) for the calls made
+    inside the block, whatever ``LMLOSS_BACKEND`` says; blocks nest, and other threads keep
+    their own choice. The backward of a call follows the backend its forward used.
+
+    Example:
+        >>> import torch, lmloss
+        >>> h, w, y = torch.randn(4, 8), torch.randn(10, 8), torch.tensor([1, 2, 3, 4])
+        >>> with lmloss.backend("torch"):
+        ...     stats = lmloss.token_stats(h, w, y)
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+    token = _CHOSEN.set(name)
+    try:
+        yield
+    finally:
+        _CHOSEN.reset(token)
+
+
+def _asked_by() -> str:
+    """How the current backend was asked for, for messages."""
+    chosen = _CHOSEN.get()
+    return f"lmloss.backend({chosen!r})" if chosen else f"{BACKEND_VARIABLE}=triton"
+
+
 def backend_setting() -> str:
-    """The validated value of ``LMLOSS_BACKEND`` (``auto`` when unset)."""
+    """The backend of the innermost :func:`backend` block, else the validated value of
+    ``LMLOSS_BACKEND`` (``auto`` when unset)."""
+    chosen = _CHOSEN.get()
+    if chosen is not None:
+        return chosen
     value = os.environ.get(BACKEND_VARIABLE, "auto").strip().lower() or "auto"
     if value not in BACKENDS:
         raise ValueError(
@@ -63,13 +101,13 @@ def use_triton(tensor: Tensor) -> bool:
     if setting == "auto":
         return tensor.is_cuda and _triton_imports()
     if not _triton_imports():
-        raise ValueError(f"{BACKEND_VARIABLE}=triton but the triton package cannot be imported")
+        raise ValueError(f"{_asked_by()} but the triton package cannot be imported")
     if not tensor.is_cuda:
         if not _interpreter_requested():
             raise ValueError(
-                f"{BACKEND_VARIABLE}=triton with tensors on {tensor.device.type} needs Triton's "
+                f"{_asked_by()} with tensors on {tensor.device.type} needs Triton's "
                 "interpreter: set TRITON_INTERPRET=1 (before triton is first imported), "
-                f"use CUDA tensors, or set {BACKEND_VARIABLE}=torch"
+                "use CUDA tensors, or choose the torch backend"
             )
         _require_interpreted_kernels()
     return True

@@ -4,16 +4,19 @@
   row (the sparse-teacher support, the Plackett–Luce order), differentiable. Only the rows'
   ``k`` weight vectors are touched; the backward scatters into the weight gradient.
 * :func:`top_k_with_lse` — a model's ``k`` largest transformed logits per row and its
-  log-sum-exp, in one pass over vocabulary tiles (no gradient).
+  log-sum-exp, in one pass over vocabulary tiles (no gradient);
+* :func:`head_top_k_logprobs` — the same from a head: the ``k`` most probable ids of each
+  row and their log-probabilities (a teacher's sparse top-k, precomputed for distillation).
 """
 
 from __future__ import annotations
 
 import torch
 
-from lmloss.stats.chunking import ChunkPlan, default_budget
+from lmloss.stats.chunking import ChunkPlan, default_budget, plan_chunks
 from lmloss.stats.schedule import online_moments, token_blocks
-from lmloss.stats.tiles import Source, compute_dtype
+from lmloss.stats.tiles import HeadSource, Source, compute_dtype
+from lmloss.stats.transform import LogitTransform
 from lmloss.stats.workspace import Workspace
 
 Tensor = torch.Tensor
@@ -106,3 +109,28 @@ def top_k_with_lse(
     ws = Workspace(source.device)
     blocks = [_block_top_k(source, t0, t1, k, plan.vocab, ws) for t0, t1 in token_blocks(n, plan)]
     return tuple(torch.cat(parts) for parts in zip(*blocks))
+
+
+@torch.no_grad()
+def head_top_k_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    transform: LogitTransform,
+    k: int,
+    memory_budget: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` most probable next tokens of each row of ``hidden [N, H]`` and their
+    log-probabilities ``z_v − logsumexp(z)``, ``z = transform(hidden · Wᵀ + b)`` (soft cap,
+    scale, temperature honoured); vocabulary tiles within ``memory_budget``, no ``[N, V]``.
+
+    Returns:
+        ``(ids [N, k], logprobs [N, k])``, most probable first.
+    """
+    vocab = weight.shape[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+        raise ValueError(f"top_k must be an integer in [1, V = {vocab}], got {k!r}")
+    n = hidden.shape[0]
+    plan = plan_chunks(n, vocab, compute_dtype(hidden.dtype).itemsize, memory_budget)
+    values, ids, lse = top_k_with_lse(HeadSource(hidden, weight, bias, transform), n, k, plan)
+    return ids, values - lse[:, None]

@@ -361,6 +361,17 @@ def objective_columns(entry) -> str:
     return text
 
 
+def require_trainable(family: str) -> None:
+    """Families whose objectives train on rows of text (classify: as reward models); the
+    others lmloss train cannot train."""
+    trainable = ("preference", "classify", *FAMILY_FORMATS)
+    if family not in trainable:
+        raise ValueError(
+            f"objectives of the {family!r} family are not trainable by lmloss train (they are "
+            f"losses over generic logits); trainable families: {', '.join(trainable)}"
+        )
+
+
 def _hint(fmt: str, formats: tuple[str, ...], unpaired: bool) -> str:
     """How rows of format ``fmt`` could train an objective of ``formats`` anyway."""
     if formats == ("unpaired",) and fmt == "preference" and not unpaired:
@@ -375,9 +386,7 @@ def check_objective(
 ) -> None:
     """The rows' format is one the objective trains on, else a ValueError naming the formats
     and columns that would fit."""
-    from lmloss.train.modes import mode_for
-
-    mode_for(entry.family)  # families lmloss train cannot train are named first
+    require_trainable(entry.family)  # families lmloss train cannot train are named first
     formats, extra = objective_formats(entry, online)
     why = f"the {'online ' * online}{entry.family} objective {entry.name!r}"
     if fmt not in formats:

@@ -56,8 +56,10 @@ from lmloss.train.token_store import TokenStore
 class Summary:
     run_dir: Path
     steps: int
-    seconds: float
+    seconds: float  # the run: training, evaluation and export (not loading)
     losses: list[float] = field(default_factory=list)
+    load_seconds: float = 0.0  # models, data and checks, before the first step
+    export_seconds: float = 0.0  # the final model (and the plot), after the last step
     before: dict | None = None
     after: dict | None = None
     health: health.Health | None = None  # rank 0: whether the run went wrong (lmloss.train.health)
@@ -495,12 +497,14 @@ class Trainer:
                 read_jsonl(self.run_dir / METRICS),
                 health.verifier_of(recipe),
             )
+        exporting = time.perf_counter()
         if output.save_model:
             self.export(self.run_dir / "model")
         if output.plot and self.world.is_main:
             from lmloss.train.plot import plot_run
 
             plot_run(self.run_dir)
+        summary.export_seconds = time.perf_counter() - exporting
         summary.steps, summary.seconds = self.step, time.perf_counter() - start
         return summary
 
@@ -539,9 +543,13 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, echo
 
     ``resume``: continue from the run directory's newest verified checkpoint;
     ``overwrite``: delete the directory's previous run first (else a used one is refused)."""
+    loading = time.perf_counter()
     trainer = Trainer(recipe, resume=resume, overwrite=overwrite, echo=partial(echo))
+    load_seconds = time.perf_counter() - loading
     try:
-        return trainer.run()
+        summary = trainer.run()
+        summary.load_seconds = load_seconds
+        return summary
     finally:
         trainer.close()
         if trainer.world.active:

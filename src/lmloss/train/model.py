@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
+from lmloss.models import BUNDLED_MODELS
 from lmloss.train.config import LoraConfig, ModelConfig
 from lmloss.train.hub import hub_offline, unavailable
 
-BUNDLED_MODELS = ("smollm2",)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import tomllib
 
 from lmloss import registry
+from lmloss.objectives.binding import ObjectiveArgumentError, check_hyper
 from lmloss.train import objective_options, objective_sum
 from lmloss.train.config import SECTIONS, Recipe
 from lmloss.train.device import check_device_spec
@@ -101,15 +102,14 @@ TRAINER_OWNED = {
 
 
 def _check_hyper(entry: registry.Entry, key: str, where: str) -> None:
-    """``key`` is a hyper-parameter of ``entry`` the recipe may set."""
+    """``key`` is a hyper-parameter of ``entry`` the recipe may set (the objectives' one
+    unknown-argument check, :func:`lmloss.objectives.binding.check_hyper`)."""
     if key in TRAINER_OWNED:
         raise ValueError(f"{where} is set by the trainer: {TRAINER_OWNED[key]}")
-    if key not in entry.hyper:
-        known = ", ".join(entry.hyper) or "none"
-        raise ValueError(
-            f"unknown key {where}: {entry.name!r} has no hyper-parameter {key!r}"
-            f"{_hint(key, entry.hyper)}; its hyper-parameters: {known}"
-        )
+    try:
+        check_hyper(entry.spec, {key: None})
+    except ObjectiveArgumentError as error:
+        raise ValueError(f"unknown key {where}: {error}") from None
 
 
 def _objective(values: Any) -> dict[str, Any]:
@@ -425,11 +425,30 @@ def load(spec: str | None, overrides: list[str] = (), warn=None) -> Recipe:
     X does not take are dropped and those it takes are kept, each with a warning."""
     data, source = ({}, "<flags>") if spec is None else read_toml(spec)
     changed = apply_overrides(data, list(overrides))
+    _steps_over_epochs(changed, overrides, warn)
     before = (data.get("objective") or {}).get("name")
     after = (changed.get("objective") or {}).get("name")
     if before is not None and isinstance(after, str) and after != before:
         changed["objective"] = _switch_objective(data["objective"], changed["objective"], warn)
     return parse(changed, source)
+
+
+def _steps_over_epochs(data: dict, overrides, warn) -> None:
+    """``--set train.max_steps=N`` on a recipe that sets ``train.epochs`` (which would win):
+    the command line means N steps, so the file's epochs are dropped, with a warning."""
+    keys = {item.partition("=")[0].strip() for item in overrides}
+    train = data.get("train")
+    if "train.max_steps" not in keys or "train.epochs" in keys:
+        return  # both on the command line: epochs decide, as in a recipe file
+    if not isinstance(train, dict) or "epochs" not in train:
+        return
+    import warnings
+
+    warn = warn or (lambda text: warnings.warn(text, UserWarning, stacklevel=4))
+    warn(
+        f"--set train.max_steps={train['max_steps']} replaces the recipe's train.epochs = "
+        f"{train.pop('epochs')} (epochs would otherwise decide the number of steps)"
+    )
 
 
 def _switch_objective(old: dict, new: dict, warn) -> dict:

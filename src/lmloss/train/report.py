@@ -37,10 +37,20 @@ def _heldout_table(summary: Summary) -> list[str]:
     return [*lines, ""]
 
 
+def times(summary: Summary) -> str:
+    """The run's wall time, labelled: loading, training (with evaluation), export."""
+    training = summary.seconds - summary.export_seconds
+    total = summary.load_seconds + summary.seconds
+    return (
+        f"{total:.0f} s wall: load {summary.load_seconds:.0f} s, train {training:.0f} s, "
+        f"export {summary.export_seconds:.0f} s"
+    )
+
+
 def render(summary: Summary, command: str) -> str:
     """The report; its last line says whether the run went wrong (when it was judged)."""
     lines = [
-        f"Run: {summary.run_dir}  ({summary.steps} steps, {summary.seconds:.0f} s wall, "
+        f"Run: {summary.run_dir}  ({summary.steps} steps, {times(summary)}, "
         f"peak memory {peak_memory_mb():.0f} MB)",
         f"Command: {command}",
         "",
@@ -61,6 +71,8 @@ def write(summary: Summary, command: str) -> str:
     data = {
         "steps": summary.steps,
         "seconds": summary.seconds,
+        "load_seconds": summary.load_seconds,
+        "export_seconds": summary.export_seconds,
         "peak_memory_mb": peak_memory_mb(),
         "before": summary.before,
         "after": summary.after,

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmloss._checks import require_choice
+from lmloss.models import BUNDLED_MODELS
 from lmloss.train import formats, health, loggers, tasks
 from lmloss.train.config import Recipe
 from lmloss.train.data import load_rows, read_hub_dataset, rename_columns
 from lmloss.train.files import read_rows
 from lmloss.train.hub import hub_offline, is_hub_id
-from lmloss.train.model import BUNDLED_MODELS
 
 
 @dataclass

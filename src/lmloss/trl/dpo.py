@@ -32,8 +32,10 @@ class DPOTrainer(trl.DPOTrainer):
 
     Args:
         *args, **kwargs: TRL's arguments (model, ref_model, args, train_dataset, peft_config, ...).
-        objective: a registered preference objective with paired inputs (``dpo``, ``simpo``,
-            ``ipo``, ``nca``, ``tdpo``, ``cpo``, ... ``lmloss.list_objectives("preference")``).
+        objective: a registered preference objective with paired inputs (default ``dpo``,
+            TRL's ``loss_type="sigmoid"``; ``simpo``, ``ipo``, ``nca``, ``tdpo1``, ``cpo``, ...
+            ``lmloss.list_objectives("preference")``); an objective of another family is
+            refused with the trainer that takes it.
         **hyper: its hyper-parameters (keywords that are not TRL's); ``DPOConfig.beta``
             carries over when set away from TRL's default. ``DPOConfig.use_weighting`` and
             ``ld_alpha`` become lmloss's ``wpo`` and ``ld_alpha`` options.

@@ -39,8 +39,9 @@ class GRPOTrainer(trl.GRPOTrainer):
 
     Args:
         *args, **kwargs: TRL's arguments (model, reward_funcs, args, train_dataset, ...).
-        objective: a registered policy objective (``grpo``, ``dapo``, ``dr_grpo``, ``gspo``,
-            ``cispo``, ``gtpo``, ... ``lmloss.list_objectives("policy")``).
+        objective: a registered policy objective (default ``grpo``, TRL's
+            ``loss_type="grpo"``, not TRL's default ``"dapo"``; ``dapo``, ``dr_grpo``,
+            ``gspo``, ``cispo``, ``gtpo``, ... ``lmloss.list_objectives("policy")``).
         **hyper: its hyper-parameters (keywords that are not TRL's). The KL coefficient is
             ``GRPOConfig.beta`` (TRL loads the reference model and computes its log-probs from
             it), and ``epsilon``, ``epsilon_high``, ``delta``, ``importance_sampling_level``

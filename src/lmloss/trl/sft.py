@@ -21,7 +21,8 @@ class SFTTrainer(trl.SFTTrainer):
 
     Args:
         *args, **kwargs: TRL's arguments (model, args, train_dataset, peft_config, ...).
-        objective: a likelihood objective (``ce``, ``label_smoothing``, ``focal``, ``dco``, ...).
+        objective: a likelihood objective (default ``ce``, TRL's ``loss_type="nll"``;
+            ``label_smoothing``, ``focal``, ``dco``, ...).
         **hyper: its hyper-parameters (keywords that are not TRL's arguments).
 
     The loss is ``Σ ℓ_t / n`` over the completion tokens TRL's collator marks, ``n`` the

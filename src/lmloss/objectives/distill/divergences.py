@@ -101,6 +101,7 @@ def reverse_kl(
 
 @objective(
     "jsd",
+    trl="experimental GKDTrainer (generalized_jsd_loss, same beta; lmbda = 0 for offline data)",
     family="distill",
     paper="Agarwal et al. 2024, On-Policy Distillation of Language Models (GKD), arXiv:2306.13649",
     stats=("jsd",),

@@ -6,3 +6,31 @@ fused front door (:func:`lmloss.fused_likelihood_loss`) computes its gradient du
 forward pass. Reductions (token mean, sequence mean, a global ``num_items``) and the
 batch reweighters live in :mod:`.reduction` and :mod:`.reweight`, shared by all of them.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lmloss.objectives.signatures import FRONT_DOOR_NAMES, positional
+from lmloss.objectives.spec import Family, ObjectiveSpec
+
+
+def _read_signature(spec: ObjectiveSpec, fn: Callable, extra: tuple[str, ...]) -> dict:
+    """Positional parameters: the per-token statistics (``logp`` given as ``logps``)."""
+    inputs = tuple(FRONT_DOOR_NAMES.get(n, n) for n in positional(fn, with_default=False))
+    return {
+        "kind": "tokens",
+        "inputs": (*inputs, *extra),
+        "optional_inputs": ("mask", "weights"),
+        "normalizer": "token",
+    }
+
+
+FAMILY = Family(
+    name="likelihood",
+    read_signature=_read_signature,
+    plain="lmloss.likelihood:likelihood_loss",
+    fused="lmloss.likelihood:fused_likelihood_loss",
+    heads=(("head", ("", "")),),
+    trl_trainer="SFTTrainer",
+)

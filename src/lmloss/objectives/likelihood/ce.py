@@ -11,6 +11,7 @@ Tensor = torch.Tensor
 
 @objective(
     "ce",
+    trl='SFTTrainer(loss_type="nll")',
     family="likelihood",
     paper="Maximum likelihood (negative log-likelihood)",
     aliases=("nll", "sft"),

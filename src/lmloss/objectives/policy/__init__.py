@@ -14,3 +14,35 @@ completion mask, advantages, and where declared the token entropy). Modules by t
 * :mod:`.common` — input checks, ratios, the shared finish (KL term, entropy bonus,
   aggregation, metrics).
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lmloss.objectives.policy.common import Rollouts
+from lmloss.objectives.signatures import first_annotation
+from lmloss.objectives.spec import Family, ObjectiveSpec
+
+
+def _read_signature(spec: ObjectiveSpec, fn: Callable, extra: tuple[str, ...]) -> dict:
+    """First parameter: :class:`Rollouts` (log-probs, mask, advantages, [entropy])."""
+    if first_annotation(fn) is not Rollouts:
+        raise TypeError(f"{fn.__qualname__}: first parameter must be annotated Rollouts")
+    entropy = "entropy" in spec.stats
+    return {
+        "kind": "Rollouts",
+        "inputs": ("logps", "mask", "advantages", *(("entropy",) * entropy), *extra),
+        "optional_inputs": ("old_logps", "ref_logps", *(() if entropy else ("entropy",))),
+        "normalizer": "sequence",
+    }
+
+
+FAMILY = Family(
+    name="policy",
+    read_signature=_read_signature,
+    plain="lmloss.policy:policy_loss",
+    fused="lmloss.policy:fused_policy_loss",
+    heads=(("head", ("", "")), ("ref_head", ("ref_", None))),
+    reference="optional",
+    trl_trainer="GRPOTrainer",
+)

@@ -71,33 +71,43 @@ def check_dual_clip_and_delta(dual_clip: float | None, delta: float | None) -> N
     paper="Schulman et al. 2017, arXiv:1707.06347",
     defaults={"aggregation": "token_mean"},
 )
-@objective("grpo", family="policy", paper="Shao et al. 2024 (DeepSeekMath), arXiv:2402.03300")
+@objective(
+    "grpo",
+    trl='GRPOTrainer(loss_type="grpo")',
+    family="policy",
+    paper="Shao et al. 2024 (DeepSeekMath), arXiv:2402.03300",
+)
 @objective(
     "dr_grpo",
+    trl='GRPOTrainer(loss_type="dr_grpo")',
     family="policy",
     paper="Liu et al. 2025 (Understanding R1-Zero-like training), arXiv:2503.20783",
     defaults={"aggregation": "token_sum_norm"},
 )
 @objective(
     "dapo",
+    trl='GRPOTrainer(loss_type="dapo")',
     family="policy",
     paper="Yu et al. 2025, arXiv:2503.14476",
     defaults={"eps_high": 0.28, "aggregation": "token_mean"},
 )
 @objective(
     "bnpo",
+    trl='GRPOTrainer(loss_type="bnpo")',
     family="policy",
     paper="Xiao et al. 2025, arXiv:2506.02864",
     defaults={"eps_high": 0.28, "dual_clip": 10.0, "aggregation": "seq_mean_token_sum"},
 )
 @objective(
     "gspo",
+    trl='GRPOTrainer(importance_sampling_level="sequence")',
     family="policy",
     paper="Zheng et al. 2025, arXiv:2507.18071",
     defaults={"ratio_level": "sequence", "eps_low": 3e-4, "eps_high": 4e-4},
 )
 @objective(
     "luspo",
+    trl='GRPOTrainer(loss_type="luspo")',
     family="policy",
     paper="LUSPO, arXiv:2602.05261 (as implemented in TRL 1.16)",
     defaults={
@@ -190,6 +200,7 @@ def clipped_surrogate(
 
 @objective(
     "cispo",
+    trl='GRPOTrainer(loss_type="cispo")',
     family="policy",
     paper="MiniMax 2025 (MiniMax-M1), arXiv:2506.13585",
     defaults={"aggregation": "token_mean"},
@@ -227,7 +238,12 @@ def cispo(
     )
 
 
-@objective("sapo", family="policy", paper="Soft Adaptive Policy Optimization, arXiv:2511.20347")
+@objective(
+    "sapo",
+    trl='GRPOTrainer(loss_type="sapo")',
+    family="policy",
+    paper="Soft Adaptive Policy Optimization, arXiv:2511.20347",
+)
 def sapo(
     b: Rollouts,
     *,
@@ -257,6 +273,7 @@ def sapo(
 
 @objective(
     "vespo",
+    trl='GRPOTrainer(loss_type="vespo")',
     family="policy",
     paper="VESPO, arXiv:2602.10693 (as implemented in TRL 1.16)",
     defaults={"aggregation": "token_mean"},

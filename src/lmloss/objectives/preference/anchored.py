@@ -26,7 +26,12 @@ def _rewards(pairs: Pairs, beta: float) -> tuple[Tensor, Tensor]:
     return beta * pairs.chosen.logratio(), beta * pairs.rejected.logratio()
 
 
-@objective("nca", family=PREF, paper="Chen et al. 2024 (NCA), arXiv:2402.05369")
+@objective(
+    "nca",
+    trl='DPOTrainer(loss_type="nca_pair")',
+    family=PREF,
+    paper="Chen et al. 2024 (NCA), arXiv:2402.05369",
+)
 def nca(pairs: Pairs, *, beta: float = 0.1) -> LossOutput:
     """Noise Contrastive Alignment, pairwise: ``−log σ(r_w) − ½ log σ(−r_w) − ½ log σ(−r_l)``.
 
@@ -39,7 +44,12 @@ def nca(pairs: Pairs, *, beta: float = 0.1) -> LossOutput:
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
-@objective("bco", family=PREF, paper="Jung et al. 2024 (BCO), arXiv:2404.04656")
+@objective(
+    "bco",
+    trl='DPOTrainer(loss_type="bco_pair")',
+    family=PREF,
+    paper="Jung et al. 2024 (BCO), arXiv:2404.04656",
+)
 def bco(pairs: Pairs, *, beta: float = 0.1) -> LossOutput:
     """Binary Classifier Optimization on pairs: ``−log σ(r_w) − log σ(−r_l)``.
 
@@ -56,7 +66,12 @@ def bco(pairs: Pairs, *, beta: float = 0.1) -> LossOutput:
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
-@objective("apo_zero", family=PREF, paper="D'Oosterlinck et al. 2024 (APO), arXiv:2408.06266")
+@objective(
+    "apo_zero",
+    trl='DPOTrainer(loss_type="apo_zero")',
+    family=PREF,
+    paper="D'Oosterlinck et al. 2024 (APO), arXiv:2408.06266",
+)
 def apo_zero(pairs: Pairs, *, beta: float = 0.1) -> LossOutput:
     """Anchored Preference Optimization, zero anchor: ``(1 − σ(r_w)) + σ(r_l)``.
 
@@ -72,7 +87,12 @@ def apo_zero(pairs: Pairs, *, beta: float = 0.1) -> LossOutput:
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
-@objective("apo_down", family=PREF, paper="D'Oosterlinck et al. 2024 (APO), arXiv:2408.06266")
+@objective(
+    "apo_down",
+    trl='DPOTrainer(loss_type="apo_down")',
+    family=PREF,
+    paper="D'Oosterlinck et al. 2024 (APO), arXiv:2408.06266",
+)
 def apo_down(pairs: Pairs, *, beta: float = 0.1) -> LossOutput:
     """Anchored Preference Optimization, down anchor: ``σ(r_w) + (1 − σ(r_w − r_l))``.
 
@@ -87,7 +107,12 @@ def apo_down(pairs: Pairs, *, beta: float = 0.1) -> LossOutput:
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
-@objective("sppo_hard", family=PREF, paper="Wu et al. 2024 (SPPO), arXiv:2405.00675")
+@objective(
+    "sppo_hard",
+    trl='DPOTrainer(loss_type="sppo_hard")',
+    family=PREF,
+    paper="Wu et al. 2024 (SPPO), arXiv:2405.00675",
+)
 def sppo_hard(pairs: Pairs, *, beta: float = 0.1, average_sides: bool = False) -> LossOutput:
     """Self-Play Preference Optimization with hard win probabilities (1 for y_w, 0 for y_l):
 

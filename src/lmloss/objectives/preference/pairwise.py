@@ -35,7 +35,12 @@ def _margin_logits(pairs: Pairs, beta: float, regularizer: FDivergence, **kw) ->
     return check_beta(beta) * dpo_margin(pairs, regularizer.divergence, regularizer.alpha, **kw)
 
 
-@objective("dpo", family=PREF, paper="Rafailov et al. 2023, arXiv:2305.18290")
+@objective(
+    "dpo",
+    trl='DPOTrainer(loss_type="sigmoid")',
+    family=PREF,
+    paper="Rafailov et al. 2023, arXiv:2305.18290",
+)
 @objective(
     "rso_sigmoid",
     family=PREF,
@@ -91,7 +96,12 @@ def cdpo(
     return mean_loss(soft_label_loss(logits, 1.0 - eps), dpo_reward_metrics(pairs, beta))
 
 
-@objective("rdpo", family=PREF, paper="Chowdhury et al. 2024, arXiv:2403.00409")
+@objective(
+    "rdpo",
+    trl='DPOTrainer(loss_type="robust")',
+    family=PREF,
+    paper="Chowdhury et al. 2024, arXiv:2403.00409",
+)
 def rdpo(
     pairs: Pairs,
     *,
@@ -117,7 +127,12 @@ def rdpo(
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
-@objective("ipo", family=PREF, paper="Azar et al. 2023, arXiv:2310.12036")
+@objective(
+    "ipo",
+    trl='DPOTrainer(loss_type="ipo")',
+    family=PREF,
+    paper="Azar et al. 2023, arXiv:2310.12036",
+)
 def ipo(pairs: Pairs, *, beta: float = 0.1, regularizer: FDivergence = REVERSE_KL) -> LossOutput:
     """Identity Preference Optimization: ``(h̄ − 1/(2β))²`` with per-token-averaged scores.
 
@@ -133,7 +148,12 @@ def ipo(pairs: Pairs, *, beta: float = 0.1, regularizer: FDivergence = REVERSE_K
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
-@objective("hinge", family=PREF, paper="Zhao et al. 2023 (SLiC-HF), arXiv:2305.10425")
+@objective(
+    "hinge",
+    trl='DPOTrainer(loss_type="hinge")',
+    family=PREF,
+    paper="Zhao et al. 2023 (SLiC-HF), arXiv:2305.10425",
+)
 @objective("rso_hinge", family=PREF, paper="Liu et al. 2023 (RSO, hinge-norm), arXiv:2309.06657")
 def hinge(pairs: Pairs, *, beta: float = 0.1, regularizer: FDivergence = REVERSE_KL) -> LossOutput:
     """Hinge loss on the DPO margin (SLiC with a reference; RSO's hinge-norm): ``max(0, 1 − βh)``.
@@ -146,7 +166,12 @@ def hinge(pairs: Pairs, *, beta: float = 0.1, regularizer: FDivergence = REVERSE
     return mean_loss(torch.relu(1.0 - logits), dpo_reward_metrics(pairs, beta))
 
 
-@objective("rpo", family=PREF, paper="Pang et al. 2024 (Iterative RPO), arXiv:2404.19733")
+@objective(
+    "rpo",
+    trl='DPOTrainer(loss_type=["sigmoid", "sft"])',
+    family=PREF,
+    paper="Pang et al. 2024 (Iterative RPO), arXiv:2404.19733",
+)
 def rpo(
     pairs: Pairs,
     *,
@@ -206,7 +231,12 @@ def rpo_liu(
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
-@objective("exo", family=PREF, paper="Ji et al. 2024 (EXO), arXiv:2402.00856")
+@objective(
+    "exo",
+    trl='DPOTrainer(loss_type="exo_pair")',
+    family=PREF,
+    paper="Ji et al. 2024 (EXO), arXiv:2402.00856",
+)
 def exo(
     pairs: Pairs,
     *,
@@ -235,7 +265,12 @@ def exo(
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
-@objective("discopop", family=PREF, paper="Lu et al. 2024 (DiscoPOP), arXiv:2406.08414")
+@objective(
+    "discopop",
+    trl='DPOTrainer(loss_type="discopop")',
+    family=PREF,
+    paper="Lu et al. 2024 (DiscoPOP), arXiv:2406.08414",
+)
 def discopop(
     pairs: Pairs,
     *,
@@ -266,7 +301,12 @@ def discopop(
     return mean_loss(per_pair, dpo_reward_metrics(pairs, beta))
 
 
-@objective("ln_dpo", family=PREF, paper="Ahrabian et al. 2024 (*PO guide), arXiv:2407.15229")
+@objective(
+    "ln_dpo",
+    trl='DPOTrainer(loss_type="sigmoid_norm")',
+    family=PREF,
+    paper="Ahrabian et al. 2024 (*PO guide), arXiv:2407.15229",
+)
 def ln_dpo(pairs: Pairs, *, beta: float = 0.1, regularizer: FDivergence = REVERSE_KL) -> LossOutput:
     """Length-normalized DPO: ``−log σ(β [Δ_w/|y_w| − Δ_l/|y_l|])``, Δ the log-ratio.
 

@@ -23,7 +23,11 @@ _LOG_HALF = -math.log(2.0)
 
 
 @objective(
-    "simpo", family=PREF, paper="Meng et al. 2024 (SimPO), arXiv:2405.14734", reference="none"
+    "simpo",
+    trl='CPOTrainer(loss_type="simpo", cpo_alpha=0)',
+    family=PREF,
+    paper="Meng et al. 2024 (SimPO), arXiv:2405.14734",
+    reference="none",
 )
 def simpo(pairs: Pairs, *, beta: float = 2.0, gamma: float = 1.0) -> LossOutput:
     """Simple Preference Optimization, reference-free and length-normalized:
@@ -46,7 +50,13 @@ def simpo(pairs: Pairs, *, beta: float = 2.0, gamma: float = 1.0) -> LossOutput:
     return mean_loss(per_pair, policy_reward_metrics(pairs, chosen, rejected))
 
 
-@objective("cpo", family=PREF, paper="Xu et al. 2024 (CPO), arXiv:2401.08417", reference="none")
+@objective(
+    "cpo",
+    trl='CPOTrainer(loss_type="sigmoid")',
+    family=PREF,
+    paper="Xu et al. 2024 (CPO), arXiv:2401.08417",
+    reference="none",
+)
 def cpo(pairs: Pairs, *, beta: float = 0.1, nll_weight: float = 1.0) -> LossOutput:
     """Contrastive Preference Optimization:
 
@@ -81,7 +91,13 @@ def _log_odds(mean_logp: Tensor) -> Tensor:
     return mean_logp - log1mexp(mean_logp)
 
 
-@objective("orpo", family=PREF, paper="Hong et al. 2024 (ORPO), arXiv:2403.07691", reference="none")
+@objective(
+    "orpo",
+    trl="ORPOTrainer",
+    family=PREF,
+    paper="Hong et al. 2024 (ORPO), arXiv:2403.07691",
+    reference="none",
+)
 def orpo(pairs: Pairs, *, lam: float = 0.1) -> LossOutput:
     """Odds Ratio Preference Optimization: ``NLL(y_w) − λ log σ(log odds(y_w) − log odds(y_l))``.
 

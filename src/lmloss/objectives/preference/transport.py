@@ -26,7 +26,9 @@ def _sorted(values: Tensor) -> Tensor:
     return torch.sort(values, dim=0).values
 
 
-@objective("aot", family="preference", paper=PAPER, batch_coupled=True)
+@objective(
+    "aot", trl='DPOTrainer(loss_type="aot")', family="preference", paper=PAPER, batch_coupled=True
+)
 def aot(pairs: Pairs, *, beta: float = 0.1, eps: float = 0.0) -> LossOutput:
     """AOT, paired: sorted policy margins against sorted reference margins.
 
@@ -49,7 +51,13 @@ def aot(pairs: Pairs, *, beta: float = 0.1, eps: float = 0.0) -> LossOutput:
     )
 
 
-@objective("aot_unpaired", family="preference", paper=PAPER, batch_coupled=True)
+@objective(
+    "aot_unpaired",
+    trl='DPOTrainer(loss_type="aot_unpaired")',
+    family="preference",
+    paper=PAPER,
+    batch_coupled=True,
+)
 def aot_unpaired(pairs: Pairs, *, beta: float = 0.1, eps: float = 0.0) -> LossOutput:
     """AOT, unpaired: sorted chosen log-ratios against sorted rejected log-ratios.
 

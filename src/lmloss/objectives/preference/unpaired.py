@@ -71,7 +71,12 @@ def _split_metrics(rewards: Tensor, logps: Tensor, desirable: Tensor) -> dict[st
     }
 
 
-@objective("kto", family=PREF, paper="Ethayarajh et al. 2024 (KTO), arXiv:2402.01306")
+@objective(
+    "kto",
+    trl='KTOTrainer(loss_type="kto")',
+    family=PREF,
+    paper="Ethayarajh et al. 2024 (KTO), arXiv:2402.01306",
+)
 def kto(
     batch: Unpaired,
     *,
@@ -115,7 +120,10 @@ def kto(
 
 
 @objective(
-    "apo_zero_unpaired", family=PREF, paper="D'Oosterlinck et al. 2024 (APO), arXiv:2408.06266"
+    "apo_zero_unpaired",
+    trl='KTOTrainer(loss_type="apo_zero_unpaired")',
+    family=PREF,
+    paper="D'Oosterlinck et al. 2024 (APO), arXiv:2408.06266",
 )
 def apo_zero_unpaired(
     batch: Unpaired,

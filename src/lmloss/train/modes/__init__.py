@@ -6,6 +6,7 @@ an existing family needs no trainer change.
 
 from __future__ import annotations
 
+from lmloss.train.formats import require_trainable
 from lmloss.train.modes.base import EXAMPLES, TOKENS, Batch, Context, Example, Mode
 from lmloss.train.modes.distill import DistillMode
 from lmloss.train.modes.policy import PolicyMode
@@ -20,11 +21,7 @@ MODES: dict[str, type[Mode]] = {
 
 def mode_for(family: str) -> type[Mode]:
     """The mode class of an objective family; families without one cannot be trained."""
-    if family not in MODES:
-        raise ValueError(
-            f"objectives of the {family!r} family are not trainable by lmloss train (they are "
-            f"losses over generic logits); trainable families: {', '.join(MODES)}"
-        )
+    require_trainable(family)
     return MODES[family]
 
 

@@ -20,6 +20,7 @@ import torch
 
 import lmloss
 from lmloss.output import LossOutput
+from lmloss.stats.divergence_gather import head_top_k_logprobs
 from lmloss.train.modes.base import Batch, Context, Example, Mode, like_head
 from lmloss.train.modes.sft import encode_text_example, require_text_columns
 from lmloss.train.token_store import TokenStore
@@ -135,8 +136,8 @@ class DistillMode(Mode):
     def precompute(self, examples: list[Example], path: Path) -> str:
         """The teacher's top-k ids and log-probs at every trained position, to ``path``.
 
-        The full distribution of a position is needed to pick its top k: it is computed a
-        block of positions at a time (``[block, V]``), never for the whole batch.
+        The engine picks each position's top k over vocabulary tiles (the teacher head's
+        soft cap and logit scale applied), never holding a ``[positions, V]`` block.
         """
         if self.ctx.teacher is None:
             raise ValueError("lmloss precompute for distillation needs distill.teacher (a model)")
@@ -158,14 +159,10 @@ class DistillMode(Mode):
         return f"teacher top-{k} log-probs of {len(examples)} rows"
 
 
-def _topk(rows: torch.Tensor, head, k: int, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, logprobs = [], []
-    for start in range(0, rows.shape[0], block):
-        logits = _logits(rows[start : start + block], head.weight, head.bias)
-        top = torch.log_softmax(logits, dim=-1).topk(k, dim=-1)
-        ids.append(top.indices)
-        logprobs.append(top.values)
-    return torch.cat(ids), torch.cat(logprobs)
+def _topk(rows: torch.Tensor, head, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's ``k`` most probable ids at each row and their log-probs, through the
+    engine: the head's soft cap and logit scale apply, the vocabulary goes by tiles."""
+    return head_top_k_logprobs(rows, head.weight, head.bias, head.transform(), k)
 
 
 def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
