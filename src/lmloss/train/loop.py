@@ -106,17 +106,15 @@ class Trainer:
         try:
             self._build(resume)
         except BaseException:
-            self.close()
+            self.abandon()
             raise
 
-    def _own_run_dir(self, resume: bool, overwrite: bool) -> rundir.RunLock:
-        """Rank 0 checks and locks the run directory; every rank learns whether it could."""
+    def _own_run_dir(self, resume: bool, overwrite: bool) -> rundir.Claim | rundir.RunLock:
+        """Rank 0 locks, then checks the run directory; every rank learns whether it could."""
         lock, error = rundir.RunLock(self.run_dir), None
         if self.world.is_main:
             try:
-                rundir.claim(self.run_dir, resume=resume, overwrite=overwrite)
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                lock.acquire(self.echo)
+                lock = rundir.take(self.run_dir, resume=resume, overwrite=overwrite, echo=self.echo)
             except (ValueError, OSError) as failure:
                 error = failure
         if self.world.sum(int(error is not None)):
@@ -301,13 +299,15 @@ class Trainer:
         return saved
 
     def _resume(self) -> None:
-        found = checkpoint.resumable(self.run_dir / "checkpoints", self.echo)
-        if found is None:
+        restored = checkpoint.restore(
+            self.run_dir / "checkpoints", self.trainable, self.optimizer, self.echo
+        )
+        if restored is None:
             raise ValueError(
                 f"--resume: no checkpoint in {self.run_dir / 'checkpoints'} (the run stopped "
                 "before its first save); start over with --overwrite"
             )
-        state = checkpoint.load(found, self.trainable, self.optimizer)
+        found, state = restored
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.step = found.step
@@ -483,6 +483,15 @@ class Trainer:
         """Let other processes have the run directory."""
         self.lock.release()
 
+    def abandon(self) -> None:
+        """Close after a failure; a new run that did not finish a step leaves its directory
+        as it found it (so the corrected rerun is not refused as "already holds a run")."""
+        fresh = not getattr(self, "resumed", False) and getattr(self, "step", 0) == 0
+        if fresh and isinstance(self.lock, rundir.Claim):
+            self.lock.undo()
+        else:
+            self.close()
+
     def export(self, path: Path) -> None:
         """The trained model in Hugging Face layout (safetensors), loadable by ``lmloss eval``.
         Rank 0 writes it (under FSDP2 after every rank helped gather the blocks)."""
@@ -517,6 +526,9 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, echo
     trainer = Trainer(recipe, resume=resume, overwrite=overwrite, echo=partial(echo))
     try:
         return trainer.run()
+    except BaseException:
+        trainer.abandon()
+        raise
     finally:
         trainer.close()
         if trainer.world.active:
