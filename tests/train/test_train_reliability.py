@@ -167,6 +167,79 @@ def test_no_verified_checkpoint_left_is_a_clear_error(saved_run):
         Trainer(run, resume=True, **QUIET)
 
 
+def _edit_manifest(folder, edit):
+    manifest = json.loads((folder / checkpoint.MANIFEST).read_text())
+    edit(manifest)
+    (folder / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+
+
+class _NotData:
+    """A class that ``torch.load(weights_only=True)`` refuses to unpickle."""
+
+
+def _replace_state(folder, state):
+    torch.save(state, folder / "state.pt")
+    checkpoint._write_manifest(folder, int(folder.name.split("-")[1]))  # files verify again
+
+
+def _manifest_folder(folder):
+    (folder / checkpoint.MANIFEST).unlink()
+    (folder / checkpoint.MANIFEST).mkdir()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (
+            lambda f: _edit_manifest(
+                f, lambda m: m["files"]["state.pt"].update(size=m["files"]["state.pt"].pop("bytes"))
+            ),
+            r"the entry of state.pt is .*not \{'bytes'",
+        ),
+        (
+            lambda f: _edit_manifest(f, lambda m: m["files"].update({"optimizer.pt": "abc"})),
+            "the entry of optimizer.pt is 'abc'",
+        ),
+        (lambda f: _edit_manifest(f, lambda m: m.update(step="3")), "'step' is '3'"),
+        (lambda f: _edit_manifest(f, lambda m: m.update(files=[])), "'files' is"),
+        (lambda f: (f / checkpoint.MANIFEST).write_text("[1, 2]"), "holds list, not an object"),
+        (_manifest_folder, "manifest.json is unreadable"),
+        (
+            lambda f: _replace_state(f, {"rng": _NotData(), "scheduler": {}, "sampler": {}}),
+            "state.pt does not load|step-000003 does not load",
+        ),
+        (lambda f: _replace_state(f, {"step": 3}), "state.pt lacks the fields"),
+    ],
+)
+def test_malformed_manifest_or_state_falls_back_to_the_older_checkpoint(saved_run, damage, reason):
+    run, weights = saved_run
+    damage(_root(run) / "step-000003")
+    trainer, said = _resume(run)
+    assert trainer.step == 2
+    assert re.search(reason, said), said
+    for name, value in weights[2].items():
+        assert torch.equal(trainer.trainable[name].detach(), value)
+
+
+def test_a_checkpoint_linked_from_another_run_is_refused(saved_run, tmp_path):
+    run, weights = saved_run
+    other = tmp_path / "other" / "checkpoints" / "step-000300"  # another run's, verified
+    shutil.copytree(_root(run) / "step-000001", other)
+    _edit_manifest(other, lambda m: m.update(step=300))
+    assert checkpoint.verify(other).step == 300
+    (_root(run) / "step-000300").symlink_to(other)
+    (_root(run) / checkpoint.LATEST).write_text("step-000300\n")
+    trainer, said = _resume(run)
+    assert trainer.step == 3 and "step-000300 is a symbolic link" in said
+    # a linked file inside a checkpoint of this run is refused too
+    state = _root(run) / "step-000003" / "state.pt"
+    shutil.copy(state, tmp_path / "state.pt")
+    state.unlink()
+    state.symlink_to(tmp_path / "state.pt")
+    trainer, said = _resume(run)
+    assert trainer.step == 2 and "state.pt is a symbolic link" in said
+
+
 def test_every_save_moment_leaves_a_loadable_checkpoint(saved_run, monkeypatch):
     """A crash at each stage of a save (files written, manifest, renamed, pointed)."""
     run, _ = saved_run

@@ -184,24 +184,48 @@ def save(
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
     final = root / name
-    if final.exists():
+    if final.exists() or final.is_symlink():
         try:  # the same step saved twice (the end of a run on a save_every boundary)
             verify(final)
-        except CheckpointError:
-            shutil.rmtree(final)  # not loadable anyway: the pointer falls back past it
+        except CheckpointError:  # not loadable anyway: the pointer falls back past it
+            final.unlink() if final.is_symlink() else shutil.rmtree(final)
         else:
             _point_to(root, name)
             _prune(root, keep)
             return Checkpoint(final, step)
     tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if optimizer_state is None:
+            optimizer_state = optimizer.state_dict()
+        _write_files(tmp, step, trainable, optimizer_state, state)
+    except (OSError, RuntimeError) as error:  # a full disk reaches torch.save as RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = (
+            f"; {root / LATEST} still names the last complete one"
+            if (root / LATEST).exists()
+            else ""
+        )
+        raise CheckpointError(
+            f"could not write checkpoint {name} in {root} ({_first_line(error)}){kept}: "
+            "free disk space (or raise the file-size limit) and continue with --resume"
+        ) from None
+    os.rename(tmp, final)
+    _pause_for_tests("renamed")
+    _point_to(root, name)
+    _prune(root, keep)
+    return Checkpoint(final, step)
+
+
+def _write_files(
+    tmp: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_state: dict, state: dict
+) -> None:
+    """Every file of checkpoint ``step`` in ``tmp``, synced, the manifest last."""
     tmp.mkdir()
     save_file(
         {k: v.detach().contiguous() for k, v in trainable.items()},
         str(tmp / "trainable.safetensors"),
     )
-    if optimizer_state is None:
-        optimizer_state = optimizer.state_dict()
     torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save({**state, "step": step, "rng": rng_state()}, tmp / "state.pt")
     _pause_for_tests("files")
@@ -211,11 +235,11 @@ def save(
     _write_manifest(tmp, step)
     _fsync_dir(tmp)
     _pause_for_tests("manifest")
-    os.rename(tmp, final)
-    _pause_for_tests("renamed")
-    _point_to(root, name)
-    _prune(root, keep)
-    return Checkpoint(final, step)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
 def _pause_for_tests(stage: str) -> None:
@@ -353,10 +377,7 @@ def _read(checkpoint: Checkpoint) -> tuple[dict, dict, dict]:
         optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
         state = torch.load(path / "state.pt", weights_only=True)
     except Exception as error:  # unpickling and safetensors raise many kinds
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise CheckpointError(
-            f"{path} does not load ({type(error).__name__}: {first[:200]})"
-        ) from None
+        raise CheckpointError(f"{path} does not load ({_first_line(error)})") from None
     for name, value, fields in [
         ("optimizer.pt", optimizer_state, ("state", "param_groups")),
         ("state.pt", state, STATE_FIELDS),

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from lmloss.train import checkpoint, loggers, rundir, schedule, validate
+from lmloss.train import checkpoint, loggers, rundir, schedule, signals, validate
 from lmloss.train import model as model_loading
 from lmloss.train.config import Recipe
 from lmloss.train.data import Encoder, Sampler
@@ -444,6 +444,7 @@ class Trainer:
             else [],
         )
         summary = Summary(self.run_dir, self.step, 0.0)
+        stop = signals.StopRequest.install()  # SIGINT/SIGTERM: end at the step, saved
         try:
             if recipe.eval.before and not self.resumed:
                 summary.before = self._log_eval(reporter, "before training")
@@ -464,11 +465,14 @@ class Trainer:
                     and self.step < recipe.train.max_steps
                 ):
                     self._log_eval(reporter, "during training", recipe.eval.every_size)
+                if self.world.sum(int(stop.signal is not None)):  # every rank stops together
+                    raise self._stop_on_signal(stop.signal)
             if output.save_every:  # 0: no checkpoint (no optimizer state), only the model
                 self.save()
             if recipe.eval.after:
                 summary.after = self._log_eval(reporter, "after training")
         finally:
+            stop.restore()
             reporter.close()
         if output.save_model:
             self.export(self.run_dir / "model")
@@ -478,6 +482,12 @@ class Trainer:
             plot_run(self.run_dir)
         summary.steps, summary.seconds = self.step, time.perf_counter() - start
         return summary
+
+    def _stop_on_signal(self, signum: int | None) -> signals.Interrupted:
+        """Save the step just finished (when the run keeps checkpoints) and say how to
+        continue; ``signum`` is ``None`` on a rank that did not receive the signal."""
+        saved = self.save().path if self.recipe.output.save_every else None
+        return signals.interrupted(signum, self.step, saved, self.recipe.source, self.run_dir)
 
     def close(self) -> None:
         """Let other processes have the run directory."""

@@ -51,6 +51,8 @@ def truncate_after(path: Path, step: int) -> None:
     kept = [r for r in rows if r.get("step", 0) <= step]
     if len(kept) == len(rows) and (not path.is_file() or path.read_bytes().endswith(b"\n")):
         return  # nothing to cut (a torn last line is cut too)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # of a killed cut (we hold the lock)
+        stale.unlink(missing_ok=True)
     aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with aside.open("w") as handle:
