@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmloss.train.distributed import copy_into, shard_optimizer_state
@@ -199,7 +200,7 @@ def save(
         if optimizer_state is None:
             optimizer_state = optimizer.state_dict()
         _write_files(tmp, step, trainable, optimizer_state, state)
-    except (OSError, RuntimeError) as error:  # a full disk reaches torch.save as RuntimeError
+    except (OSError, RuntimeError, SafetensorError) as error:  # a full disk, as each says it
         shutil.rmtree(tmp, ignore_errors=True)
         kept = (
             f"; {root / LATEST} still names the last complete one"
