@@ -222,7 +222,7 @@ def test_malformed_manifest_or_state_falls_back_to_the_older_checkpoint(saved_ru
 
 
 def test_a_checkpoint_linked_from_another_run_is_refused(saved_run, tmp_path):
-    run, weights = saved_run
+    run, _ = saved_run
     other = tmp_path / "other" / "checkpoints" / "step-000300"  # another run's, verified
     shutil.copytree(_root(run) / "step-000001", other)
     _edit_manifest(other, lambda m: m.update(step=300))
