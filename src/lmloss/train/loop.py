@@ -31,7 +31,7 @@ import torch
 from lmloss.train import checkpoint, loggers, rundir, schedule, signals, validate
 from lmloss.train import model as model_loading
 from lmloss.train.config import Recipe
-from lmloss.train.data import Encoder, Sampler
+from lmloss.train.data import Encoder, Sampler, encode_rows
 from lmloss.train.device import resolve as resolve_compute
 from lmloss.train.device import to_device
 from lmloss.train.distributed import (
@@ -234,7 +234,7 @@ class Trainer:
     def _examples(self) -> list:
         rows, source = self.checked.table.rows, self.checked.table.source
         self.mode.check_columns(rows, source)
-        encoded = [self.mode.encode(i, row) for i, row in enumerate(rows)]
+        encoded = encode_rows(self.mode.encode, rows, self.checked.table.positions, source)
         examples = [e for e in encoded if e is not None]
         report = self.encoder.report
         report.rows = len(rows)
