@@ -19,6 +19,7 @@ import torch
 
 import lmloss
 import lmloss.stats.chunking as chunking
+import lmloss.stats.divergence as divergence
 from lmloss.stats.divergence_terms import DIVERGENCES, Pair, log_floor
 
 B, T, H, V, KEPT = 2, 3, 5, 11, 7  # entries KEPT.. are masked
@@ -81,9 +82,17 @@ def test_masked_in_the_teacher_is_the_limit_of_a_large_negative_logit(name):
 @pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("tiles", ["whole", "vocab_tiles"])
 def test_fused_path_with_a_minus_inf_teacher_bias_equals_plain(monkeypatch, name, tiles):
-    if tiles == "vocab_tiles":  # tiles of 4 entries: the last ones are all masked
-        monkeypatch.setattr(chunking, "MIN_TOKEN_TILE", 1)
+    tiled = []
+    if tiles == "vocab_tiles":  # tiles of 4 entries (the budget cannot hold whole rows)
+        monkeypatch.setattr(chunking, "MIN_TOKEN_TILE", 16)
         monkeypatch.setattr(chunking, "VOCAB_TILE", 4)
+        online = divergence.online_moments
+
+        def spy(source, t0, t1, vocab_tile, *args):
+            tiled.append(vocab_tile)
+            return online(source, t0, t1, vocab_tile, *args)
+
+        monkeypatch.setattr(divergence, "online_moments", spy)
     g = torch.Generator().manual_seed(5)
     make = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=g)  # noqa: E731
     hidden, weight, bias = (make(B, T, H).requires_grad_(), make(V, H).requires_grad_(), make(V))
@@ -98,6 +107,8 @@ def test_fused_path_with_a_minus_inf_teacher_bias_equals_plain(monkeypatch, name
     plain = lmloss.divergence_loss(
         name, hidden @ weight.T + bias, t_hidden @ t_weight.T + t_bias, **kwargs
     )
+    if name != "pld":  # pld ranks top-k entries with its own kernel, not the pair terms
+        assert tiled == ([4, 4] if tiles == "vocab_tiles" else [])  # the tiles the name says
     got = torch.autograd.grad(fused.loss, (hidden, weight))
     want = torch.autograd.grad(plain.loss, (hidden, weight))
     assert torch.isfinite(fused.loss) and all(bool(torch.isfinite(x).all()) for x in got)
