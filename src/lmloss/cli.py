@@ -46,14 +46,14 @@ def _train(args: argparse.Namespace) -> int:
     from lmloss.train import report as run_report
     from lmloss.train.distributed import World
     from lmloss.train.loop import train
-    from lmloss.train.signals import interrupt_now
+    from lmloss.train.signals import sigterm_interrupts
 
     overrides = list(args.set)
     if args.output:
         overrides.append(f"output.dir={json.dumps(args.output)}")
     recipe = load_recipe(args.recipe, overrides, warn=_warn)
-    signal.signal(signal.SIGTERM, interrupt_now)  # the loop saves on it; set-up just stops
-    summary = train(recipe, resume=args.resume, overwrite=args.overwrite)
+    with sigterm_interrupts():  # the loop saves on SIGTERM; the set-up just stops
+        summary = train(recipe, resume=args.resume, overwrite=args.overwrite)
     if World.from_env().is_main:  # under torchrun, one report from rank 0
         print(run_report.write(summary, _command_line()))
     return 0

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from train_testkit import recipe, write_jsonl
+from train_testkit import SAY_ROWS, sft_run, write_jsonl
 
 from lmloss.cli import main
 from lmloss.train import checkpoint, progress, rundir
@@ -28,7 +28,6 @@ from lmloss.train.progress import read_jsonl, truncate_after
 from lmloss.train.signals import Interrupted
 
 QUIET = {"echo": lambda *_: None}
-ROWS = [{"prompt": f"say {w}", "completion": w * 3} for w in ("ab", "cd", "ef", "gh")]
 # rundir.py needs only the standard library: subprocesses load it alone, without torch
 HOLD_LOCK = (
     "import importlib.util, sys, time; from pathlib import Path\n"
@@ -46,12 +45,7 @@ HOLD_LOCK = (
 
 
 def _run(tiny_model, tmp_path, name="run", **sections):
-    data = tmp_path / "sft.jsonl"
-    if not data.exists():
-        write_jsonl(data, ROWS)
-    sections.setdefault("train", {})
-    sections["train"] = {"max_steps": 2, **sections["train"]}
-    return recipe(tiny_model, data, tmp_path / name, {"name": "ce"}, **sections)
+    return sft_run(tiny_model, tmp_path, name, steps=2, **sections)
 
 
 def _holder(run_dir: Path, *extra: str) -> subprocess.Popen:
@@ -278,7 +272,7 @@ def test_a_signal_without_checkpoints_says_the_run_cannot_continue(
 
 def test_sigterm_to_the_cli_saves_and_exits_143(tiny_model, tmp_path):
     """The real thing: a ``lmloss train`` process sent SIGTERM mid-run."""
-    data = write_jsonl(tmp_path / "sft.jsonl", ROWS)
+    data = write_jsonl(tmp_path / "sft.jsonl", SAY_ROWS)
     toml = tmp_path / "r.toml"
     toml.write_text(
         f'[model]\nname = "{tiny_model}"\n[data]\npath = "{data}"\nmax_length = 64\n'
@@ -309,11 +303,13 @@ def test_ctrl_c_while_loading_is_one_line(tiny_model, tmp_path, monkeypatch, cap
         raise KeyboardInterrupt
 
     monkeypatch.setattr("lmloss.train.model.load", interrupted)
-    data = write_jsonl(tmp_path / "sft.jsonl", ROWS)
+    data = write_jsonl(tmp_path / "sft.jsonl", SAY_ROWS)
     argv = ["train", "--set", f"model.name={json.dumps(str(tiny_model))}"]
     argv += ["--set", f"data.path={json.dumps(str(data))}", "--set", "objective.name='ce'"]
     argv += ["--output", str(tmp_path / "run")]
+    before = signal.getsignal(signal.SIGTERM)
     assert main(argv) == 130
+    assert signal.getsignal(signal.SIGTERM) is before  # the CLI's handler is gone again
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lmloss: interrupted (train)")
     assert not (tmp_path / "run").exists()

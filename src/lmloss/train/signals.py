@@ -12,8 +12,10 @@ signal interrupts at once; nothing has trained yet, so nothing is lost.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 STOPPING = (signal.SIGINT, signal.SIGTERM)
@@ -54,9 +56,22 @@ class StopRequest:
         self._previous.clear()
 
 
-def interrupt_now(_signum: int, _frame) -> None:
-    """A SIGTERM handler for the set-up: stop as Ctrl-C does (one line, no traceback)."""
+def _interrupt_now(_signum: int, _frame) -> None:
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Inside: SIGTERM stops as Ctrl-C does (one line, no traceback) where the training
+    loop does not catch it itself (the set-up); the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def interrupted(
