@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from lmloss import registry
@@ -45,12 +46,14 @@ def _train(args: argparse.Namespace) -> int:
     from lmloss.train import report as run_report
     from lmloss.train.distributed import World
     from lmloss.train.loop import train
+    from lmloss.train.signals import sigterm_interrupts
 
     overrides = list(args.set)
     if args.output:
         overrides.append(f"output.dir={json.dumps(args.output)}")
     recipe = load_recipe(args.recipe, overrides, warn=_warn)
-    summary = train(recipe, resume=args.resume, overwrite=args.overwrite)
+    with sigterm_interrupts():  # the loop saves on SIGTERM; the set-up just stops
+        summary = train(recipe, resume=args.resume, overwrite=args.overwrite)
     if World.from_env().is_main:  # under torchrun, one report from rank 0
         print(run_report.write(summary, _command_line()))
     return 0
@@ -211,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lmloss.train.nonfinite import NonFiniteError
     from lmloss.train.rewards import RewardError
+    from lmloss.train.signals import Interrupted
 
     try:
         return args.run(args)
@@ -224,3 +228,13 @@ def main(argv: list[str] | None = None) -> int:
             error = missing_extra(error, f"lmloss {args.command}", "hf")
         print(f"lmloss: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stopped:
+        print(f"lmloss: {stopped}", file=sys.stderr)
+        return stopped.exit_code
+    except KeyboardInterrupt:
+        print(
+            f"lmloss: interrupted ({args.command}) before a step boundary; the newest "
+            "complete checkpoint, if any, is kept (continue with --resume)",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGINT

@@ -80,7 +80,7 @@ def test_long_prompt_is_named_or_dropped(tiny_model, tmp_path):
     rows = [{"prompt": "x" * 50, "completion": "y"}, {"prompt": "short", "completion": "ok"}]
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
     with pytest.raises(
-        ValueError, match=r"row 0: the prompt has 52 tokens.*data\.max_prompt_length = 32"
+        ValueError, match=r"sft.jsonl:1: the prompt has 52 tokens.*data\.max_prompt_length = 32"
     ):
         Trainer(recipe(tiny_model, data, tmp_path / "run", {"name": "ce"}), **QUIET)
     lines = []

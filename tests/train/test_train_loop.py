@@ -88,8 +88,8 @@ def test_crash_while_saving_keeps_previous_checkpoint(tiny_model, tmp_path, monk
             raise OSError("disk full")  # the machine dies after a partial write
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
-        trainer.save()
+    with pytest.raises(checkpoint.CheckpointError, match=r"step-000002 .*\(OSError: disk full\)"):
+        trainer.save()  # one line, not a traceback (issue 26)
     monkeypatch.undo()
 
     root = tmp_path / "run" / "checkpoints"

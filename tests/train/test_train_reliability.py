@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_testkit import recipe, write_jsonl
+from train_testkit import SAY_ROWS, sft_run, write_jsonl
 
 from lmloss.cli import main
 from lmloss.train import checkpoint, distributed, rundir
@@ -33,16 +33,6 @@ from lmloss.train.progress import read_jsonl
 from lmloss.train.recipe import parse
 
 QUIET = {"echo": lambda *_: None}
-ROWS = [{"prompt": f"say {w}", "completion": w * 3} for w in ("ab", "cd", "ef", "gh")]
-
-
-def _run(tiny_model, tmp_path, name="run", **sections):
-    data = tmp_path / "sft.jsonl"
-    if not data.exists():
-        write_jsonl(data, ROWS)
-    sections.setdefault("train", {})
-    sections["train"] = {"max_steps": 3, **sections["train"]}
-    return recipe(tiny_model, data, tmp_path / name, {"name": "ce"}, **sections)
 
 
 def _weights(trainer):
@@ -53,7 +43,7 @@ def _weights(trainer):
 def three_checkpoints(tiny_model, tmp_path_factory):
     """A finished run with checkpoints at steps 1, 2, 3 and each step's weights."""
     root = tmp_path_factory.mktemp("three")
-    run = _run(tiny_model, root, output={"save_every": 1, "keep": 3})
+    run = sft_run(tiny_model, root, output={"save_every": 1, "keep": 3})
     train(run, **QUIET)
     folders = Path(run.output.dir) / "checkpoints"
     weights = {
@@ -90,7 +80,7 @@ def _resume(run):
 def test_repeated_save_of_the_last_step_never_removes_it(tiny_model, tmp_path, monkeypatch):
     # max_steps % save_every == 0: the last step is saved twice; the old code deleted the
     # first copy before renaming the second into place, and a kill there lost the run
-    run = _run(tiny_model, tmp_path, train={"max_steps": 2}, output={"save_every": 2})
+    run = sft_run(tiny_model, tmp_path, train={"max_steps": 2}, output={"save_every": 2})
     real_rename = os.rename
     renames = []
 
@@ -167,6 +157,79 @@ def test_no_verified_checkpoint_left_is_a_clear_error(saved_run):
         Trainer(run, resume=True, **QUIET)
 
 
+def _edit_manifest(folder, edit):
+    manifest = json.loads((folder / checkpoint.MANIFEST).read_text())
+    edit(manifest)
+    (folder / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+
+
+class _NotData:
+    """A class that ``torch.load(weights_only=True)`` refuses to unpickle."""
+
+
+def _replace_state(folder, state):
+    torch.save(state, folder / "state.pt")
+    checkpoint._write_manifest(folder, int(folder.name.split("-")[1]))  # files verify again
+
+
+def _manifest_folder(folder):
+    (folder / checkpoint.MANIFEST).unlink()
+    (folder / checkpoint.MANIFEST).mkdir()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (
+            lambda f: _edit_manifest(
+                f, lambda m: m["files"]["state.pt"].update(size=m["files"]["state.pt"].pop("bytes"))
+            ),
+            r"the entry of state.pt is .*not \{'bytes'",
+        ),
+        (
+            lambda f: _edit_manifest(f, lambda m: m["files"].update({"optimizer.pt": "abc"})),
+            "the entry of optimizer.pt is 'abc'",
+        ),
+        (lambda f: _edit_manifest(f, lambda m: m.update(step="3")), "'step' is '3'"),
+        (lambda f: _edit_manifest(f, lambda m: m.update(files=[])), "'files' is"),
+        (lambda f: (f / checkpoint.MANIFEST).write_text("[1, 2]"), "holds list, not an object"),
+        (_manifest_folder, "manifest.json is unreadable"),
+        (
+            lambda f: _replace_state(f, {"rng": _NotData(), "scheduler": {}, "sampler": {}}),
+            "state.pt does not load|step-000003 does not load",
+        ),
+        (lambda f: _replace_state(f, {"step": 3}), "state.pt lacks the fields"),
+    ],
+)
+def test_malformed_manifest_or_state_falls_back_to_the_older_checkpoint(saved_run, damage, reason):
+    run, weights = saved_run
+    damage(_root(run) / "step-000003")
+    trainer, said = _resume(run)
+    assert trainer.step == 2
+    assert re.search(reason, said), said
+    for name, value in weights[2].items():
+        assert torch.equal(trainer.trainable[name].detach(), value)
+
+
+def test_a_checkpoint_linked_from_another_run_is_refused(saved_run, tmp_path):
+    run, _ = saved_run
+    other = tmp_path / "other" / "checkpoints" / "step-000300"  # another run's, verified
+    shutil.copytree(_root(run) / "step-000001", other)
+    _edit_manifest(other, lambda m: m.update(step=300))
+    assert checkpoint.verify(other).step == 300
+    (_root(run) / "step-000300").symlink_to(other)
+    (_root(run) / checkpoint.LATEST).write_text("step-000300\n")
+    trainer, said = _resume(run)
+    assert trainer.step == 3 and "step-000300 is a symbolic link" in said
+    # a linked file inside a checkpoint of this run is refused too
+    state = _root(run) / "step-000003" / "state.pt"
+    shutil.copy(state, tmp_path / "state.pt")
+    state.unlink()
+    state.symlink_to(tmp_path / "state.pt")
+    trainer, said = _resume(run)
+    assert trainer.step == 2 and "state.pt is a symbolic link" in said
+
+
 def test_every_save_moment_leaves_a_loadable_checkpoint(saved_run, monkeypatch):
     """A crash at each stage of a save (files written, manifest, renamed, pointed)."""
     run, _ = saved_run
@@ -191,9 +254,9 @@ def test_every_save_moment_leaves_a_loadable_checkpoint(saved_run, monkeypatch):
 
 
 def test_used_run_directory_is_refused_then_overwritten(tiny_model, tmp_path):
-    first = _run(tiny_model, tmp_path, output={"save_every": 1})
+    first = sft_run(tiny_model, tmp_path, output={"save_every": 1})
     train(first, **QUIET)
-    second = _run(tiny_model, tmp_path, train={"max_steps": 2}, output={"save_every": 2})
+    second = sft_run(tiny_model, tmp_path, train={"max_steps": 2}, output={"save_every": 2})
     with pytest.raises(ValueError, match=r"already holds a run .*--resume.*--overwrite"):
         train(second, **QUIET)
     assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
@@ -205,7 +268,7 @@ def test_used_run_directory_is_refused_then_overwritten(tiny_model, tmp_path):
 
 
 def test_overwrite_keeps_what_is_not_a_run_output(tiny_model, tmp_path):
-    run = _run(tiny_model, tmp_path, train={"max_steps": 1})
+    run = sft_run(tiny_model, tmp_path, train={"max_steps": 1})
     train(run, **QUIET)
     (tmp_path / "run" / "notes.txt").write_text("mine")
     train(run, overwrite=True, **QUIET)
@@ -220,7 +283,7 @@ def test_overwrite_never_clears_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_kill_before_the_first_checkpoint_then_restart(tiny_model, tmp_path):
-    run = _run(tiny_model, tmp_path)
+    run = sft_run(tiny_model, tmp_path)
     trainer = Trainer(run, **QUIET)  # wrote recipe.json, then the process was killed
     trainer.close()
     with pytest.raises(ValueError, match="already holds a run"):
@@ -242,7 +305,7 @@ def test_a_live_process_keeps_its_run_directory(tiny_model, tmp_path):
         lock = tmp_path / "run" / rundir.LOCK
         lock.write_text(_lock_of(other.pid, rundir._start_time(other.pid)))
         with pytest.raises(ValueError, match=f"in use by process {other.pid}"):
-            Trainer(_run(tiny_model, tmp_path), **QUIET)
+            Trainer(sft_run(tiny_model, tmp_path), **QUIET)
         assert lock.is_file()
     finally:
         other.kill()
@@ -255,7 +318,7 @@ def test_a_dead_process_lock_is_taken_over(tiny_model, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / rundir.LOCK).write_text(_lock_of(gone.pid, "1"))
     lines = []
-    summary = train(_run(tiny_model, tmp_path, train={"max_steps": 1}), echo=lines.append)
+    summary = train(sft_run(tiny_model, tmp_path, train={"max_steps": 1}), echo=lines.append)
     assert summary.steps == 1
     assert any(f"lock of process {gone.pid}, which no longer runs" in line for line in lines)
     assert not (tmp_path / "run" / rundir.LOCK).exists()  # released at the end
@@ -286,7 +349,7 @@ def test_two_processes_cannot_both_hold_the_lock(tmp_path):
 
 
 def test_cli_refuses_a_used_directory_in_one_line(tiny_model, tmp_path, capsys):
-    run = _run(tiny_model, tmp_path, train={"max_steps": 1})
+    run = sft_run(tiny_model, tmp_path, train={"max_steps": 1})
     train(run, **QUIET)
     toml = tmp_path / "r.toml"
     toml.write_text(
@@ -353,7 +416,7 @@ def _poison(trainer, at_step, what):
 
 @pytest.mark.parametrize("what", ["loss", "grad"])
 def test_non_finite_step_stops_by_name_without_a_final_model(tiny_model, tmp_path, what):
-    run = _run(tiny_model, tmp_path, output={"save_model": True, "save_every": 1})
+    run = sft_run(tiny_model, tmp_path, output={"save_model": True, "save_every": 1})
     trainer = Trainer(run, **QUIET)
     _poison(trainer, 2, what)
     expected = "the loss is nan" if what == "loss" else "the gradient norm is nan"
@@ -366,7 +429,7 @@ def test_non_finite_step_stops_by_name_without_a_final_model(tiny_model, tmp_pat
 
 
 def test_non_finite_parameters_after_the_update_stop(tiny_model, tmp_path):
-    trainer = Trainer(_run(tiny_model, tmp_path), **QUIET)
+    trainer = Trainer(sft_run(tiny_model, tmp_path), **QUIET)
 
     def blow_up(*_):
         next(iter(trainer.trainable.values())).data[0] = float("inf")
@@ -384,7 +447,7 @@ def test_cli_reports_a_non_finite_stop_in_one_line(tiny_model, tmp_path, capsys,
         raise NonFiniteError("step 1: the loss is nan; training stopped")
 
     monkeypatch.setattr(loop.Trainer, "train_step", poisoned)
-    write_jsonl(tmp_path / "sft.jsonl", ROWS)
+    write_jsonl(tmp_path / "sft.jsonl", SAY_ROWS)
     argv = [
         "train",
         "--set",
@@ -406,7 +469,7 @@ def test_cli_reports_a_non_finite_stop_in_one_line(tiny_model, tmp_path, capsys,
 
 
 def test_skip_mode_drops_the_bad_update_and_goes_on(tiny_model, tmp_path):
-    run = _run(tiny_model, tmp_path, train={"on_nonfinite": "skip"})
+    run = sft_run(tiny_model, tmp_path, train={"on_nonfinite": "skip"})
     said = []
     trainer = Trainer(run, echo=said.append)
     _poison(trainer, 2, "loss")
@@ -424,7 +487,7 @@ def test_skip_mode_drops_the_bad_update_and_goes_on(tiny_model, tmp_path):
 
 
 def test_skip_mode_stops_after_max_skips_in_a_row(tiny_model, tmp_path):
-    run = _run(tiny_model, tmp_path, train={"on_nonfinite": "skip", "max_skips": 2})
+    run = sft_run(tiny_model, tmp_path, train={"on_nonfinite": "skip", "max_skips": 2})
     trainer = Trainer(run, **QUIET)
     for step in (1, 2, 3):
         _poison(trainer, step, "grad")
@@ -456,7 +519,7 @@ def test_trainer_joins_with_the_recipe_timeout(tiny_model, tmp_path, monkeypatch
         return cls()
 
     monkeypatch.setattr(distributed.World, "join", classmethod(join))
-    Trainer(_run(tiny_model, tmp_path, train={"dist_timeout": 7}), **QUIET).close()
+    Trainer(sft_run(tiny_model, tmp_path, train={"dist_timeout": 7}), **QUIET).close()
     assert asked == [7.0]
 
 

@@ -93,6 +93,18 @@ def recipe(model: Path, data_path: Path, run_dir: Path, objective: dict, **secti
     return parse(base)
 
 
+SAY_ROWS = [{"prompt": f"say {w}", "completion": w * 3} for w in ("ab", "cd", "ef", "gh")]
+
+
+def sft_run(model: Path, tmp_path: Path, name: str = "run", steps: int = 3, **sections):
+    """A ``ce`` recipe on four short rows (``tmp_path/sft.jsonl``) writing ``tmp_path/name``."""
+    data = tmp_path / "sft.jsonl"
+    if not data.exists():
+        write_jsonl(data, SAY_ROWS)
+    sections["train"] = {"max_steps": steps, **sections.get("train", {})}
+    return recipe(model, data, tmp_path / name, {"name": "ce"}, **sections)
+
+
 def letter_a_reward(completions: list[str], **_: object) -> list[float]:
     """The fraction of characters that are 'a': a dense reward a tiny model can learn."""
     return [c.count("a") / max(1, len(c)) for c in completions]

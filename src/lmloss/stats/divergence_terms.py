@@ -37,8 +37,24 @@ Hyper = Mapping[str, float]
 CHI2_MAX_LOG_RATIO = 25.0
 
 
+def log_floor(dtype: torch.dtype) -> float:
+    """The log-probability a ``-inf`` one (a masked vocabulary entry) is raised to: -1e9,
+    or a quarter of the format's lowest value where -1e9 is not finite (float16), so that
+    sums and differences of two floors stay finite. Its probability is exactly 0."""
+    return max(-1e9, torch.finfo(dtype).min / 4)
+
+
 class Pair:
     """Student and teacher log-probabilities of the same vocabulary entries (any shape).
+
+    A ``-inf`` log-probability (a ``-inf`` logit: a masked vocabulary, as in constrained
+    decoding or a padded head) is probability 0: ``a`` and ``b`` are clamped at
+    :func:`log_floor`, so that ``0 · (-inf)`` and ``-inf - (-inf)`` never make a NaN. A term
+    is then what masking with -1e9 gives: exact where the exact value is finite (an entry
+    masked in the teacher adds nothing to the forward KL, one masked in both adds nothing
+    to any divergence), and large but finite where it is infinite (the teacher puts mass
+    on an entry the student masks). Below the floor the terms are constant (clamp), so the
+    gradient reaching a masked logit is 0.
 
     Intermediates shared by a term's value and partials (probabilities, a log-mixture)
     are computed once per pair through :meth:`memo`.
@@ -47,7 +63,7 @@ class Pair:
     __slots__ = ("_memo", "_p", "_q", "a", "b")
 
     def __init__(self, a: Tensor, b: Tensor):
-        self.a, self.b = a, b
+        self.a, self.b = a.clamp(min=log_floor(a.dtype)), b.clamp(min=log_floor(b.dtype))
         self._p: Tensor | None = None
         self._q: Tensor | None = None
         self._memo: dict = {}

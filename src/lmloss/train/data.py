@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from lmloss.train import tasks
 from lmloss.train.config import DataConfig
 from lmloss.train.files import read_rows
+from lmloss.train.formats import DataError
 from lmloss.train.hub import dataset_directory, is_hub_id
 
 IGNORE = -100
@@ -32,6 +34,21 @@ HOST = torch.device("cpu")  # batches are assembled here; the trainer moves them
 
 
 # --------------------------------------------------------------------------- rows
+
+
+def encode_rows(encode, rows: list[dict], positions: Sequence[int], source: str) -> list:
+    """``encode(i, row)`` of every row; a row it refuses is named by file and line (the
+    encoders say ``row <index>``, an index into ``rows``, not a line of the file)."""
+    out = []
+    for index, row in enumerate(rows):
+        try:
+            out.append(encode(index, row))
+        except DataError:
+            raise
+        except ValueError as error:
+            what = re.sub(rf"^row {index}: ", "", str(error))
+            raise DataError(source, positions[index], what) from None
+    return out
 
 
 def load_rows(config: DataConfig, run_dir: Path, seed: int) -> tuple[list[dict], str]:

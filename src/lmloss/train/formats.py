@@ -119,9 +119,12 @@ class RowChecker:
             )
         if value is None:
             raise self.error(index, f"column {column!r} is empty (null)")
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise self.error(index, f"column {column!r} must be text, got {_kind(value)}")
-        return str(value)
+        if not isinstance(value, str):  # a number too: JSON and Parquet keep the writer's type
+            quoted = f' (write it as text: "{value}")' if _kind(value) in ("int", "float") else ""
+            raise self.error(
+                index, f"column {column!r} must be text, got {_kind(value)} {value!r}{quoted}"
+            )
+        return value
 
     def messages(self, index: int, value, column: str, roles=None) -> list[dict]:
         """A list of ``{role, content}`` messages (``roles``: ShareGPT ``from``/``value``)."""

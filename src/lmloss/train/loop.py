@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from lmloss.train import checkpoint, health, loggers, rundir, schedule, validate
+from lmloss.train import checkpoint, health, loggers, rundir, schedule, signals, validate
 from lmloss.train import model as model_loading
 from lmloss.train.config import Recipe
-from lmloss.train.data import Encoder, Sampler
+from lmloss.train.data import Encoder, Sampler, encode_rows
 from lmloss.train.device import resolve as resolve_compute
 from lmloss.train.device import to_device
 from lmloss.train.distributed import (
@@ -113,17 +113,15 @@ class Trainer:
         try:
             self._build(resume)
         except BaseException:
-            self.close()
+            self.abandon()
             raise
 
-    def _own_run_dir(self, resume: bool, overwrite: bool) -> rundir.RunLock:
-        """Rank 0 checks and locks the run directory; every rank learns whether it could."""
+    def _own_run_dir(self, resume: bool, overwrite: bool) -> rundir.Claim | rundir.RunLock:
+        """Rank 0 locks, then checks the run directory; every rank learns whether it could."""
         lock, error = rundir.RunLock(self.run_dir), None
         if self.world.is_main:
             try:
-                rundir.claim(self.run_dir, resume=resume, overwrite=overwrite)
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                lock.acquire(self.echo)
+                lock = rundir.take(self.run_dir, resume=resume, overwrite=overwrite, echo=self.echo)
             except (ValueError, OSError) as failure:
                 error = failure
         if self.world.sum(int(error is not None)):
@@ -246,7 +244,7 @@ class Trainer:
     def _examples(self) -> list:
         rows, source = self.checked.table.rows, self.checked.table.source
         self.mode.check_columns(rows, source)
-        encoded = [self.mode.encode(i, row) for i, row in enumerate(rows)]
+        encoded = encode_rows(self.mode.encode, rows, self.checked.table.positions, source)
         examples = [e for e in encoded if e is not None]
         report = self.encoder.report
         report.rows = len(rows)
@@ -311,13 +309,15 @@ class Trainer:
         return saved
 
     def _resume(self) -> None:
-        found = checkpoint.resumable(self.run_dir / "checkpoints", self.echo)
-        if found is None:
+        restored = checkpoint.restore(
+            self.run_dir / "checkpoints", self.trainable, self.optimizer, self.echo
+        )
+        if restored is None:
             raise ValueError(
                 f"--resume: no checkpoint in {self.run_dir / 'checkpoints'} (the run stopped "
                 "before its first save); start over with --overwrite"
             )
-        state = checkpoint.load(found, self.trainable, self.optimizer)
+        found, state = restored
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.step = found.step
@@ -464,6 +464,7 @@ class Trainer:
             else [],
         )
         summary = Summary(self.run_dir, self.step, 0.0)
+        stop = signals.StopRequest.install()  # SIGINT/SIGTERM: end at the step, saved
         try:
             if recipe.eval.before and not self.resumed:
                 summary.before = self._log_eval(reporter, "before training")
@@ -484,11 +485,14 @@ class Trainer:
                     and self.step < recipe.train.max_steps
                 ):
                     self._log_eval(reporter, "during training", recipe.eval.every_size)
+                if self.world.sum(int(stop.signal is not None)):  # every rank stops together
+                    raise self._stop_on_signal(stop.signal)
             if output.save_every:  # 0: no checkpoint (no optimizer state), only the model
                 self.save()
             if recipe.eval.after:
                 summary.after = self._log_eval(reporter, "after training")
         finally:
+            stop.restore()
             reporter.close()
         if self.world.is_main:
             summary.health = health.assess(
@@ -508,9 +512,24 @@ class Trainer:
         summary.steps, summary.seconds = self.step, time.perf_counter() - start
         return summary
 
+    def _stop_on_signal(self, signum: int | None) -> signals.Interrupted:
+        """Save the step just finished (when the run keeps checkpoints) and say how to
+        continue; ``signum`` is ``None`` on a rank that did not receive the signal."""
+        saved = self.save().path if self.recipe.output.save_every else None
+        return signals.interrupted(signum, self.step, saved, self.recipe.source, self.run_dir)
+
     def close(self) -> None:
         """Let other processes have the run directory."""
         self.lock.release()
+
+    def abandon(self) -> None:
+        """Close after a failure; a new run that did not finish a step leaves its directory
+        as it found it (so the corrected rerun is not refused as "already holds a run")."""
+        fresh = not getattr(self, "resumed", False) and getattr(self, "step", 0) == 0
+        if fresh and isinstance(self.lock, rundir.Claim):
+            self.lock.undo()
+        else:
+            self.close()
 
     def export(self, path: Path) -> None:
         """The trained model in Hugging Face layout (safetensors), loadable by ``lmloss eval``.
@@ -550,6 +569,9 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, echo
         summary = trainer.run()
         summary.load_seconds = load_seconds
         return summary
+    except BaseException:
+        trainer.abandon()
+        raise
     finally:
         trainer.close()
         if trainer.world.active:

@@ -1,13 +1,18 @@
 """What a run reports while it trains: a progress bar, metrics files, loggers (TensorBoard...).
 
 ``metrics.jsonl`` gets one JSON object per logged step (``step`` is the number of
-optimizer steps done); ``eval.jsonl`` one per evaluation. On resume, lines past the
-checkpoint's step are dropped so the files read as one uninterrupted run.
+optimizer steps done; a value that is not finite, as the loss of a skipped step, is
+``null``: strict JSON has no NaN); ``eval.jsonl`` one per evaluation. On resume, lines past the
+checkpoint's step are dropped so the files read as one uninterrupted run: the kept lines
+are written to a new file, synced, and renamed over the old one, so a kill or a full disk
+while cutting leaves the old file whole.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -34,9 +39,30 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def strict_json(row: dict) -> dict:
+    """``row`` with NaN and infinities as ``null`` (JSON has no such numbers; a skipped
+    step's loss is one)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
 def truncate_after(path: Path, step: int) -> None:
-    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    """Drop the rows of ``path`` past ``step`` (atomically: see the module's docstring)."""
+    rows = read_jsonl(path)
+    kept = [r for r in rows if r.get("step", 0) <= step]
+    if len(kept) == len(rows) and (not path.is_file() or path.read_bytes().endswith(b"\n")):
+        return  # nothing to cut (a torn last line is cut too)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # of a killed cut (we hold the lock)
+        stale.unlink(missing_ok=True)
+    aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with aside.open("w") as handle:
+            for row in kept:
+                handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 class Reporter:
@@ -72,7 +98,7 @@ class Reporter:
 
     def _append(self, name: str, row: dict) -> None:
         with (self.run_dir / name).open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
         for logger in self.loggers:
             logger.log(row, "eval/" if name == EVALS else "")
 

@@ -34,6 +34,7 @@ from lmloss.objectives.binding import ObjectiveArgumentError, check_hyper
 from lmloss.train import objective_options, objective_sum
 from lmloss.train.config import SECTIONS, Recipe
 from lmloss.train.device import check_device_spec
+from lmloss.train.objective_values import check_objective_values
 
 
 def _hint(key: str, known: typing.Iterable[str]) -> str:
@@ -193,9 +194,29 @@ def _check_finite(recipe: Recipe) -> None:
             raise ValueError(f"{bad} must be a finite number, got {value!r}")
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _check_late_refusals(recipe: Recipe) -> None:
+    """Keys whose bad values used to pass ``lmloss validate`` and stop ``train`` later
+    (after the model loaded), with a traceback for ``lr``."""
+    t = recipe.train
+    if not recipe.output.dir.strip():
+        raise ValueError("output.dir must name a folder, got '' (use '.' for this folder)")
+    if t.memory_budget is not None:
+        _positive("train.memory_budget", t.memory_budget)
+    # AdamW's first step is lr / (1 - betas[0]), converted to float32
+    if max(t.lr / (1 - t.betas[0]), t.lr * t.weight_decay) > FLOAT32_MAX:
+        raise ValueError(
+            f"train.lr = {t.lr:g} overflows AdamW's first step (lr / (1 - betas[0]) and "
+            "lr * weight_decay must stay below float32's 3.4e38)"
+        )
+
+
 def validate(recipe: Recipe) -> None:
     """Ranges and cross-section consistency (types were checked while parsing)."""
     _check_finite(recipe)
+    check_objective_values(recipe.objective, recipe.entry.hyper, recipe.hyper)
     t, d, p, e = recipe.train, recipe.data, recipe.policy, recipe.eval
     for where, value in [
         ("lora.alpha", recipe.lora.alpha),
@@ -278,6 +299,7 @@ def validate(recipe: Recipe) -> None:
         _check_judge("policy", p.rewards, p.reward_weights, p.reward_model)
     _check_online(recipe)
     _check_reward_model(recipe)
+    _check_late_refusals(recipe)  # after betas: it divides by 1 - betas[0]
 
 
 def _check_reward_model(recipe: Recipe) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lmloss._checks import require_choice
 from lmloss.models import BUNDLED_MODELS
-from lmloss.train import formats, health, loggers, tasks
+from lmloss.train import formats, health, loggers, rundir, tasks
 from lmloss.train.config import Recipe
 from lmloss.train.data import load_rows, read_hub_dataset, rename_columns
 from lmloss.train.files import read_rows
@@ -96,6 +96,20 @@ def check_recipe_columns(recipe: Recipe, rows: list[dict], positions: list[int],
         for column, why in needed.items():
             if row.get(column) is None:
                 raise formats.DataError(source, position, f"no column {column!r}, read by {why}")
+
+
+def check_conversations(table: Table, train_on: str) -> None:
+    """A ``messages`` row must have an assistant turn to train (unless every token trains)."""
+    if train_on == "all" or table.format not in ("messages", "sharegpt"):
+        return
+    for row, line in zip(table.rows, table.positions):
+        if not any(m["role"] == "assistant" for m in row["messages"]):
+            raise formats.DataError(
+                table.source,
+                line,
+                f"the conversation has no assistant turn to train on (data.train_on = "
+                f"{train_on!r}; 'all' trains every token)",
+            )
 
 
 # --------------------------------------------------------------------------- the rest
@@ -233,7 +247,9 @@ def check(
     """Every weight-free check of ``recipe``; the first problem raises ValueError.
     ``writes``: the trainer's call, which may write a built-in task's rows to the run."""
     run_dir = Path(recipe.output.dir) if run_dir is None else run_dir
+    rundir.check_target(run_dir, resume=resume, overwrite=False)
     table = read_table(recipe, run_dir, write_task=writes)
+    check_conversations(table, recipe.data.train_on)
     report = Report(table)
     report.lines.append(
         f"data: {table.source}: {len(table.rows)} rows, format {table.format}, fit for "
