@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from lmloss.models import BUNDLED_MODELS
+
 # "name" or "owner/name" (the Hub's rule: letters, digits, '-', '_', '.')
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 TRUE = ("1", "on", "yes", "true")
@@ -54,3 +56,34 @@ def dataset_directory(name: str, where: str = "data.path") -> Path:
         return Path(snapshot_download(name, repo_type="dataset", local_files_only=hub_offline()))
     except (OSError, HfHubHTTPError, LocalEntryNotFoundError) as error:
         raise unavailable(where, name, "Hub data set", error) from None
+
+
+def resolve_model(name: str, where: str = "model.name") -> str:
+    """A loadable location of ``name``: a bundled name, a local folder, the snapshot of a Hub
+    id in the local cache, or (online) the Hub id itself, fetched when the model loads."""
+    if name in BUNDLED_MODELS:
+        from lmloss.models import smollm2_path
+
+        smollm2_path()  # the package is installed
+        return name
+    path = Path(name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{where} {name!r} is a folder without config.json (not a model)")
+        return name
+    if is_hub_id(name) and not path.exists():
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+        if isinstance(found, str):
+            return str(Path(found).parent)
+        if not hub_offline():
+            return name
+        raise ValueError(
+            f"{where} {name!r}: the Hub model is not in the Hub cache {constants.HF_HUB_CACHE} "
+            "and the Hub is offline; run once online to cache it, or give a local path"
+        )
+    raise ValueError(
+        f"{where} {name!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}), a local "
+        "model directory nor a Hugging Face Hub id (owner/name)"
+    )

@@ -142,9 +142,8 @@ class Trainer:
         self.report_to = loggers.backends(recipe.output)
 
         mode = mode_of(recipe)
-        self.loaded = model_loading.load(
-            recipe.model, recipe.lora, device=self.device, kind=mode.model_kind
-        )
+        weights = mode.load_weights(recipe.model, self.device)
+        self.loaded = model_loading.load(recipe.model, recipe.lora, weights, kind=mode.model_kind)
         self.model = self.loaded.model
         self.world.broadcast_parameters(list(self.model.parameters()))  # identical replicas
         self.model.train()

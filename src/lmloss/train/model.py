@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from lmloss.models import BUNDLED_MODELS
 from lmloss.train.config import LoraConfig, ModelConfig
-from lmloss.train.hub import hub_offline, unavailable
+from lmloss.train.hub import hub_offline, resolve_model, unavailable
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -47,8 +48,6 @@ def load_pretrained(
 
         model, tokenizer = smollm2(DTYPES[dtype])
     else:
-        from lmloss.train.validate import resolve_model
-
         # a local folder, a Hub id's cached snapshot, or (online) the Hub id to fetch
         path = Path(resolve_model(name, where))
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -131,26 +130,21 @@ MODEL_KINDS = {"causal_lm": "CAUSAL_LM", "reward_model": "SEQ_CLS"}  # -> PEFT t
 def load(
     config: ModelConfig,
     lora: LoraConfig,
-    device: torch.device | None = None,
+    weights: tuple[torch.nn.Module, Any],
     kind: str = "causal_lm",
 ) -> LoadedModel:
-    """The model a mode trains: the causal LM, or (``kind = "reward_model"``) a one-score
-    sequence classifier made from it (:mod:`lmloss.train.reward_model`)."""
-    if kind == "reward_model":
-        from lmloss.train.reward_model import load_for_training
-
-        model, tokenizer = load_for_training(config, device)
-    else:
-        model, tokenizer = load_pretrained(
-            config.name, config.dtype, config.trust_remote_code, device=device
-        )
+    """The model a mode trains, from its loaded ``weights`` (model, tokenizer: the mode's
+    :meth:`~lmloss.train.modes.base.Mode.load_weights`): adapters or trainable blocks as
+    ``[lora]`` and ``[model]`` say. ``kind = "reward_model"``: a one-score sequence
+    classifier (:mod:`lmloss.train.reward_model`), whose new head always trains."""
+    model, tokenizer = weights
     if lora.enabled:
         peft = add_lora(model, lora, MODEL_KINDS[kind])
         # PEFT injects the adapters into the original modules: the inner model runs them
         return LoadedModel(model=peft.get_base_model(), tokenizer=tokenizer, peft=peft)
     choose_trainable(model, config)
     if kind == "reward_model":
-        model.score.requires_grad_(True)  # the new head always trains
+        model.score.requires_grad_(True)
     return LoadedModel(model=model, tokenizer=tokenizer)
 
 

@@ -24,6 +24,7 @@ import torch
 
 from lmloss.train.config import DataConfig
 from lmloss.train.data import pad_sequences, prompt_completion
+from lmloss.train.hub import resolve_model
 from lmloss.train.model import BUNDLED_MODELS, DTYPES, load_pretrained
 
 
@@ -60,8 +61,6 @@ def from_causal_lm(causal: torch.nn.Module, tokenizer) -> torch.nn.Module:
 def load_for_training(config, device: torch.device | None = None):
     """``(model, tokenizer)`` of a reward-model run: ``model.name`` as a sequence classifier
     (a saved reward model goes on training; a causal LM gets a fresh score head)."""
-    from lmloss.train.validate import resolve_model
-
     if config.name not in BUNDLED_MODELS and is_reward_model(resolve_model(config.name)):
         model, tokenizer = load_classifier(
             resolve_model(config.name),
@@ -110,7 +109,6 @@ class RewardModel:
     ) -> None:
         from lmloss.train.data import Encoder
         from lmloss.train.hub import hub_offline, unavailable
-        from lmloss.train.validate import resolve_model
 
         path = Path(resolve_model(name, where))
         local = path.is_dir()

@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmloss._checks import require_choice
-from lmloss.models import BUNDLED_MODELS
 from lmloss.train import formats, health, loggers, rundir, tasks
 from lmloss.train.config import Recipe
 from lmloss.train.data import load_rows, read_hub_dataset, rename_columns
 from lmloss.train.files import read_rows
-from lmloss.train.hub import hub_offline, is_hub_id
+from lmloss.train.hub import is_hub_id, resolve_model
 
 
 @dataclass
@@ -113,37 +112,6 @@ def check_conversations(table: Table, train_on: str) -> None:
 
 
 # --------------------------------------------------------------------------- the rest
-
-
-def resolve_model(name: str, where: str = "model.name") -> str:
-    """A loadable location of ``name``: a bundled name, a local folder, the snapshot of a Hub
-    id in the local cache, or (online) the Hub id itself, fetched when the model loads."""
-    if name in BUNDLED_MODELS:
-        from lmloss.models import smollm2_path
-
-        smollm2_path()  # the package is installed
-        return name
-    path = Path(name)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"{where} {name!r} is a folder without config.json (not a model)")
-        return name
-    if is_hub_id(name) and not path.exists():
-        from huggingface_hub import constants, try_to_load_from_cache
-
-        found = try_to_load_from_cache(name, "config.json")
-        if isinstance(found, str):
-            return str(Path(found).parent)
-        if not hub_offline():
-            return name
-        raise ValueError(
-            f"{where} {name!r}: the Hub model is not in the Hub cache {constants.HF_HUB_CACHE} "
-            "and the Hub is offline; run once online to cache it, or give a local path"
-        )
-    raise ValueError(
-        f"{where} {name!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}), a local "
-        "model directory nor a Hugging Face Hub id (owner/name)"
-    )
 
 
 def current_folder_importable() -> None:

@@ -111,6 +111,13 @@ class Mode:
     # the model the mode trains: "causal_lm", or "reward_model" (a one-score classifier)
     model_kind: ClassVar[str] = "causal_lm"
 
+    @classmethod
+    def load_weights(cls, config, device) -> tuple[torch.nn.Module, Any]:
+        """The model this mode trains and its tokenizer, as ``[model]`` names them."""
+        from lmloss.train.model import load_pretrained
+
+        return load_pretrained(config.name, config.dtype, config.trust_remote_code, device=device)
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 

@@ -18,7 +18,7 @@ import lmloss
 from lmloss.output import LossOutput
 from lmloss.train.data import HOST, pad_sequences, prompt_completion, require_columns
 from lmloss.train.modes.base import Batch, Example, Mode, encode_row
-from lmloss.train.reward_model import scores
+from lmloss.train.reward_model import load_for_training, scores
 
 SEGMENTS = ("chosen", "rejected")
 MARGIN = "margin"
@@ -28,6 +28,11 @@ class RewardMode(Mode):
     family = "classify"
     description = "reward model: prompt/chosen/rejected rows (+ margin), one score per sequence"
     model_kind = "reward_model"
+
+    @classmethod
+    def load_weights(cls, config, device):
+        """A saved reward model goes on training; a causal LM gets a fresh score head."""
+        return load_for_training(config, device)
 
     def check_columns(self, rows: list[dict], source: str) -> None:
         require_columns(
