@@ -25,14 +25,15 @@ are the smallest ``tl.dot`` accepts (16), so tests with V = 37 still cross sever
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 GRAD_FILTER_VARIABLE = "LMLOSS_TRITON_GRAD_FILTER"
+TILES_VARIABLE = "LMLOSS_TRITON_TILES"
 
 
 @dataclass(frozen=True)
-class TileConfig:
-    """Block sizes (powers of two, ≥ 16) and launch settings of every kernel."""
+class KernelTiles:
+    """Block sizes (powers of two, ≥ 16) and launch settings of one kind of kernel."""
 
     block_n: int
     block_v: int
@@ -40,6 +41,14 @@ class TileConfig:
     block_h_fp32: int
     num_warps: int
     num_stages: int
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Tiles of the forward sweeps (moments, pair sums) and of the gradient sweeps."""
+
+    forward: KernelTiles
+    grad: KernelTiles
     # Forward kernels split the vocabulary until about this many programs run at once.
     target_programs: int
     # Gradient kernels walk their tiles in groups of this many token blocks.
@@ -47,42 +56,82 @@ class TileConfig:
 
 
 GPU_TILES = TileConfig(
-    block_n=64,
-    block_v=128,
-    block_h=64,
-    block_h_fp32=32,
-    num_warps=8,
-    num_stages=3,
+    forward=KernelTiles(
+        block_n=64, block_v=128, block_h=64, block_h_fp32=32, num_warps=8, num_stages=3
+    ),
+    grad=KernelTiles(
+        block_n=64, block_v=128, block_h=64, block_h_fp32=32, num_warps=8, num_stages=3
+    ),
     target_programs=528,
     group_n=8,
 )
-INTERPRETER_TILES = TileConfig(
-    block_n=16,
-    block_v=16,
-    block_h=16,
-    block_h_fp32=16,
-    num_warps=1,
-    num_stages=1,
-    target_programs=4,
-    group_n=2,
+_SMALLEST = KernelTiles(
+    block_n=16, block_v=16, block_h=16, block_h_fp32=16, num_warps=1, num_stages=1
 )
+INTERPRETER_TILES = TileConfig(forward=_SMALLEST, grad=_SMALLEST, target_programs=4, group_n=2)
 
 
 def tiles_for(interpreting: bool) -> TileConfig:
-    return INTERPRETER_TILES if interpreting else GPU_TILES
+    """The default tiles, with the overrides of ``LMLOSS_TRITON_TILES`` applied."""
+    base = INTERPRETER_TILES if interpreting else GPU_TILES
+    return with_overrides(base, os.environ.get(TILES_VARIABLE, ""))
 
 
-def hidden_block(cfg: TileConfig, element_size: int) -> int:
+def with_overrides(base: TileConfig, text: str) -> TileConfig:
+    """``base`` with ``text``'s comma-separated ``key=value`` settings applied: keys
+    ``forward.<field>``/``grad.<field>`` (fields of :class:`KernelTiles`; ``<field>`` alone
+    sets both), ``target_programs`` and ``group_n``. Block sizes are powers of two ≥ 16."""
+    tile_keys = [f.name for f in fields(KernelTiles)]
+    kinds = {"forward": base.forward, "grad": base.grad}
+    top: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        value = _positive_int(key, raw.strip()) if sep else None
+        kind, _, field = key.rpartition(".")
+        if (
+            value is None
+            or (kind and kind not in kinds)
+            or (field not in tile_keys and (kind or field not in ("target_programs", "group_n")))
+        ):
+            raise ValueError(
+                f"{TILES_VARIABLE} takes comma-separated key=value with keys "
+                f"[forward.|grad.]{{{', '.join(tile_keys)}}}, target_programs, group_n "
+                f"and positive integer values; got {item!r}"
+            )
+        if field.startswith("block_") and (value < 16 or value & (value - 1)):
+            raise ValueError(f"{TILES_VARIABLE}: {key} must be a power of two ≥ 16, got {value}")
+        if field in tile_keys:
+            for name in [kind] if kind else list(kinds):
+                kinds[name] = replace(kinds[name], **{field: value})
+        else:
+            top[field] = value
+    return replace(base, forward=kinds["forward"], grad=kinds["grad"], **top)
+
+
+def _positive_int(key: str, raw: str) -> int | None:
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def hidden_block(tiles: KernelTiles, element_size: int) -> int:
     """``BLOCK_H`` for operands of ``element_size`` bytes."""
-    return cfg.block_h_fp32 if element_size >= 4 else cfg.block_h
+    return tiles.block_h_fp32 if element_size >= 4 else tiles.block_h
 
 
 def grad_filter() -> float:
-    """Cut Cross-Entropy's gradient filter: skip the two matmuls of a tile whose logit
-    gradient is below this everywhere (``LMLOSS_TRITON_GRAD_FILTER``; default 0: off).
+    """Cut Cross-Entropy's gradient filter (``LMLOSS_TRITON_GRAD_FILTER``; default 0: off):
+    skip the two matmuls of a tile whose logit gradient is at most this times each row's
+    upstream magnitude everywhere.
 
-    ``2**-12`` drops what a bf16 weight gradient could not represent next to an entry of
-    order 1 (CCE's choice for bf16); the result is then no longer exact.
+    The comparison is relative: for a loss ``Σ_n g_n ℓ_n`` a tile is dropped when every
+    ``|∂ℓ_n/∂z_v|`` is at most ``eps`` (for cross-entropy, ``|p_v − 1[v=y]|``), whatever
+    the scale of ``g`` (``1/N`` for a mean). ``2**-12`` drops what a bf16 weight gradient
+    could not represent next to an entry of order 1 (CCE's choice for bf16); the
+    gradient is then no longer exact.
     """
     value = os.environ.get(GRAD_FILTER_VARIABLE, "0")
     try:

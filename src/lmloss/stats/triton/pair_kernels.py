@@ -7,11 +7,14 @@ log-probabilities of one vocabulary entry (``p = e^a``, ``q = e^b``), a term ``f
 
     ∂D/∂z_s,u = ∂f/∂a_u - p_u G_s,   ∂D/∂z_t,u = ∂f/∂b_u - q_u G_t,   G = Σ_v ∂f/∂(a or b)
 
-Forward (:func:`pair_sums_kernel`), grid ``(token blocks, vocabulary splits)``, after each
-model's log-sum-exp (:func:`.single_kernels.moments_kernel`): ``Σ f``, ``G_s``, ``G_t`` per
-split, summed on the host. Gradient (:func:`pair_grad_kernel`), one program per ``(token
-block, vocabulary block)``: recompute both tiles, form both logit gradients for the upstream
-gradient ``g`` of each token, accumulate each head's gradients.
+Forward, grid ``(token blocks, vocabulary splits)``: :func:`pair_moments_kernel` walks both
+heads once for their log-sum-exps and the cross moments that give both KLs in closed form
+(with ``G_s = −1``, ``G_t = KL + 1`` for the forward KL and the mirror for the reverse);
+the other terms then take a second sweep, :func:`pair_sums_kernel` (``Σ f``, ``G_s``,
+``G_t`` per split, summed on the host). Gradient (:func:`pair_grad_kernel`), one program
+per ``(token block, vocabulary block)`` (or per owner, deterministic): recompute both
+tiles, form both logit gradients for the upstream gradient ``g`` of each token,
+accumulate each head's gradients.
 
 Terms (``TERM``): 0 forward KL ``q (b - a)``; 1 reverse KL ``p (a - b)``; 2 generalized
 JSD with mixture ``m = (1-β) p + β q`` (0 < β < 1; the host maps β = 0 and 1 to the two
@@ -23,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lmloss.stats.triton.tiles import add_logit_grads, grouped_tile, logit_tile
+from lmloss.stats.triton.tiles import add_logit_grads, logit_tile, online_rescale, sweep_order
 
 FORWARD_KL, REVERSE_KL, JSD, TVD = 0, 1, 2, 3
 
@@ -135,11 +138,78 @@ def pair_sums_kernel(
 
 
 @triton.jit
-def pair_grad_kernel(
+def online_step(z, z0, other0, m, s, own, cross):
+    """One tile of the online sums ``Σ e^(z−m)``, ``Σ e^(z−m) z``, ``Σ e^(z−m) z_other``
+    (``z0``/``other0``: the logits with 0 past the vocabulary, where ``z`` is ``-inf``)."""
+    m_new, rescale, e = online_rescale(m, z)
+    s = s * rescale + tl.sum(e, 1)
+    own = own * rescale + tl.sum(e * z0, 1)
+    cross = cross * rescale + tl.sum(e * other0, 1)
+    return m_new, s, own, cross
+
+
+@triton.jit
+def pair_moments_kernel(
+    hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, out_ptr,
+    N, V, H_S, H_T, tiles_per_split,
+    scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
+    HAS_BIAS_S: tl.constexpr, SOFTCAP_S: tl.constexpr, UPCAST_S: tl.constexpr,
+    HAS_BIAS_T: tl.constexpr, SOFTCAP_T: tl.constexpr, UPCAST_T: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    """Both heads' online log-sum-exps and cross moments in one sweep: writes
+    ``out[k, split, row]`` for k = m_s, Σ e^(z_s−m_s), Σ e^(z_s−m_s) z_s, Σ e^(z_s−m_s) z_t,
+    then the same four with s and t swapped (float32 ``[8, S, N]``).
+
+    ``lse`` of each head, ``E_p[z_s]``, ``E_p[z_t]``, ``E_q[z_t]`` and ``E_q[z_s]`` follow,
+    hence both KLs in closed form: ``KL(q‖p) = E_q[z_t] − lse_t − E_q[z_s] + lse_s``."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    m_s = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    m_t = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    s_s = tl.zeros((BLOCK_N,), tl.float32)
+    s_t = tl.zeros((BLOCK_N,), tl.float32)
+    own_s = tl.zeros((BLOCK_N,), tl.float32)
+    own_t = tl.zeros((BLOCK_N,), tl.float32)
+    cross_s = tl.zeros((BLOCK_N,), tl.float32)
+    cross_t = tl.zeros((BLOCK_N,), tl.float32)
+    for t in range(0, tiles_per_split):
+        cols = (split * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)
+        col_ok = (cols < V)[None, :]
+        z_s = logit_tile(
+            hs_ptr, ws_ptr, bs_ptr, rows, cols, N, V, H_S, scale_s, softcap_s, inv_temp_s,
+            HAS_BIAS_S, SOFTCAP_S, UPCAST_S, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
+        )  # fmt: skip
+        z_t = logit_tile(
+            ht_ptr, wt_ptr, bt_ptr, rows, cols, N, V, H_T, scale_t, softcap_t, inv_temp_t,
+            HAS_BIAS_T, SOFTCAP_T, UPCAST_T, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
+        )  # fmt: skip
+        zs0 = tl.where(col_ok, z_s, 0.0)
+        zt0 = tl.where(col_ok, z_t, 0.0)
+        m_s, s_s, own_s, cross_s = online_step(z_s, zs0, zt0, m_s, s_s, own_s, cross_s)
+        m_t, s_t, own_t, cross_t = online_step(z_t, zt0, zs0, m_t, s_t, own_t, cross_t)
+    stride = n_splits * N
+    base = out_ptr + split * N + rows
+    tl.store(base, m_s, mask=row_ok)
+    tl.store(base + stride, s_s, mask=row_ok)
+    tl.store(base + 2 * stride, own_s, mask=row_ok)
+    tl.store(base + 3 * stride, cross_s, mask=row_ok)
+    tl.store(base + 4 * stride, m_t, mask=row_ok)
+    tl.store(base + 5 * stride, s_t, mask=row_ok)
+    tl.store(base + 6 * stride, own_t, mask=row_ok)
+    tl.store(base + 7 * stride, cross_t, mask=row_ok)
+
+
+@triton.jit
+def pair_grad_tile(
     hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr,
     lse_s_ptr, lse_t_ptr, row_ptr,
     dhs_ptr, dws_ptr, dbs_ptr, dht_ptr, dwt_ptr, dbt_ptr,
-    N, V, H_S, H_T,
+    pid_n, pid_v, N, V, H_S, H_T,
     scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
     log_1m_beta, log_beta, beta, skip_below,
     TERM: tl.constexpr,
@@ -148,19 +218,20 @@ def pair_grad_kernel(
     PRECISION: tl.constexpr,
     NEED_DH_S: tl.constexpr, NEED_DW_S: tl.constexpr, NEED_DB_S: tl.constexpr,
     NEED_DH_T: tl.constexpr, NEED_DW_T: tl.constexpr, NEED_DB_T: tl.constexpr,
-    FILTER: tl.constexpr, GROUP_N: tl.constexpr,
+    FILTER: tl.constexpr, ATOMIC: tl.constexpr,
+    SCALE_DA_S: tl.constexpr, SCALE_DA_T: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
-    """Adds one tile's share to both heads' float32 gradients; ``row`` is ``[3, N]``:
-    the upstream gradient ``g``, ``G_s`` and ``G_t`` of each token."""
-    pid_n, pid_v = grouped_tile(N, V, BLOCK_N, BLOCK_V, GROUP_N)
+    """Recompute both heads' tile ``(pid_n, pid_v)`` and add its share to their gradients."""
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok = rows < N
     ok = row_ok[:, None] & (cols < V)[None, :]
     lse_s = tl.load(lse_s_ptr + rows, mask=row_ok, other=0.0)
     lse_t = tl.load(lse_t_ptr + rows, mask=row_ok, other=0.0)
-    g = tl.load(row_ptr + rows, mask=row_ok, other=0.0)[:, None]
+    g_row = tl.load(row_ptr + rows, mask=row_ok, other=0.0)
+    g = g_row[:, None]
+    upstream = tl.abs(g_row)
     sum_s = tl.load(row_ptr + N + rows, mask=row_ok, other=0.0)[:, None]
     sum_t = tl.load(row_ptr + 2 * N + rows, mask=row_ok, other=0.0)[:, None]
     z_s, z_t, a, p, b, q = pair_tile(
@@ -174,15 +245,50 @@ def pair_grad_kernel(
     NEED_T: tl.constexpr = NEED_DH_T or NEED_DW_T or NEED_DB_T
     if NEED_S:
         add_logit_grads(
-            tl.where(ok, g * (da - p * sum_s), 0.0), z_s,
+            tl.where(ok, g * (da - p * sum_s), 0.0), z_s, upstream,
             hs_ptr, ws_ptr, dhs_ptr, dws_ptr, dbs_ptr, rows, cols, N, V, H_S,
             scale_s, softcap_s, inv_temp_s, skip_below, SOFTCAP_S, UPCAST_S, PRECISION,
-            NEED_DH_S, NEED_DW_S, NEED_DB_S, FILTER, BLOCK_H,
+            NEED_DH_S, NEED_DW_S, NEED_DB_S, FILTER, BLOCK_H, ATOMIC, SCALE_DA_S,
         )  # fmt: skip
     if NEED_T:
         add_logit_grads(
-            tl.where(ok, g * (db - q * sum_t), 0.0), z_t,
+            tl.where(ok, g * (db - q * sum_t), 0.0), z_t, upstream,
             ht_ptr, wt_ptr, dht_ptr, dwt_ptr, dbt_ptr, rows, cols, N, V, H_T,
             scale_t, softcap_t, inv_temp_t, skip_below, SOFTCAP_T, UPCAST_T, PRECISION,
-            NEED_DH_T, NEED_DW_T, NEED_DB_T, FILTER, BLOCK_H,
+            NEED_DH_T, NEED_DW_T, NEED_DB_T, FILTER, BLOCK_H, ATOMIC, SCALE_DA_T,
+        )  # fmt: skip
+
+
+@triton.jit
+def pair_grad_kernel(
+    hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr,
+    lse_s_ptr, lse_t_ptr, row_ptr,
+    dhs_ptr, dws_ptr, dbs_ptr, dht_ptr, dwt_ptr, dbt_ptr,
+    N, V, H_S, H_T,
+    scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
+    log_1m_beta, log_beta, beta, skip_below,
+    TERM: tl.constexpr,
+    HAS_BIAS_S: tl.constexpr, SOFTCAP_S: tl.constexpr, UPCAST_S: tl.constexpr,
+    HAS_BIAS_T: tl.constexpr, SOFTCAP_T: tl.constexpr, UPCAST_T: tl.constexpr,
+    PRECISION: tl.constexpr,
+    NEED_DH_S: tl.constexpr, NEED_DW_S: tl.constexpr, NEED_DB_S: tl.constexpr,
+    NEED_DH_T: tl.constexpr, NEED_DW_T: tl.constexpr, NEED_DB_T: tl.constexpr,
+    FILTER: tl.constexpr, SWEEP: tl.constexpr,
+    SCALE_DA_S: tl.constexpr, SCALE_DA_T: tl.constexpr, GROUP_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    """Adds tiles' shares to both heads' float32 gradients; ``row`` is ``[3, N]``: the
+    upstream gradient ``g`` (the filter is relative to ``|g|``), ``G_s`` and ``G_t`` of
+    each token. ``SWEEP``: see :func:`.tiles.sweep_order`."""
+    pid_n, pid_v, steps = sweep_order(N, V, BLOCK_N, BLOCK_V, GROUP_N, SWEEP)
+    for i in range(0, steps):
+        pair_grad_tile(
+            hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, lse_s_ptr, lse_t_ptr, row_ptr,
+            dhs_ptr, dws_ptr, dbs_ptr, dht_ptr, dwt_ptr, dbt_ptr,
+            pid_n + i * (SWEEP == 2), pid_v + i * (SWEEP == 1), N, V, H_S, H_T,
+            scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
+            log_1m_beta, log_beta, beta, skip_below, TERM,
+            HAS_BIAS_S, SOFTCAP_S, UPCAST_S, HAS_BIAS_T, SOFTCAP_T, UPCAST_T, PRECISION,
+            NEED_DH_S, NEED_DW_S, NEED_DB_S, NEED_DH_T, NEED_DW_T, NEED_DB_T,
+            FILTER, SWEEP == 0, SCALE_DA_S, SCALE_DA_T, BLOCK_N, BLOCK_V, BLOCK_H,
         )  # fmt: skip
