@@ -100,11 +100,11 @@ def test_fence_detector_sees_triton_default_atomics(tmp_path):
 
 def test_tile_overrides_apply_per_kind():
     cfg = config.with_overrides(
-        config.GPU_TILES, "grad.block_n=128, grad.num_stages=4, block_h=32, group_n=4"
+        config.GPU_TILES, "grad.block_n=64, grad.num_stages=2, block_h=16, group_n=4"
     )
-    assert (cfg.grad.block_n, cfg.grad.num_stages) == (128, 4)
+    assert (cfg.grad.block_n, cfg.grad.num_stages) == (64, 2)
     assert cfg.forward.block_n == config.GPU_TILES.forward.block_n
-    assert cfg.forward.block_h == cfg.grad.block_h == 32
+    assert cfg.forward.block_h == cfg.grad_fp32.block_h == 16
     assert cfg.group_n == 4
     assert config.with_overrides(config.GPU_TILES, "") == config.GPU_TILES
 

@@ -461,3 +461,38 @@ def test_pair_backward_reuses_the_forward_moments(use, routed, monkeypatch):
     (values["forward_kl"].sum() + values["reverse_kl"].sum()).backward()
     assert calls == [1]
     assert routed == ["route_pair_terms"]
+
+
+def test_opt_in_autotune_times_candidates_and_keeps_one(use, routed, monkeypatch):
+    """``LMLOSS_TRITON_AUTOTUNE=1``: every kernel kind times its candidates once per shape
+    (the gradient candidates into scratch buffers) and the results stay exact."""
+    from lmloss.stats.triton import tuning
+
+    monkeypatch.setattr(tuning, "_kept", {})
+    head = _head()
+    use("torch")
+    ref_values, ref_grads = _stats_and_grads(head, {}, ("logp", "entropy"))
+    use("triton")
+    monkeypatch.setenv("LMLOSS_TRITON_AUTOTUNE", "1")
+    values, grads = _stats_and_grads(head, {}, ("logp", "entropy"))
+    kept = tuning.chosen()
+    assert {key[:2] for key in kept} == {("moments", "forward_fp32"), ("logit_grad", "grad_fp32")}
+    assert all(t.block_n in (16, 32) for t in kept.values())
+    for got, ref in zip(values + list(grads), ref_values + list(ref_grads)):
+        torch.testing.assert_close(got, ref, atol=2e-5, rtol=2e-5)
+    x = _pair_inputs()
+    terms = token_pair_terms(
+        x["student_hidden"], x["student_weight"], ("jsd",),
+        teacher_hidden=x["teacher_hidden"], teacher_weight=x["teacher_weight"],
+    )  # fmt: skip
+    got = torch.autograd.grad(terms["jsd"].sum(), x["student_weight"])[0]
+    use("torch")
+    monkeypatch.delenv("LMLOSS_TRITON_AUTOTUNE")
+    terms = token_pair_terms(
+        x["student_hidden"], x["student_weight"], ("jsd",),
+        teacher_hidden=x["teacher_hidden"], teacher_weight=x["teacher_weight"],
+    )  # fmt: skip
+    ref = torch.autograd.grad(terms["jsd"].sum(), x["student_weight"])[0]
+    torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
+    pair_kernels = {key[0] for key in tuning.chosen()} - {key[0] for key in kept}
+    assert pair_kernels == {"pair_moments", "pair_sums", "pair_grad"}

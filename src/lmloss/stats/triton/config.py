@@ -38,37 +38,43 @@ class KernelTiles:
     block_n: int
     block_v: int
     block_h: int
-    block_h_fp32: int
     num_warps: int
     num_stages: int
 
 
+KINDS = ("forward", "grad", "forward_fp32", "grad_fp32")
+
+
 @dataclass(frozen=True)
 class TileConfig:
-    """Tiles of the forward sweeps (moments, pair sums) and of the gradient sweeps."""
+    """Tiles of the forward sweeps (moments, pair sums) and of the gradient sweeps, for
+    16-bit operands and for float32 operands."""
 
     forward: KernelTiles
     grad: KernelTiles
+    forward_fp32: KernelTiles
+    grad_fp32: KernelTiles
     # Forward kernels split the vocabulary until about this many programs run at once.
     target_programs: int
     # Gradient kernels walk their tiles in groups of this many token blocks.
     group_n: int
 
+    def tiles(self, kind: str, element_size: int) -> KernelTiles:
+        """The tiles of ``kind`` (``"forward"`` or ``"grad"``) for operands of
+        ``element_size`` bytes."""
+        return getattr(self, f"{kind}_fp32" if element_size >= 4 else kind)
+
 
 GPU_TILES = TileConfig(
-    forward=KernelTiles(
-        block_n=64, block_v=128, block_h=64, block_h_fp32=32, num_warps=8, num_stages=3
-    ),
-    grad=KernelTiles(
-        block_n=64, block_v=128, block_h=64, block_h_fp32=32, num_warps=8, num_stages=3
-    ),
+    forward=KernelTiles(block_n=64, block_v=128, block_h=64, num_warps=8, num_stages=3),
+    grad=KernelTiles(block_n=128, block_v=128, block_h=32, num_warps=8, num_stages=4),
+    forward_fp32=KernelTiles(block_n=64, block_v=128, block_h=32, num_warps=8, num_stages=3),
+    grad_fp32=KernelTiles(block_n=64, block_v=64, block_h=32, num_warps=8, num_stages=3),
     target_programs=528,
     group_n=8,
 )
-_SMALLEST = KernelTiles(
-    block_n=16, block_v=16, block_h=16, block_h_fp32=16, num_warps=1, num_stages=1
-)
-INTERPRETER_TILES = TileConfig(forward=_SMALLEST, grad=_SMALLEST, target_programs=4, group_n=2)
+_SMALLEST = KernelTiles(block_n=16, block_v=16, block_h=16, num_warps=1, num_stages=1)
+INTERPRETER_TILES = TileConfig(*(_SMALLEST,) * len(KINDS), target_programs=4, group_n=2)
 
 
 def tiles_for(interpreting: bool) -> TileConfig:
@@ -79,47 +85,40 @@ def tiles_for(interpreting: bool) -> TileConfig:
 
 def with_overrides(base: TileConfig, text: str) -> TileConfig:
     """``base`` with ``text``'s comma-separated ``key=value`` settings applied: keys
-    ``forward.<field>``/``grad.<field>`` (fields of :class:`KernelTiles`; ``<field>`` alone
-    sets both), ``target_programs`` and ``group_n``. Block sizes are powers of two ≥ 16."""
+    ``<kind>.<field>`` (kinds :data:`KINDS`, fields of :class:`KernelTiles`; ``<field>``
+    alone sets every kind), ``target_programs`` and ``group_n``. Block sizes are powers
+    of two ≥ 16."""
     tile_keys = [f.name for f in fields(KernelTiles)]
-    kinds = {"forward": base.forward, "grad": base.grad}
+    kinds = {kind: getattr(base, kind) for kind in KINDS}
     top: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, raw = item.partition("=")
         key = key.strip()
-        value = _positive_int(key, raw.strip()) if sep else None
+        value = _positive_int(raw.strip()) if sep else None
         kind, _, field = key.rpartition(".")
-        if (
-            value is None
-            or (kind and kind not in kinds)
-            or (field not in tile_keys and (kind or field not in ("target_programs", "group_n")))
-        ):
+        known = field in tile_keys or (not kind and field in ("target_programs", "group_n"))
+        if value is None or (kind and kind not in kinds) or not known:
             raise ValueError(
                 f"{TILES_VARIABLE} takes comma-separated key=value with keys "
-                f"[forward.|grad.]{{{', '.join(tile_keys)}}}, target_programs, group_n "
+                f"[{'|'.join(KINDS)}.]{{{', '.join(tile_keys)}}}, target_programs, group_n "
                 f"and positive integer values; got {item!r}"
             )
         if field.startswith("block_") and (value < 16 or value & (value - 1)):
             raise ValueError(f"{TILES_VARIABLE}: {key} must be a power of two ≥ 16, got {value}")
         if field in tile_keys:
-            for name in [kind] if kind else list(kinds):
+            for name in [kind] if kind else KINDS:
                 kinds[name] = replace(kinds[name], **{field: value})
         else:
             top[field] = value
-    return replace(base, forward=kinds["forward"], grad=kinds["grad"], **top)
+    return replace(base, **kinds, **top)
 
 
-def _positive_int(key: str, raw: str) -> int | None:
+def _positive_int(raw: str) -> int | None:
     try:
         value = int(raw)
     except ValueError:
         return None
     return value if value > 0 else None
-
-
-def hidden_block(tiles: KernelTiles, element_size: int) -> int:
-    """``BLOCK_H`` for operands of ``element_size`` bytes."""
-    return tiles.block_h_fp32 if element_size >= 4 else tiles.block_h
 
 
 def grad_filter() -> float:

@@ -4,13 +4,15 @@ the device guard and the deterministic sweeps."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import triton
 
 from lmloss.stats.transform import LogitTransform
-from lmloss.stats.triton.config import KernelTiles, TileConfig, hidden_block, tiles_for
+from lmloss.stats.triton.config import KernelTiles, TileConfig, tiles_for
+from lmloss.stats.triton.tuning import tuned
 
 Tensor = torch.Tensor
 
@@ -71,16 +73,18 @@ class Head:
         return {"HAS_BIAS": self.bias is not None, "SOFTCAP": self.transform.softcap is not None}
 
 
-def settings(kind: str, *dtypes: torch.dtype) -> tuple[TileConfig, KernelTiles, dict]:
-    """The tile configuration, the tiles of ``kind`` (``"forward"`` or ``"grad"``) and
-    the constexpr/launch keywords common to every such kernel whose operands have
-    ``dtypes``."""
+def settings(
+    kind: str, *dtypes: torch.dtype, tiles: KernelTiles | None = None
+) -> tuple[TileConfig, KernelTiles, dict]:
+    """The tile configuration, the tiles of ``kind`` (``"forward"`` or ``"grad"``; or
+    ``tiles``, from the autotuner) and the constexpr/launch keywords common to every such
+    kernel whose operands have ``dtypes``."""
     cfg = tiles_for(interpreting())
-    tiles = getattr(cfg, kind)
+    tiles = tiles or cfg.tiles(kind, max(d.itemsize for d in dtypes))
     common = {
         "BLOCK_N": tiles.block_n,
         "BLOCK_V": tiles.block_v,
-        "BLOCK_H": hidden_block(tiles, max(d.itemsize for d in dtypes)),
+        "BLOCK_H": tiles.block_h,
         "PRECISION": _float32_dot_precision(),
         "num_warps": tiles.num_warps,
         "num_stages": tiles.num_stages,
@@ -112,6 +116,16 @@ def grad_grid(sweep: int, n: int, vocab: int, tiles: KernelTiles) -> tuple[int]:
     return ((n_blocks * v_blocks, n_blocks, v_blocks)[sweep],)
 
 
+def autotuned(
+    kernel: str, kind: str, head: Head, run: Callable[[KernelTiles], object], *others: Head
+) -> KernelTiles | None:
+    """:func:`.tuning.tuned` for a launch over ``head`` (and ``others``, a teacher)."""
+    heads = (head, *others)
+    shape = (head.n, head.vocab, *(h.hidden.shape[1] for h in heads))
+    dtypes = tuple(h.hidden.dtype for h in heads)
+    return tuned(kernel, kind, dtypes, shape, head.hidden.device, run, interpreting())
+
+
 def _float32_dot_precision() -> str:
     """``tl.dot`` on float32 operands follows PyTorch's matmul setting (exact by default)."""
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
@@ -122,11 +136,11 @@ def upcast(dtype: torch.dtype) -> bool:
     return interpreting() and dtype != torch.float32
 
 
-def vocab_split(n: int, vocab: int, cfg: TileConfig) -> tuple[int, int, int]:
-    """``(token blocks, splits, tiles per split)`` for a forward over the vocabulary;
-    every split holds at least one vocabulary tile."""
-    n_blocks = triton.cdiv(n, cfg.forward.block_n)
-    v_tiles = triton.cdiv(vocab, cfg.forward.block_v)
+def vocab_split(n: int, vocab: int, cfg: TileConfig, tiles: KernelTiles) -> tuple[int, int, int]:
+    """``(token blocks, splits, tiles per split)`` for a forward over the vocabulary in
+    ``tiles``; every split holds at least one vocabulary tile."""
+    n_blocks = triton.cdiv(n, tiles.block_n)
+    v_tiles = triton.cdiv(vocab, tiles.block_v)
     wanted = max(1, min(v_tiles, triton.cdiv(cfg.target_programs, n_blocks)))
     per_split = triton.cdiv(v_tiles, wanted)
     return n_blocks, triton.cdiv(v_tiles, per_split), per_split

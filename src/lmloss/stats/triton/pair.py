@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import torch
 
 from lmloss.stats.schedule import WithPrecomputedGrads
-from lmloss.stats.triton.config import grad_filter
+from lmloss.stats.triton.config import KernelTiles, grad_filter
 from lmloss.stats.triton.launch import (
     Head,
+    autotuned,
     cast_grads,
     grad_buffers,
     grad_grid,
@@ -114,10 +115,14 @@ class PairMoments:
         return None
 
 
-def pair_moments(student: Head, teacher: Head) -> PairMoments:
+def pair_moments(student: Head, teacher: Head, tiles: KernelTiles | None = None) -> PairMoments:
     """One sweep over both heads (:func:`.pair_kernels.pair_moments_kernel`), splits merged."""
-    cfg, _, common = settings("forward", student.hidden.dtype, teacher.hidden.dtype)
-    n_blocks, splits, per_split = vocab_split(student.n, student.vocab, cfg)
+    if tiles is None:
+        run = lambda t: pair_moments(student, teacher, t)  # noqa: E731
+        tiles = autotuned("pair_moments", "forward", student, run, teacher)
+    dtypes = (student.hidden.dtype, teacher.hidden.dtype)
+    cfg, tiles, common = settings("forward", *dtypes, tiles=tiles)
+    n_blocks, splits, per_split = vocab_split(student.n, student.vocab, cfg, tiles)
     out = student.hidden.new_empty((8, splits, student.n), dtype=torch.float32)
     pointers, scalars, flags = _head_args(student, teacher)
     with on_device(student.hidden):
@@ -153,15 +158,17 @@ class _PairState:
         self.moments = pair_moments(student, teacher) if moments is None else moments
         self.lse_s, self.lse_t = self.moments.lse_s, self.moments.lse_t
 
-    def sums(self, name: str) -> Tensor:
+    def sums(self, name: str, tiles: KernelTiles | None = None) -> Tensor:
         """``[3, N]``: ``Σ f``, ``G_s``, ``G_t`` of term ``name`` per token."""
         term = _term_args(name, self.spec.hyper[name])
         closed = self.moments.closed_form(term["TERM"])
         if closed is not None:
             return closed
         s, t = self.student, self.teacher
-        cfg, _, common = settings("forward", s.hidden.dtype, t.hidden.dtype)
-        n_blocks, splits, per_split = vocab_split(s.n, s.vocab, cfg)
+        if tiles is None:
+            tiles = autotuned("pair_sums", "forward", s, lambda tiles: self.sums(name, tiles), t)
+        cfg, tiles, common = settings("forward", s.hidden.dtype, t.hidden.dtype, tiles=tiles)
+        n_blocks, splits, per_split = vocab_split(s.n, s.vocab, cfg, tiles)
         out = s.hidden.new_empty((3, splits, s.n), dtype=torch.float32)
         pointers, scalars, flags = _head_args(s, t)
         with on_device(s.hidden):
@@ -182,11 +189,27 @@ class _PairState:
             )
         return out.sum(1)
 
-    def add_grads(self, name: str, rows: Tensor, grads_s: tuple, grads_t: tuple) -> None:
+    def add_grads(
+        self,
+        name: str,
+        rows: Tensor,
+        grads_s: tuple,
+        grads_t: tuple,
+        tiles: KernelTiles | None = None,
+    ) -> None:
         """Accumulate the gradients for ``rows = [g, G_s, G_t]`` (``[3, N]``) into the
         float32 buffers ``grads_s``/``grads_t`` (hidden, weight, bias; None where unneeded)."""
         s, t = self.student, self.teacher
-        cfg, tiles, common = settings("grad", s.hidden.dtype, t.hidden.dtype)
+        if tiles is None:
+
+            def scratch(grads: tuple) -> tuple:  # the candidates add into buffers of their own
+                return tuple(None if g is None else torch.zeros_like(g) for g in grads)
+
+            run = lambda tiles: self.add_grads(  # noqa: E731
+                name, rows, scratch(grads_s), scratch(grads_t), tiles
+            )
+            tiles = autotuned("pair_grad", "grad", s, run, t)
+        cfg, tiles, common = settings("grad", s.hidden.dtype, t.hidden.dtype, tiles=tiles)
         pointers, scalars, flags = _head_args(s, t)
         skip_below = grad_filter()
         dummy = self.lse_s

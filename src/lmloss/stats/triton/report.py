@@ -13,7 +13,8 @@ It fails (exit status 1) on a spill in a single-model kernel, on shared memory o
 architecture's limit, and on an acquire/release ("fenced") atomic, which on Hopper turns
 each add into a GPU-wide memory barrier.
 
-Run: ``python -m lmloss.stats.triton.report [--arch 90] [--only grad] [--json FILE]``
+Run: ``python -m lmloss.stats.triton.report [--arch 90] [--only grad] [--scenario NAME]
+[--json FILE]``
 (not under ``TRITON_INTERPRET=1``); ``LMLOSS_TRITON_TILES`` applies, so a tile choice can
 be checked before a GPU is at hand.
 """
@@ -81,37 +82,48 @@ class Row:
 # ------------------------------------------------------------------ recording launches
 
 
+KERNELS = {
+    "single": ("moments_kernel", "logit_grad_kernel"),
+    "pair": ("pair_moments_kernel", "pair_sums_kernel", "pair_grad_kernel"),
+}
+
+
+@contextlib.contextmanager
+def patched_kernels(stand_in: Callable[[object], object]) -> Iterator[None]:
+    """Replace every kernel the host code of :mod:`.single` and :mod:`.pair` launches by
+    ``stand_in(kernel)`` (an object launched as ``obj[grid](*args, **kwargs)``)."""
+    from lmloss.stats.triton import pair, single
+
+    modules = {"single": single, "pair": pair}
+    originals = {(m, n): getattr(modules[m], n) for m, names in KERNELS.items() for n in names}
+    try:
+        for (module, name), kernel in originals.items():
+            setattr(modules[module], name, stand_in(kernel))
+        yield
+    finally:
+        for (module, name), kernel in originals.items():
+            setattr(modules[module], name, kernel)
+
+
 class _Recorder:
-    def __init__(self, kernel, sink: list, scenario: Callable[[], str]):
+    def __init__(self, kernel, sink: list, scenario: list[str]):
         self.kernel, self.sink, self.scenario = kernel, sink, scenario
 
     def __getitem__(self, grid):
         def record(*args, **kwargs):
-            self.sink.append(Launch(self.scenario(), self.kernel, args, kwargs))
+            self.sink.append(Launch(self.scenario[0], self.kernel, args, kwargs))
 
         return record
 
 
 @contextlib.contextmanager
 def recorded_launches() -> Iterator[tuple[list[Launch], Callable[[str], None]]]:
-    """Replace every kernel of :mod:`.single` and :mod:`.pair` by a recorder; yields the
-    list of launches and a function naming the scenario the next launches belong to."""
-    from lmloss.stats.triton import pair, single
-
+    """Record the kernel launches instead of running them; yields the list of launches
+    and a function naming the scenario the next launches belong to."""
     launches: list[Launch] = []
     current = ["?"]
-    names = {
-        single: ("moments_kernel", "logit_grad_kernel"),
-        pair: ("pair_moments_kernel", "pair_sums_kernel", "pair_grad_kernel"),
-    }
-    originals = {(m, n): getattr(m, n) for m, ns in names.items() for n in ns}
-    try:
-        for (module, name), kernel in originals.items():
-            setattr(module, name, _Recorder(kernel, launches, lambda: current[0]))
+    with patched_kernels(lambda kernel: _Recorder(kernel, launches, current)):
         yield launches, lambda label: current.__setitem__(0, label)
-    finally:
-        for (module, name), kernel in originals.items():
-            setattr(module, name, kernel)
 
 
 @contextlib.contextmanager
@@ -371,11 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90")
     parser.add_argument("--only", help="kernels whose name contains this (e.g. grad)")
+    parser.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
     parser.add_argument("--shape", default="8192,2304,256000", help="N,H,V")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     n, h, v = (int(x) for x in args.shape.split(","))
-    rows = run(args.arch, {"N": n, "H": h, "V": v}, args.only)
+    wanted = tuple(args.scenario) if args.scenario else None
+    rows = run(args.arch, {"N": n, "H": h, "V": v}, args.only, wanted)
     print(markdown(rows, args.arch), flush=True)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))

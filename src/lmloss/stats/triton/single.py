@@ -21,9 +21,10 @@ import torch
 
 from lmloss.stats.schedule import WithPrecomputedGrads
 from lmloss.stats.transform import LogitTransform
-from lmloss.stats.triton.config import grad_filter
+from lmloss.stats.triton.config import KernelTiles, grad_filter
 from lmloss.stats.triton.launch import (
     Head,
+    autotuned,
     cast_grads,
     grad_buffers,
     grad_grid,
@@ -70,10 +71,12 @@ class Moments:
         raise KeyError(name)
 
 
-def head_moments(head: Head, targets: Tensor) -> Moments:
+def head_moments(head: Head, targets: Tensor, tiles: KernelTiles | None = None) -> Moments:
     """One sweep over the vocabulary: the online log-sum-exp and the moments of each token."""
-    cfg, _, common = settings("forward", head.hidden.dtype)
-    n_blocks, splits, per_split = vocab_split(head.n, head.vocab, cfg)
+    if tiles is None:
+        tiles = autotuned("moments", "forward", head, lambda t: head_moments(head, targets, t))
+    cfg, tiles, common = settings("forward", head.hidden.dtype, tiles=tiles)
+    n_blocks, splits, per_split = vocab_split(head.n, head.vocab, cfg, tiles)
     out = head.hidden.new_empty((6, splits, head.n), dtype=torch.float32)
     with on_device(head.hidden):
         moments_kernel[(n_blocks, splits)](
@@ -139,11 +142,19 @@ def head_grads(
     need: tuple[bool, bool, bool],
     has_q: bool,
     keep_float16: bool = False,
+    tiles: KernelTiles | None = None,
 ) -> tuple[Tensor | None, ...]:
     """Gradients of hidden, weight, bias (inputs' dtypes; see :func:`.launch.cast_grads`
     for ``keep_float16``) for the per-token coefficients; ``has_q``: the ``softmax(2z)``
     term is present (``sum_sq_probs`` got a gradient)."""
-    cfg, tiles, common = settings("grad", head.hidden.dtype)
+    if tiles is None:
+        tiles = autotuned(
+            "logit_grad",
+            "grad",
+            head,
+            lambda t: head_grads(head, targets, lse, coef, need, has_q, tiles=t),
+        )
+    cfg, tiles, common = settings("grad", head.hidden.dtype, tiles=tiles)
     grads = grad_buffers(head, need)
     dummy = lse
     skip_below = grad_filter()
