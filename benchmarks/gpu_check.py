@@ -71,6 +71,10 @@ class Check:
         err = float((got.double() - ref.double()).norm() / ref.double().norm().clamp(min=1e-30))
         self.add(step, check, f"{err:.2e}", tol, err <= tol)
 
+    def shapes(self, dry, real):
+        """The dry run's tiny shapes, or the GPU's."""
+        return dry if self.dry_run else real
+
     @property
     def failed(self) -> list[dict]:
         return [r for r in self.rows if r["ok"] is False]
@@ -175,10 +179,9 @@ TERMS = ("forward_kl", "reverse_kl", "jsd", "tvd")
 def parity(check: Check, device: str) -> None:
     import torch
 
-    shapes = (
-        [{"N": 13, "H": 20, "V": 37}, {"N": 40, "H": 24, "V": 70}]
-        if check.dry_run
-        else [{"N": 1999, "H": 1024, "V": 50257}, {"N": 4096, "H": 2304, "V": 256000}]
+    shapes = check.shapes(
+        dry=[{"N": 13, "H": 20, "V": 37}, {"N": 40, "H": 24, "V": 70}],
+        real=[{"N": 1999, "H": 1024, "V": 50257}, {"N": 4096, "H": 2304, "V": 256000}],
     )
     for shape in shapes:
         for dtype in (torch.float32, torch.bfloat16):
@@ -231,10 +234,9 @@ def _parity_case(check: Check, shape: dict, dtype, device: str) -> None:
 
 def offsets(check: Check, device: str) -> None:
     """Hidden and weight rows past element 2^31: the last rows' gradients equal PyTorch's."""
-    cases = (
-        [{"N": 16, "H": 16, "V": 40}, {"N": 40, "H": 16, "V": 16}]
-        if check.dry_run
-        else [{"N": 64, "H": 8192, "V": 262400}, {"N": 262400, "H": 8192, "V": 64}]
+    cases = check.shapes(
+        dry=[{"N": 16, "H": 16, "V": 40}, {"N": 40, "H": 16, "V": 16}],
+        real=[{"N": 64, "H": 8192, "V": 262400}, {"N": 262400, "H": 8192, "V": 64}],
     )
     for shape in cases:
         _offset_case(check, shape, device)
@@ -263,7 +265,7 @@ def determinism(check: Check, device: str) -> None:
 
     import lmloss
 
-    shape = {"N": 40, "H": 24, "V": 70} if check.dry_run else {"N": 8192, "H": 2304, "V": 32000}
+    shape = check.shapes(dry={"N": 40, "H": 24, "V": 70}, real={"N": 8192, "H": 2304, "V": 32000})
     hidden, weight, _, targets = _heads(shape, torch.bfloat16, device)
 
     def grads():
@@ -336,7 +338,7 @@ def timing(check: Check, device: str) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from triton_gpu import _build, _measure
 
-    case = {"N": 64, "H": 32, "V": 300} if check.dry_run else {"N": 8192, "H": 2304, "V": 256000}
+    case = check.shapes(dry={"N": 64, "H": 32, "V": 300}, real={"N": 8192, "H": 2304, "V": 256000})
     dtype, repeats = torch.bfloat16, (1 if check.dry_run else 3)
 
     def naive(x):

@@ -1,22 +1,28 @@
 """Tile sizes and launch settings of the Triton kernels.
 
-GPU tiles (``BLOCK_N × BLOCK_V`` logits, walking the hidden size ``BLOCK_H`` at a time):
-64 tokens × 128 vocabulary entries × 64 hidden for 16-bit inputs. The float32
-accumulator of a tile is 32 KiB, 32 registers per thread over 8 warps; one pipeline stage
-of bf16 operands is (64 + 128) × 64 × 2 B = 24 KiB of shared memory, so 3 stages fit an
-A100 or H100 with room to spare. float32 operands take twice the bytes, so they walk the
-hidden size 32 at a time: with 64 and TF32 the gradient kernel needs 240 KiB of shared
-memory for sm_90, over the H100's 227 KiB per block (``benchmarks/triton_gpu.py --compile-only``
-compiles every kernel for a GPU architecture without one and checks this).
+A kernel works on ``BLOCK_N × BLOCK_V`` logits, walking the hidden size ``BLOCK_H`` at a
+time. The defaults come from the compile report (:mod:`.report`: the variants the
+launcher runs, compiled for sm_90 with ``ptxas -v``), none spilling in a single-model
+kernel:
+
+* 16-bit operands — forward 64 × 128 × 64, 8 warps, 3 stages (198 registers, 72 KiB of
+  shared memory); gradient 64 × 128 × 64, 8 warps, 3 stages (164–198 registers; the
+  deterministic weight sweep 255, no spill). 128 × 128 × 32 with 4 stages (Cut
+  Cross-Entropy's usual winner) fits the plain bf16 gradient (238 registers) and would
+  halve the atomic adds into the weight gradient, but spills 8 B with float16 and
+  ``sum_sq_probs`` and 112 B in the deterministic weight sweep: it is the first override
+  to time on a GPU, and an autotuning candidate. A 128-token forward fits one model (254
+  registers) but spills 124 B in the two-head moments kernel.
+* float32 operands — exact (``ieee``) products run on FMA units and need more registers:
+  forward 64 × 128 × 32; gradient 64 × 64 × 32 (64 × 128 × 32 spilled 16 B).
 
 How the peers choose: Cut Cross-Entropy autotunes over Triton's matmul configurations
 (128 × 128 × 32 with 3–4 stages and 4–8 warps among the usual winners), pruned by a
 roofline model and keyed on the shapes; Liger hands the matmuls to cuBLAS and only sizes
-its token chunks. A fixed configuration here avoids an autotuning pause on every new
-number of tokens; 64-token blocks halve the register pressure of CCE's 128 while keeping
-the 128-wide vocabulary blocks, and give twice the token blocks (the forward splits the
-vocabulary further until about ``target_programs`` programs run). The gradient kernel's
-atomic adds to the weight gradient happen once per token block.
+its token chunks. Fixed tiles here avoid an autotuning pause at every new number of
+tokens; ``LMLOSS_TRITON_TILES`` overrides them (:func:`with_overrides`) and
+``LMLOSS_TRITON_AUTOTUNE=1`` times candidates per shape (:mod:`.tuning`), so one GPU
+loan can sweep.
 
 Under Triton's interpreter (CPU) every block op is a NumPy call per program: the tiles
 are the smallest ``tl.dot`` accepts (16), so tests with V = 37 still cross several tiles.
@@ -67,7 +73,7 @@ class TileConfig:
 
 GPU_TILES = TileConfig(
     forward=KernelTiles(block_n=64, block_v=128, block_h=64, num_warps=8, num_stages=3),
-    grad=KernelTiles(block_n=128, block_v=128, block_h=32, num_warps=8, num_stages=4),
+    grad=KernelTiles(block_n=64, block_v=128, block_h=64, num_warps=8, num_stages=3),
     forward_fp32=KernelTiles(block_n=64, block_v=128, block_h=32, num_warps=8, num_stages=3),
     grad_fp32=KernelTiles(block_n=64, block_v=64, block_h=32, num_warps=8, num_stages=3),
     target_programs=528,

@@ -86,6 +86,25 @@ def _head_args(student: Head, teacher: Head) -> tuple[tuple, dict, dict]:
     return pointers, scalars, flags
 
 
+def _forward_sweep(
+    kernel, rows: int, student: Head, teacher: Head, tiles, lead: tuple, consts: Mapping
+) -> Tensor:
+    """Launch a forward pair kernel (grid: token blocks × vocabulary splits) whose
+    arguments are the heads, ``lead``, its ``[rows, splits, N]`` float32 output, the sizes
+    and ``consts``; returns that output."""
+    dtypes = (student.hidden.dtype, teacher.hidden.dtype)
+    cfg, tiles, common = settings("forward", *dtypes, tiles=tiles)
+    n_blocks, splits, per_split = vocab_split(student.n, student.vocab, cfg, tiles)
+    out = student.hidden.new_empty((rows, splits, student.n), dtype=torch.float32)
+    pointers, scalars, flags = _head_args(student, teacher)
+    sizes = (student.n, student.vocab, student.hidden.shape[1], teacher.hidden.shape[1])
+    with on_device(student.hidden):
+        kernel[(n_blocks, splits)](
+            *pointers, *lead, out, *sizes, per_split, **scalars, **consts, **flags, **common
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class PairMoments:
     """Per-token results of :func:`pair_moments` (float32 ``[N]`` each): both
@@ -120,24 +139,7 @@ def pair_moments(student: Head, teacher: Head, tiles: KernelTiles | None = None)
     if tiles is None:
         run = lambda t: pair_moments(student, teacher, t)  # noqa: E731
         tiles = autotuned("pair_moments", "forward", student, run, teacher)
-    dtypes = (student.hidden.dtype, teacher.hidden.dtype)
-    cfg, tiles, common = settings("forward", *dtypes, tiles=tiles)
-    n_blocks, splits, per_split = vocab_split(student.n, student.vocab, cfg, tiles)
-    out = student.hidden.new_empty((8, splits, student.n), dtype=torch.float32)
-    pointers, scalars, flags = _head_args(student, teacher)
-    with on_device(student.hidden):
-        pair_moments_kernel[(n_blocks, splits)](
-            *pointers,
-            out,
-            student.n,
-            student.vocab,
-            student.hidden.shape[1],
-            teacher.hidden.shape[1],
-            per_split,
-            **scalars,
-            **flags,
-            **common,
-        )
+    out = _forward_sweep(pair_moments_kernel, 8, student, teacher, tiles, (), {})
 
     def merge(m_k: Tensor, s_k: Tensor, own_k: Tensor, cross_k: Tensor) -> tuple[Tensor, ...]:
         m = m_k.amax(0)
@@ -167,27 +169,8 @@ class _PairState:
         s, t = self.student, self.teacher
         if tiles is None:
             tiles = autotuned("pair_sums", "forward", s, lambda tiles: self.sums(name, tiles), t)
-        cfg, tiles, common = settings("forward", s.hidden.dtype, t.hidden.dtype, tiles=tiles)
-        n_blocks, splits, per_split = vocab_split(s.n, s.vocab, cfg, tiles)
-        out = s.hidden.new_empty((3, splits, s.n), dtype=torch.float32)
-        pointers, scalars, flags = _head_args(s, t)
-        with on_device(s.hidden):
-            pair_sums_kernel[(n_blocks, splits)](
-                *pointers,
-                self.lse_s,
-                self.lse_t,
-                out,
-                s.n,
-                s.vocab,
-                s.hidden.shape[1],
-                t.hidden.shape[1],
-                per_split,
-                **scalars,
-                **term,
-                **flags,
-                **common,
-            )
-        return out.sum(1)
+        lse = (self.lse_s, self.lse_t)
+        return _forward_sweep(pair_sums_kernel, 3, s, t, tiles, lse, term).sum(1)
 
     def add_grads(
         self,

@@ -205,61 +205,6 @@ def pair_moments_kernel(
 
 
 @triton.jit
-def pair_grad_tile(
-    hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr,
-    lse_s_ptr, lse_t_ptr, row_ptr,
-    dhs_ptr, dws_ptr, dbs_ptr, dht_ptr, dwt_ptr, dbt_ptr,
-    pid_n, pid_v, N, V, H_S, H_T,
-    scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
-    log_1m_beta, log_beta, beta, skip_below,
-    TERM: tl.constexpr,
-    HAS_BIAS_S: tl.constexpr, SOFTCAP_S: tl.constexpr, UPCAST_S: tl.constexpr,
-    HAS_BIAS_T: tl.constexpr, SOFTCAP_T: tl.constexpr, UPCAST_T: tl.constexpr,
-    PRECISION: tl.constexpr,
-    NEED_DH_S: tl.constexpr, NEED_DW_S: tl.constexpr, NEED_DB_S: tl.constexpr,
-    NEED_DH_T: tl.constexpr, NEED_DW_T: tl.constexpr, NEED_DB_T: tl.constexpr,
-    FILTER: tl.constexpr, ATOMIC: tl.constexpr,
-    SCALE_DA_S: tl.constexpr, SCALE_DA_T: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-):  # fmt: skip
-    """Recompute both heads' tile ``(pid_n, pid_v)`` and add its share to their gradients."""
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    row_ok = rows < N
-    ok = row_ok[:, None] & (cols < V)[None, :]
-    lse_s = tl.load(lse_s_ptr + rows, mask=row_ok, other=0.0)
-    lse_t = tl.load(lse_t_ptr + rows, mask=row_ok, other=0.0)
-    g_row = tl.load(row_ptr + rows, mask=row_ok, other=0.0)
-    g = g_row[:, None]
-    upstream = tl.abs(g_row)
-    sum_s = tl.load(row_ptr + N + rows, mask=row_ok, other=0.0)[:, None]
-    sum_t = tl.load(row_ptr + 2 * N + rows, mask=row_ok, other=0.0)[:, None]
-    z_s, z_t, a, p, b, q = pair_tile(
-        hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, rows, cols, lse_s, lse_t,
-        N, V, H_S, H_T, scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
-        HAS_BIAS_S, SOFTCAP_S, UPCAST_S, HAS_BIAS_T, SOFTCAP_T, UPCAST_T, PRECISION,
-        BLOCK_N, BLOCK_V, BLOCK_H,
-    )  # fmt: skip
-    _, da, db = pair_term(a, b, p, q, log_1m_beta, log_beta, beta, TERM)
-    NEED_S: tl.constexpr = NEED_DH_S or NEED_DW_S or NEED_DB_S
-    NEED_T: tl.constexpr = NEED_DH_T or NEED_DW_T or NEED_DB_T
-    if NEED_S:
-        add_logit_grads(
-            tl.where(ok, g * (da - p * sum_s), 0.0), z_s, upstream,
-            hs_ptr, ws_ptr, dhs_ptr, dws_ptr, dbs_ptr, rows, cols, N, V, H_S,
-            scale_s, softcap_s, inv_temp_s, skip_below, SOFTCAP_S, UPCAST_S, PRECISION,
-            NEED_DH_S, NEED_DW_S, NEED_DB_S, FILTER, BLOCK_H, ATOMIC, SCALE_DA_S,
-        )  # fmt: skip
-    if NEED_T:
-        add_logit_grads(
-            tl.where(ok, g * (db - q * sum_t), 0.0), z_t, upstream,
-            ht_ptr, wt_ptr, dht_ptr, dwt_ptr, dbt_ptr, rows, cols, N, V, H_T,
-            scale_t, softcap_t, inv_temp_t, skip_below, SOFTCAP_T, UPCAST_T, PRECISION,
-            NEED_DH_T, NEED_DW_T, NEED_DB_T, FILTER, BLOCK_H, ATOMIC, SCALE_DA_T,
-        )  # fmt: skip
-
-
-@triton.jit
 def pair_grad_kernel(
     hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr,
     lse_s_ptr, lse_t_ptr, row_ptr,
@@ -280,15 +225,40 @@ def pair_grad_kernel(
     """Adds tiles' shares to both heads' float32 gradients; ``row`` is ``[3, N]``: the
     upstream gradient ``g`` (the filter is relative to ``|g|``), ``G_s`` and ``G_t`` of
     each token. ``SWEEP``: see :func:`.tiles.sweep_order`."""
-    pid_n, pid_v, steps = sweep_order(N, V, BLOCK_N, BLOCK_V, GROUP_N, SWEEP)
+    NEED_S: tl.constexpr = NEED_DH_S or NEED_DW_S or NEED_DB_S
+    NEED_T: tl.constexpr = NEED_DH_T or NEED_DW_T or NEED_DB_T
+    ATOMIC: tl.constexpr = SWEEP == 0
+    first_n, first_v, steps = sweep_order(N, V, BLOCK_N, BLOCK_V, GROUP_N, SWEEP)
     for i in range(0, steps):
-        pair_grad_tile(
-            hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, lse_s_ptr, lse_t_ptr, row_ptr,
-            dhs_ptr, dws_ptr, dbs_ptr, dht_ptr, dwt_ptr, dbt_ptr,
-            pid_n + i * (SWEEP == 2), pid_v + i * (SWEEP == 1), N, V, H_S, H_T,
-            scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
-            log_1m_beta, log_beta, beta, skip_below, TERM,
+        rows = (first_n + i * (SWEEP == 2)) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = (first_v + i * (SWEEP == 1)) * BLOCK_V + tl.arange(0, BLOCK_V)
+        row_ok = rows < N
+        ok = row_ok[:, None] & (cols < V)[None, :]
+        lse_s = tl.load(lse_s_ptr + rows, mask=row_ok, other=0.0)
+        lse_t = tl.load(lse_t_ptr + rows, mask=row_ok, other=0.0)
+        g_row = tl.load(row_ptr + rows, mask=row_ok, other=0.0)
+        g = g_row[:, None]
+        upstream = tl.abs(g_row)
+        sum_s = tl.load(row_ptr + N + rows, mask=row_ok, other=0.0)[:, None]
+        sum_t = tl.load(row_ptr + 2 * N + rows, mask=row_ok, other=0.0)[:, None]
+        z_s, z_t, a, p, b, q = pair_tile(
+            hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, rows, cols, lse_s, lse_t,
+            N, V, H_S, H_T, scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
             HAS_BIAS_S, SOFTCAP_S, UPCAST_S, HAS_BIAS_T, SOFTCAP_T, UPCAST_T, PRECISION,
-            NEED_DH_S, NEED_DW_S, NEED_DB_S, NEED_DH_T, NEED_DW_T, NEED_DB_T,
-            FILTER, SWEEP == 0, SCALE_DA_S, SCALE_DA_T, BLOCK_N, BLOCK_V, BLOCK_H,
+            BLOCK_N, BLOCK_V, BLOCK_H,
         )  # fmt: skip
+        _, da, db = pair_term(a, b, p, q, log_1m_beta, log_beta, beta, TERM)
+        if NEED_S:
+            add_logit_grads(
+                tl.where(ok, g * (da - p * sum_s), 0.0), z_s, upstream,
+                hs_ptr, ws_ptr, dhs_ptr, dws_ptr, dbs_ptr, rows, cols, N, V, H_S,
+                scale_s, softcap_s, inv_temp_s, skip_below, SOFTCAP_S, UPCAST_S, PRECISION,
+                NEED_DH_S, NEED_DW_S, NEED_DB_S, FILTER, BLOCK_H, ATOMIC, SCALE_DA_S,
+            )  # fmt: skip
+        if NEED_T:
+            add_logit_grads(
+                tl.where(ok, g * (db - q * sum_t), 0.0), z_t, upstream,
+                ht_ptr, wt_ptr, dht_ptr, dwt_ptr, dbt_ptr, rows, cols, N, V, H_T,
+                scale_t, softcap_t, inv_temp_t, skip_below, SOFTCAP_T, UPCAST_T, PRECISION,
+                NEED_DH_T, NEED_DW_T, NEED_DB_T, FILTER, BLOCK_H, ATOMIC, SCALE_DA_T,
+            )  # fmt: skip

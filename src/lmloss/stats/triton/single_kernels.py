@@ -93,48 +93,6 @@ def moments_kernel(
 
 
 @triton.jit
-def logit_grad_tile(
-    h_ptr, w_ptr, b_ptr, y_ptr, lse_ptr, coef_ptr, dh_ptr, dw_ptr, db_ptr,
-    pid_n, pid_v, N, V, H, scale, softcap, inv_temp, skip_below,
-    HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr, NEED_DH: tl.constexpr, NEED_DW: tl.constexpr,
-    NEED_DB: tl.constexpr, FILTER: tl.constexpr, HAS_Q: tl.constexpr,
-    ATOMIC: tl.constexpr, SCALE_DA: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-):  # fmt: skip
-    """Recompute tile ``(pid_n, pid_v)``, form its logit gradient, add it to the buffers."""
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    row_ok = rows < N
-    ok = row_ok[:, None] & (cols < V)[None, :]
-    z = logit_tile(
-        h_ptr, w_ptr, b_ptr, rows, cols, N, V, H, scale, softcap, inv_temp,
-        HAS_BIAS, SOFTCAP, UPCAST, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
-    )  # fmt: skip
-    y = tl.load(y_ptr + rows, mask=row_ok, other=-1)
-    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
-    c_y = tl.load(coef_ptr + rows, mask=row_ok, other=0.0)
-    c_p = tl.load(coef_ptr + N + rows, mask=row_ok, other=0.0)
-    c_pz = tl.load(coef_ptr + 2 * N + rows, mask=row_ok, other=0.0)
-    c_1 = tl.load(coef_ptr + 3 * N + rows, mask=row_ok, other=0.0)
-    upstream = tl.load(coef_ptr + 6 * N + rows, mask=row_ok, other=0.0)
-    z0 = tl.where(ok, z, 0.0)
-    p = tl.where(ok, tl.exp(z0 - lse[:, None]), 0.0)
-    dz = p * (c_p[:, None] + c_pz[:, None] * z0) + c_1[:, None]
-    dz += tl.where(cols[None, :] == y[:, None], c_y[:, None], 0.0)
-    if HAS_Q:
-        c_q = tl.load(coef_ptr + 4 * N + rows, mask=row_ok, other=0.0)
-        lse2 = tl.load(coef_ptr + 5 * N + rows, mask=row_ok, other=0.0)
-        dz += c_q[:, None] * tl.exp(2.0 * z0 - lse2[:, None])
-    dz = tl.where(ok, dz, 0.0)
-    add_logit_grads(
-        dz, z0, upstream, h_ptr, w_ptr, dh_ptr, dw_ptr, db_ptr, rows, cols, N, V, H,
-        scale, softcap, inv_temp, skip_below, SOFTCAP, UPCAST, PRECISION,
-        NEED_DH, NEED_DW, NEED_DB, FILTER, BLOCK_H, ATOMIC, SCALE_DA,
-    )  # fmt: skip
-
-
-@triton.jit
 def logit_grad_kernel(
     h_ptr, w_ptr, b_ptr, y_ptr, lse_ptr, coef_ptr, dh_ptr, dw_ptr, db_ptr,
     N, V, H, scale, softcap, inv_temp, skip_below,
@@ -148,12 +106,34 @@ def logit_grad_kernel(
     ``c_y, c_p, c_pz, c_1, c_q``, ``log Σ e^(2z)`` (the last two read only with
     ``HAS_Q``) and the upstream magnitude the filter compares with, per token (zero rows
     contribute nothing). ``SWEEP``: see :func:`.tiles.sweep_order`."""
-    pid_n, pid_v, steps = sweep_order(N, V, BLOCK_N, BLOCK_V, GROUP_N, SWEEP)
+    first_n, first_v, steps = sweep_order(N, V, BLOCK_N, BLOCK_V, GROUP_N, SWEEP)
     for i in range(0, steps):
-        logit_grad_tile(
-            h_ptr, w_ptr, b_ptr, y_ptr, lse_ptr, coef_ptr, dh_ptr, dw_ptr, db_ptr,
-            pid_n + i * (SWEEP == 2), pid_v + i * (SWEEP == 1), N, V, H,
-            scale, softcap, inv_temp, skip_below,
-            HAS_BIAS, SOFTCAP, UPCAST, PRECISION, NEED_DH, NEED_DW, NEED_DB, FILTER, HAS_Q,
-            SWEEP == 0, SCALE_DA, BLOCK_N, BLOCK_V, BLOCK_H,
+        rows = (first_n + i * (SWEEP == 2)) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = (first_v + i * (SWEEP == 1)) * BLOCK_V + tl.arange(0, BLOCK_V)
+        row_ok = rows < N
+        ok = row_ok[:, None] & (cols < V)[None, :]
+        z = logit_tile(
+            h_ptr, w_ptr, b_ptr, rows, cols, N, V, H, scale, softcap, inv_temp,
+            HAS_BIAS, SOFTCAP, UPCAST, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
+        )  # fmt: skip
+        y = tl.load(y_ptr + rows, mask=row_ok, other=-1)
+        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+        c_y = tl.load(coef_ptr + rows, mask=row_ok, other=0.0)
+        c_p = tl.load(coef_ptr + N + rows, mask=row_ok, other=0.0)
+        c_pz = tl.load(coef_ptr + 2 * N + rows, mask=row_ok, other=0.0)
+        c_1 = tl.load(coef_ptr + 3 * N + rows, mask=row_ok, other=0.0)
+        upstream = tl.load(coef_ptr + 6 * N + rows, mask=row_ok, other=0.0)
+        z0 = tl.where(ok, z, 0.0)
+        p = tl.where(ok, tl.exp(z0 - lse[:, None]), 0.0)
+        dz = p * (c_p[:, None] + c_pz[:, None] * z0) + c_1[:, None]
+        dz += tl.where(cols[None, :] == y[:, None], c_y[:, None], 0.0)
+        if HAS_Q:
+            c_q = tl.load(coef_ptr + 4 * N + rows, mask=row_ok, other=0.0)
+            lse2 = tl.load(coef_ptr + 5 * N + rows, mask=row_ok, other=0.0)
+            dz += c_q[:, None] * tl.exp(2.0 * z0 - lse2[:, None])
+        dz = tl.where(ok, dz, 0.0)
+        add_logit_grads(
+            dz, z0, upstream, h_ptr, w_ptr, dh_ptr, dw_ptr, db_ptr, rows, cols, N, V, H,
+            scale, softcap, inv_temp, skip_below, SOFTCAP, UPCAST, PRECISION,
+            NEED_DH, NEED_DW, NEED_DB, FILTER, BLOCK_H, SWEEP == 0, SCALE_DA,
         )  # fmt: skip

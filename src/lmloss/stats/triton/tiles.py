@@ -250,7 +250,8 @@ def sweep_order(
     ``SWEEP`` 0: one tile per program (:func:`grouped_tile`), gradients added atomically;
     1: the program owns a token block and walks every vocabulary block (the hidden
     gradient, without atomics); 2: it owns a vocabulary block and walks every token block
-    (the weight and bias gradients). Step ``i`` visits ``(n + i·[SWEEP=2], v + i·[SWEEP=1])``."""
+    (the weight and bias gradients). Step ``i`` visits the token block
+    ``first_n + i·[SWEEP = 2]`` and the vocabulary block ``first_v + i·[SWEEP = 1]``."""
     if SWEEP == 0:
         pid_n, pid_v = grouped_tile(N, V, BLOCK_N, BLOCK_V, GROUP_N)
         return pid_n, pid_v, 1

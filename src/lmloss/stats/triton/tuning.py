@@ -25,7 +25,11 @@ _TRUE = ("1", "true", "yes", "on")
 # Variations around the default of each kind: taller and wider tiles, a deeper pipeline.
 CANDIDATES = {
     "forward": ({}, {"block_n": 128}, {"block_v": 256}, {"block_n": 128, "num_stages": 4}),
-    "grad": ({}, {"block_n": 64, "block_h": 64, "num_stages": 3}, {"block_h": 64, "num_stages": 3}),
+    "grad": (
+        {},
+        {"block_n": 128, "block_h": 32, "num_stages": 4},
+        {"block_n": 128, "block_h": 32, "num_stages": 3},
+    ),
     "forward_fp32": ({}, {"block_v": 64}, {"block_n": 32}),
     "grad_fp32": ({}, {"block_v": 128, "block_h": 16}, {"block_n": 32, "block_v": 128}),
 }
