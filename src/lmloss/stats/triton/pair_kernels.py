@@ -26,7 +26,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lmloss.stats.triton.tiles import add_logit_grads, logit_tile, online_rescale, sweep_order
+from lmloss.stats.triton.tiles import (
+    add_logit_grads,
+    forward_rows,
+    logit_tile,
+    online_rescale,
+    store_split,
+    sweep_order,
+)
 
 FORWARD_KL, REVERSE_KL, JSD, TVD = 0, 1, 2, 3
 
@@ -107,11 +114,7 @@ def pair_sums_kernel(
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     """Writes ``out[k, split, row]`` for k = Σ f, G_s, G_t (float32 ``[3, S, N]``)."""
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    n_splits = tl.num_programs(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
+    rows, row_ok, split, splits = forward_rows(N, BLOCK_N)
     lse_s = tl.load(lse_s_ptr + rows, mask=row_ok, other=0.0)
     lse_t = tl.load(lse_t_ptr + rows, mask=row_ok, other=0.0)
     total = tl.zeros((BLOCK_N,), tl.float32)
@@ -130,11 +133,9 @@ def pair_sums_kernel(
         total += tl.sum(tl.where(ok, f, 0.0), 1)
         g_s += tl.sum(tl.where(ok, da, 0.0), 1)
         g_t += tl.sum(tl.where(ok, db, 0.0), 1)
-    stride = n_splits * N
-    base = out_ptr + split * N + rows
-    tl.store(base, total, mask=row_ok)
-    tl.store(base + stride, g_s, mask=row_ok)
-    tl.store(base + 2 * stride, g_t, mask=row_ok)
+    values = (total, g_s, g_t)
+    for k in tl.static_range(3):
+        store_split(out_ptr, k, values[k], rows, row_ok, split, splits, N)
 
 
 @triton.jit
@@ -164,11 +165,8 @@ def pair_moments_kernel(
 
     ``lse`` of each head, ``E_p[z_s]``, ``E_p[z_t]``, ``E_q[z_t]`` and ``E_q[z_s]`` follow,
     hence both KLs in closed form: ``KL(q‖p) = E_q[z_t] − lse_t − E_q[z_s] + lse_s``."""
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    n_splits = tl.num_programs(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
+    rows, row_ok, split, splits = forward_rows(N, BLOCK_N)
+    no_lse = tl.zeros((BLOCK_N,), tl.float32)
     m_s = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     m_t = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     s_s = tl.zeros((BLOCK_N,), tl.float32)
@@ -180,28 +178,20 @@ def pair_moments_kernel(
     for t in range(0, tiles_per_split):
         cols = (split * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)
         col_ok = (cols < V)[None, :]
-        z_s = logit_tile(
-            hs_ptr, ws_ptr, bs_ptr, rows, cols, N, V, H_S, scale_s, softcap_s, inv_temp_s,
-            HAS_BIAS_S, SOFTCAP_S, UPCAST_S, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
+        # Only the logits are used: the log-probabilities pair_tile also forms are dropped.
+        zs0, zt0, _, _, _, _ = pair_tile(
+            hs_ptr, ws_ptr, bs_ptr, ht_ptr, wt_ptr, bt_ptr, rows, cols, no_lse, no_lse,
+            N, V, H_S, H_T, scale_s, softcap_s, inv_temp_s, scale_t, softcap_t, inv_temp_t,
+            HAS_BIAS_S, SOFTCAP_S, UPCAST_S, HAS_BIAS_T, SOFTCAP_T, UPCAST_T, PRECISION,
+            BLOCK_N, BLOCK_V, BLOCK_H,
         )  # fmt: skip
-        z_t = logit_tile(
-            ht_ptr, wt_ptr, bt_ptr, rows, cols, N, V, H_T, scale_t, softcap_t, inv_temp_t,
-            HAS_BIAS_T, SOFTCAP_T, UPCAST_T, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H,
-        )  # fmt: skip
-        zs0 = tl.where(col_ok, z_s, 0.0)
-        zt0 = tl.where(col_ok, z_t, 0.0)
+        z_s = tl.where(col_ok, zs0, float("-inf"))
+        z_t = tl.where(col_ok, zt0, float("-inf"))
         m_s, s_s, own_s, cross_s = online_step(z_s, zs0, zt0, m_s, s_s, own_s, cross_s)
         m_t, s_t, own_t, cross_t = online_step(z_t, zt0, zs0, m_t, s_t, own_t, cross_t)
-    stride = n_splits * N
-    base = out_ptr + split * N + rows
-    tl.store(base, m_s, mask=row_ok)
-    tl.store(base + stride, s_s, mask=row_ok)
-    tl.store(base + 2 * stride, own_s, mask=row_ok)
-    tl.store(base + 3 * stride, cross_s, mask=row_ok)
-    tl.store(base + 4 * stride, m_t, mask=row_ok)
-    tl.store(base + 5 * stride, s_t, mask=row_ok)
-    tl.store(base + 6 * stride, own_t, mask=row_ok)
-    tl.store(base + 7 * stride, cross_t, mask=row_ok)
+    values = (m_s, s_s, own_s, cross_s, m_t, s_t, own_t, cross_t)
+    for k in tl.static_range(8):
+        store_split(out_ptr, k, values[k], rows, row_ok, split, splits, N)
 
 
 @triton.jit

@@ -29,7 +29,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lmloss.stats.triton.tiles import add_logit_grads, logit_tile, online_rescale, sweep_order
+from lmloss.stats.triton.tiles import (
+    add_logit_grads,
+    forward_rows,
+    logit_tile,
+    online_rescale,
+    store_split,
+    sweep_order,
+)
 
 
 @triton.jit
@@ -55,11 +62,7 @@ def moments_kernel(
     BLOCK_H: tl.constexpr,
 ):
     """Writes ``out[k, split, row]`` for k = m, s, ez, zsum, zy, s2 (float32 ``[6, S, N]``)."""
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    n_splits = tl.num_programs(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
+    rows, row_ok, split, splits = forward_rows(N, BLOCK_N)
     y = tl.load(y_ptr + rows, mask=row_ok, other=-1)
     m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     s = tl.zeros((BLOCK_N,), tl.float32)
@@ -82,14 +85,9 @@ def moments_kernel(
         zsum += tl.sum(z0, 1)
         zy += tl.sum(tl.where(cols[None, :] == y[:, None], z0, 0.0), 1)
         m = m_new
-    stride = n_splits * N
-    base = out_ptr + split * N + rows
-    tl.store(base, m, mask=row_ok)
-    tl.store(base + stride, s, mask=row_ok)
-    tl.store(base + 2 * stride, ez, mask=row_ok)
-    tl.store(base + 3 * stride, zsum, mask=row_ok)
-    tl.store(base + 4 * stride, zy, mask=row_ok)
-    tl.store(base + 5 * stride, s2, mask=row_ok)
+    values = (m, s, ez, zsum, zy, s2)
+    for k in tl.static_range(6):
+        store_split(out_ptr, k, values[k], rows, row_ok, split, splits, N)
 
 
 @triton.jit

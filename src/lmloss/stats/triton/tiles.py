@@ -101,6 +101,20 @@ def logit_tile(
 
 
 @triton.jit
+def forward_rows(N, BLOCK_N: tl.constexpr):
+    """``(rows, row_ok, split, splits)`` of a forward program (grid: token blocks ×
+    vocabulary splits)."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, rows < N, tl.program_id(1), tl.num_programs(1)
+
+
+@triton.jit
+def store_split(out_ptr, k, value, rows, row_ok, split, splits, N):
+    """``out[k, split, rows] = value`` for a float32 ``[K, splits, N]`` output."""
+    tl.store(out_ptr + (k * splits + split) * N + rows, value, mask=row_ok)
+
+
+@triton.jit
 def online_rescale(m, z):
     """One tile of an online log-sum-exp: ``(m_new, rescale, e)`` with ``m_new`` the
     running row maximum, ``rescale = e^(m − m_new)`` for the sums so far and
