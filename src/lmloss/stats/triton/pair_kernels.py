@@ -139,6 +139,13 @@ def pair_sums_kernel(
 
 
 @triton.jit
+def online_start(BLOCK_N: tl.constexpr):
+    """``(m, s, own, cross)`` of :func:`online_step` before the first tile."""
+    zero = tl.zeros((BLOCK_N,), tl.float32)
+    return tl.full((BLOCK_N,), float("-inf"), tl.float32), zero, zero, zero
+
+
+@triton.jit
 def online_step(z, z0, other0, m, s, own, cross):
     """One tile of the online sums ``Σ e^(z−m)``, ``Σ e^(z−m) z``, ``Σ e^(z−m) z_other``
     (``z0``/``other0``: the logits with 0 past the vocabulary, where ``z`` is ``-inf``)."""
@@ -167,14 +174,8 @@ def pair_moments_kernel(
     hence both KLs in closed form: ``KL(q‖p) = E_q[z_t] − lse_t − E_q[z_s] + lse_s``."""
     rows, row_ok, split, splits = forward_rows(N, BLOCK_N)
     no_lse = tl.zeros((BLOCK_N,), tl.float32)
-    m_s = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    m_t = tl.full((BLOCK_N,), float("-inf"), tl.float32)
-    s_s = tl.zeros((BLOCK_N,), tl.float32)
-    s_t = tl.zeros((BLOCK_N,), tl.float32)
-    own_s = tl.zeros((BLOCK_N,), tl.float32)
-    own_t = tl.zeros((BLOCK_N,), tl.float32)
-    cross_s = tl.zeros((BLOCK_N,), tl.float32)
-    cross_t = tl.zeros((BLOCK_N,), tl.float32)
+    m_s, s_s, own_s, cross_s = online_start(BLOCK_N)
+    m_t, s_t, own_t, cross_t = online_start(BLOCK_N)
     for t in range(0, tiles_per_split):
         cols = (split * tiles_per_split + t) * BLOCK_V + tl.arange(0, BLOCK_V)
         col_ok = (cols < V)[None, :]
