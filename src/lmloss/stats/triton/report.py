@@ -302,6 +302,28 @@ def ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
     return int(registers.group(1)) if registers else -1, int(spills.group(1)) if spills else 0
 
 
+# Constexprs that tell the variants of a kernel apart in the report.
+SHOWN = ("PRECISION", "TERM", "HAS_Q", "SWEEP", "SCALE_DA", "NEED_DH_T")
+
+
+def _variant(launch: Launch, src) -> str:
+    named = {name: src.constants.get((i,)) for i, name in enumerate(launch.kernel.arg_names)}
+    flags = [f"{k}={v}" for k, v in named.items() if k.startswith(SHOWN) and v is not None]
+    return " ".join([*flags, "tile={BLOCK_N}x{BLOCK_V}x{BLOCK_H}".format(**named)])
+
+
+def _problems(name: str, spills: int, shared: int, fenced: int, arch: int) -> list[str]:
+    problems = []
+    if spills and name in SINGLE_MODEL_KERNELS:
+        problems.append(f"spills {spills} B")
+    limit = SHARED_LIMIT.get(arch)
+    if limit is not None and shared > limit:
+        problems.append(f"shared memory {shared} B over {limit} B")
+    if fenced:
+        problems.append(f"{fenced} fenced atomics")
+    return problems
+
+
 def compile_launch(launch: Launch, arch: int) -> Row:
     import triton
     from triton.backends.compiler import GPUTarget
@@ -314,27 +336,10 @@ def compile_launch(launch: Launch, arch: int) -> Row:
     registers, spills = ptxas_usage(ptx, arch)
     shared = compiled.metadata.shared
     fenced = len(FENCED.findall(ptx))
-    name = src.name
-    problems = []
-    if spills and name in SINGLE_MODEL_KERNELS:
-        problems.append(f"spills {spills} B")
-    limit = SHARED_LIMIT.get(arch)
-    if limit is not None and shared > limit:
-        problems.append(f"shared memory {shared} B over {limit} B")
-    if fenced:
-        problems.append(f"{fenced} fenced atomics")
-    shown = ("SWEEP", "HAS_Q", "SCALE_DA", "NEED_DH_T", "TERM", "PRECISION", "BLOCK_N")
-    consts = {k: v for k, v in src.constants.items()}
-    named = {fn_name: consts.get((i,)) for i, fn_name in enumerate(launch.kernel.arg_names)}
     return Row(
         scenario=launch.scenario,
-        kernel=name,
-        constexprs=" ".join(
-            f"{k}={named[k]}"
-            for k in launch.kernel.arg_names
-            if k.startswith(shown) and named.get(k) is not None and "BLOCK_N" not in k
-        )
-        + " tile={}x{}x{}".format(named["BLOCK_N"], named["BLOCK_V"], named["BLOCK_H"]),
+        kernel=src.name,
+        constexprs=_variant(launch, src),
         num_warps=options.get("num_warps", 4),
         num_stages=options.get("num_stages", 3),
         registers=registers,
@@ -343,7 +348,7 @@ def compile_launch(launch: Launch, arch: int) -> Row:
         atomics=len(ATOMIC.findall(ptx)),
         fenced_atomics=fenced,
         compile_s=round(seconds, 1),
-        problems=problems,
+        problems=_problems(src.name, spills, shared, fenced, arch),
     )
 
 
