@@ -21,8 +21,9 @@ Families (``--families``):
 Run on a GPU: ``python benchmarks/triton_gpu.py --device cuda`` (``--quick`` for small
 shapes). Without CUDA it says so and exits; ``--device cpu --quick`` runs the lmloss
 methods at tiny shapes under Triton's interpreter (a smoke test of this script), and
-``--compile-only`` compiles every kernel for a GPU architecture (default sm_90) without
-one, reporting the shared memory each needs.
+``--compile-only`` runs the compile report (:mod:`lmloss.stats.triton.report`: every
+launched kernel variant compiled for a GPU architecture, default sm_90, without one). The
+whole first-GPU check, parity and determinism included, is ``benchmarks/gpu_check.sh``.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ CPU_QUICK_CASES = [{"N": 37, "H": 24, "V": 101}]
 IGNORED_FRACTION = 0.1
 BETA = 0.5
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-# H100: 227 KiB of shared memory per block (sm_90); A100 (sm_80): 163 KiB.
-SHARED_LIMIT = {90: 232448, 80: 166912, 89: 101376, 86: 101376}
 
 
 def _parse() -> argparse.Namespace:
@@ -61,94 +60,6 @@ def _parse() -> argparse.Namespace:
     )
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90")
     return parser.parse_args()
-
-
-# ------------------------------------------------------------------ compile-only check
-
-
-def compile_only(arch: int) -> int:
-    """Compile every kernel specialization the backend launches for ``sm_{arch}``."""
-    import itertools
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from lmloss.stats.triton import pair_kernels, single_kernels
-    from lmloss.stats.triton.config import GPU_TILES, hidden_block
-
-    floats = {"scale", "softcap", "inv_temp", "skip_below", "log_1m_beta", "log_beta", "beta"}
-    head_prefixes = ("h_", "w_", "b_", "hs_", "ws_", "bs_", "ht_", "wt_", "bt_")
-
-    def signature(fn, dtype: str, consts: dict) -> dict:
-        sig = {}
-        for name in fn.arg_names:
-            if name in consts:
-                sig[name] = "constexpr"
-            elif name == "y_ptr":
-                sig[name] = "*i64"
-            elif name.endswith("_ptr"):
-                sig[name] = "*" + dtype if name.startswith(head_prefixes) else "*fp32"
-            elif name in floats or name.rsplit("_", 1)[0] in floats:
-                sig[name] = "fp32"
-            else:
-                sig[name] = "i32"
-        return sig
-
-    flags = dict(HAS_BIAS=True, SOFTCAP=True, UPCAST=False)
-    pair_flags = {f"{k}_{s}": v for k, v in flags.items() for s in "ST"}
-    need = {"NEED_DH": True, "NEED_DW": True, "NEED_DB": True, "FILTER": True, "GROUP_N": 8}
-    single_need = {**need, "HAS_Q": True}
-    pair_need = {f"{k}_{s}": True for k in ("NEED_DH", "NEED_DW", "NEED_DB") for s in "ST"}
-    plain = {"HAS_BIAS": False, "SOFTCAP": False, "NEED_DB": False, "FILTER": False, "HAS_Q": False}
-    jsd = {"TERM": pair_kernels.JSD}
-    kernels = [
-        ("moments_kernel, bias + soft cap", single_kernels.moments_kernel, flags),
-        (
-            "logit_grad_kernel, all options",
-            single_kernels.logit_grad_kernel,
-            {**flags, **single_need},
-        ),
-        (
-            "logit_grad_kernel, plain",
-            single_kernels.logit_grad_kernel,
-            {**flags, **single_need, **plain},
-        ),
-        ("pair_sums_kernel, JSD", pair_kernels.pair_sums_kernel, {**pair_flags, **jsd}),
-        (
-            "pair_grad_kernel, JSD, both heads",
-            pair_kernels.pair_grad_kernel,
-            {**pair_flags, **pair_need, **jsd, "FILTER": True, "GROUP_N": 8},
-        ),
-    ]
-    limit = SHARED_LIMIT.get(arch)
-    failures = 0
-    print(f"| kernel | operands | shared memory (bytes) | limit sm_{arch} | compile (s) |")
-    print("|---|---|---|---|---|")
-    for (label, fn, consts), dtype in itertools.product(kernels, ("bf16", "fp32")):
-        size = 4 if dtype == "fp32" else 2
-        consts = {
-            **consts,
-            "BLOCK_N": GPU_TILES.block_n,
-            "BLOCK_V": GPU_TILES.block_v,
-            "BLOCK_H": hidden_block(GPU_TILES, size),
-            "PRECISION": "ieee",
-        }
-        start = time.perf_counter()
-        compiled = triton.compile(
-            ASTSource(fn=fn, signature=signature(fn, dtype, consts), constexprs=consts),
-            target=GPUTarget("cuda", arch, 32),
-            options={"num_warps": GPU_TILES.num_warps, "num_stages": GPU_TILES.num_stages},
-        )
-        shared = compiled.metadata.shared
-        ok = limit is None or shared <= limit
-        failures += not ok
-        print(
-            f"| {label} | {dtype} | {shared} {'' if ok else '(OVER)'} | {limit} "
-            f"| {time.perf_counter() - start:.1f} |",
-            flush=True,
-        )
-    return 1 if failures else 0
 
 
 # ------------------------------------------------------------------ methods
@@ -341,7 +252,9 @@ def _measure(fn: Callable, inputs: dict, device: str, repeats: int) -> tuple[flo
 def main() -> int:
     args = _parse()
     if args.compile_only:
-        return compile_only(args.arch)
+        from lmloss.stats.triton import report
+
+        return report.main(["--arch", str(args.arch)])
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():

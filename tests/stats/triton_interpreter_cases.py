@@ -318,3 +318,181 @@ def test_front_doors_route_through_triton(use, routed):
     assert "route_token_stats" in routed
     for got, ref in zip(*results):
         torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
+
+
+# ------------------------------------------------------------------ issue 24
+
+
+def _mean_ce_grads(hidden, weight, targets):
+    loss = lmloss.linear_cross_entropy(hidden, weight, targets)
+    return (loss, *torch.autograd.grad(loss, (hidden, weight)))
+
+
+# Few, large tiles: the interpreter's cost is per program, and these rows are many.
+LARGE_TILES = "block_n=512,block_v=64,target_programs=1"
+
+
+def test_gradient_filter_is_relative_to_the_upstream_gradient(use, routed, monkeypatch):
+    """A mean over N > 4096 rows scales every logit gradient by 1/N < 2^-12: the filter
+    compares with each row's upstream gradient, so the gradients stay (CCE's trade: tiles
+    whose softmax gradient is under 2^-12 everywhere are dropped)."""
+    monkeypatch.setenv("LMLOSS_TRITON_TILES", LARGE_TILES)
+    g = torch.Generator().manual_seed(7)
+    n, h, v = 4200, 16, 40
+    hidden = torch.randn(n, h, generator=g).requires_grad_()
+    weight = (3 * torch.randn(v, h, generator=g)).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=g)
+    use("triton")
+    exact = _mean_ce_grads(hidden, weight, targets)
+    monkeypatch.setenv("LMLOSS_TRITON_GRAD_FILTER", str(2**-12))
+    filtered = _mean_ce_grads(hidden, weight, targets)
+    assert routed == ["route_token_loss"] * 2
+    assert torch.equal(filtered[0], exact[0])  # the loss is never filtered
+    for got, ref in zip(filtered[1:], exact[1:]):
+        assert ref.norm() > 0
+        assert (got - ref).norm() <= 1e-2 * ref.norm()
+
+
+def test_pair_gradient_filter_is_relative_to_the_upstream_gradient(use, routed, monkeypatch):
+    monkeypatch.setenv("LMLOSS_TRITON_TILES", LARGE_TILES)
+    g = torch.Generator().manual_seed(8)
+    n, h, v = 4200, 16, 40
+    hidden = torch.randn(n, h, generator=g).requires_grad_()
+    weight = torch.randn(v, h, generator=g).requires_grad_()
+    teacher = {
+        "teacher_hidden": torch.randn(n, h, generator=g),
+        "teacher_weight": 2 * torch.randn(v, h, generator=g),
+    }
+    use("triton")
+    results = []
+    for eps in ("0", str(2**-12)):
+        monkeypatch.setenv("LMLOSS_TRITON_GRAD_FILTER", eps)
+        loss = lmloss.fused_divergence_loss("jsd", hidden, weight, beta=0.5, **teacher).loss
+        results.append(torch.autograd.grad(loss, (hidden, weight)))
+    assert "route_pair_loss" in routed or "route_pair_terms" in routed
+    for got, ref in zip(results[1], results[0]):
+        assert ref.norm() > 0
+        assert (got - ref).norm() <= 1e-2 * ref.norm()
+
+
+def test_deterministic_mode_sweeps_without_atomics(use, routed, monkeypatch):
+    """``torch.use_deterministic_algorithms(True)``: one sweep per owner (token blocks for
+    the hidden gradient, vocabulary blocks for the weight's), equal to the atomic sweep."""
+    from lmloss.stats.triton import launch, pair, single
+
+    sweeps: list[tuple] = []
+
+    def spy(need_dh, need_weight):
+        result = launch.grad_sweeps(need_dh, need_weight)
+        sweeps.append(tuple(s[0] for s in result))
+        return result
+
+    monkeypatch.setattr(single, "grad_sweeps", spy)
+    monkeypatch.setattr(pair, "grad_sweeps", spy)
+    head = _head(n=47)  # 3 token blocks, 3 vocabulary blocks
+    x = _pair_inputs()
+    use("triton")
+
+    def run():
+        stats = lmloss.token_stats(head[0], head[1], head[3], head[2], want=("logp", "entropy"))
+        loss = stats.logp.sum() + 0.3 * stats.entropy.sum()
+        kl = token_pair_terms(
+            x["student_hidden"], x["student_weight"], ("jsd",),
+            teacher_hidden=x["teacher_hidden"], teacher_weight=x["teacher_weight"],
+            teacher_requires_grad=True, hyper={"beta": 0.3},
+        )["jsd"].sum()  # fmt: skip
+        leaves = (*head[:3], x["student_hidden"], x["student_weight"], x["teacher_hidden"])
+        return torch.autograd.grad(loss + kl, leaves)
+
+    atomic = run()
+    assert sweeps == [(0,), (0,)]
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = run(), run()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert sweeps[2:] == [(1, 2)] * 4
+    for a, b, c in zip(atomic, first, second):
+        assert torch.equal(b, c)
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
+def test_float16_gradients_are_scaled_before_rounding(use, routed):
+    """A one-pass loss whose logit gradients sit under float16's normal range (a small
+    loss weight, a mean over many rows): the kernels scale each tile before rounding it
+    to float16 and keep float32 gradients until the GradScaler-like upstream scale."""
+    hidden, weight, _, targets = _head(dtype=torch.float16, bias=False)
+    keep = targets != -100
+    rows, y = hidden[keep], targets[keep]
+    plan = plan_chunks(N, V, 4, None, whole_vocab=True)
+    scale = 2.0**16
+
+    def tiny_mean(stats, rows):
+        return -1e-5 * stats["logp"].sum() / N
+
+    use("triton")
+    total, _ = eager_token_loss(rows, weight, None, y, LogitTransform(), ("logp",), tiny_mean, plan)
+    got = torch.autograd.grad(total * scale, (hidden, weight))
+    assert routed == ["route_token_loss"]
+    assert [t.dtype for t in got] == [torch.float16] * 2
+    exact = [t.detach().double().requires_grad_() for t in (hidden, weight)]
+    logp = torch.log_softmax(exact[0][keep] @ exact[1].T, -1).gather(1, y[:, None])
+    ref = torch.autograd.grad(-1e-5 * logp.sum() / N * scale, exact)
+    for g, r in zip(got, ref):
+        assert r.abs().max() > 1e-2  # in float16's normal range once scaled
+        torch.testing.assert_close(g.double(), r, atol=2e-3 * r.abs().max(), rtol=1e-2)
+
+
+def test_pair_backward_reuses_the_forward_moments(use, routed, monkeypatch):
+    """One sweep over both heads in the forward gives both KLs; the backward reuses it."""
+    from lmloss.stats.triton import pair
+
+    calls = []
+    original = pair.pair_moments
+    monkeypatch.setattr(pair, "pair_moments", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(pair, "pair_sums_kernel", None)  # the KLs need no second forward sweep
+    x = _pair_inputs()
+    use("triton")
+    values = token_pair_terms(
+        x["student_hidden"], x["student_weight"], ("forward_kl", "reverse_kl"),
+        teacher_hidden=x["teacher_hidden"], teacher_weight=x["teacher_weight"],
+    )  # fmt: skip
+    assert calls == [1]
+    (values["forward_kl"].sum() + values["reverse_kl"].sum()).backward()
+    assert calls == [1]
+    assert routed == ["route_pair_terms"]
+
+
+def test_opt_in_autotune_times_candidates_and_keeps_one(use, routed, monkeypatch):
+    """``LMLOSS_TRITON_AUTOTUNE=1``: every kernel kind times its candidates once per shape
+    (the gradient candidates into scratch buffers) and the results stay exact."""
+    from lmloss.stats.triton import tuning
+
+    monkeypatch.setattr(tuning, "_kept", {})
+    head = _head()
+    use("torch")
+    ref_values, ref_grads = _stats_and_grads(head, {}, ("logp", "entropy"))
+    use("triton")
+    monkeypatch.setenv("LMLOSS_TRITON_AUTOTUNE", "1")
+    values, grads = _stats_and_grads(head, {}, ("logp", "entropy"))
+    kept = tuning.chosen()
+    assert {key[:2] for key in kept} == {("moments", "forward_fp32"), ("logit_grad", "grad_fp32")}
+    assert all(t.block_n in (16, 32) for t in kept.values())
+    for got, ref in zip(values + list(grads), ref_values + list(ref_grads)):
+        torch.testing.assert_close(got, ref, atol=2e-5, rtol=2e-5)
+    x = _pair_inputs()
+    terms = token_pair_terms(
+        x["student_hidden"], x["student_weight"], ("jsd",),
+        teacher_hidden=x["teacher_hidden"], teacher_weight=x["teacher_weight"],
+    )  # fmt: skip
+    got = torch.autograd.grad(terms["jsd"].sum(), x["student_weight"])[0]
+    use("torch")
+    monkeypatch.delenv("LMLOSS_TRITON_AUTOTUNE")
+    terms = token_pair_terms(
+        x["student_hidden"], x["student_weight"], ("jsd",),
+        teacher_hidden=x["teacher_hidden"], teacher_weight=x["teacher_weight"],
+    )  # fmt: skip
+    ref = torch.autograd.grad(terms["jsd"].sum(), x["student_weight"])[0]
+    torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
+    pair_kernels = {key[0] for key in tuning.chosen()} - {key[0] for key in kept}
+    assert pair_kernels == {"pair_moments", "pair_sums", "pair_grad"}

@@ -6,25 +6,30 @@ and a teacher head, same contracts as :mod:`lmloss.stats.divergence`.
   upstream gradients follow from the sums right away, so the gradient kernel runs inside
   the forward and ``backward`` only scales the stored gradients.
 
-Each model's log-sum-exp comes from :func:`.single.head_moments`; then one sweep per term
-gives ``Σ f``, ``G_s``, ``G_t`` (:mod:`.pair_kernels`). Several terms at once cost one sweep
-(and one gradient sweep) each.
+One sweep over both heads (:func:`pair_moments`) gives their log-sum-exps and both KLs in
+closed form; JSD and TVD take one more sweep each for ``Σ f``, ``G_s``, ``G_t``
+(:mod:`.pair_kernels`). The backward reuses the forward's log-sum-exps and sums; each term
+with an upstream gradient costs one gradient sweep.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
-import triton
 
 from lmloss.stats.schedule import WithPrecomputedGrads
-from lmloss.stats.triton.config import grad_filter
+from lmloss.stats.triton.config import KernelTiles, grad_filter
 from lmloss.stats.triton.launch import (
     Head,
+    autotuned,
     cast_grads,
     grad_buffers,
+    grad_grid,
+    grad_sweeps,
+    on_device,
     settings,
     upcast,
     vocab_split,
@@ -35,9 +40,9 @@ from lmloss.stats.triton.pair_kernels import (
     REVERSE_KL,
     TVD,
     pair_grad_kernel,
+    pair_moments_kernel,
     pair_sums_kernel,
 )
-from lmloss.stats.triton.single import head_moments
 
 Tensor = torch.Tensor
 
@@ -81,74 +86,146 @@ def _head_args(student: Head, teacher: Head) -> tuple[tuple, dict, dict]:
     return pointers, scalars, flags
 
 
-def _no_targets(head: Head) -> Tensor:
-    return torch.full((head.n,), -1, dtype=torch.long, device=head.hidden.device)
+def _forward_sweep(
+    kernel, rows: int, student: Head, teacher: Head, tiles, lead: tuple, consts: Mapping
+) -> Tensor:
+    """Launch a forward pair kernel (grid: token blocks × vocabulary splits) whose
+    arguments are the heads, ``lead``, its ``[rows, splits, N]`` float32 output, the sizes
+    and ``consts``; returns that output."""
+    dtypes = (student.hidden.dtype, teacher.hidden.dtype)
+    cfg, tiles, common = settings("forward", *dtypes, tiles=tiles)
+    n_blocks, splits, per_split = vocab_split(student.n, student.vocab, cfg, tiles)
+    out = student.hidden.new_empty((rows, splits, student.n), dtype=torch.float32)
+    pointers, scalars, flags = _head_args(student, teacher)
+    sizes = (student.n, student.vocab, student.hidden.shape[1], teacher.hidden.shape[1])
+    with on_device(student.hidden):
+        kernel[(n_blocks, splits)](
+            *pointers, *lead, out, *sizes, per_split, **scalars, **consts, **flags, **common
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class PairMoments:
+    """Per-token results of :func:`pair_moments` (float32 ``[N]`` each): both
+    log-sum-exps and the expectations of both heads' logits under ``p`` (student) and
+    ``q`` (teacher)."""
+
+    lse_s: Tensor
+    lse_t: Tensor
+    ep_zs: Tensor
+    ep_zt: Tensor
+    eq_zt: Tensor
+    eq_zs: Tensor
+
+    def closed_form(self, term: int) -> Tensor | None:
+        """``[3, N]`` (``Σ f``, ``G_s``, ``G_t``) of a KL term, None for the others.
+
+        ``KL(q‖p) = Σ q (b − a) = E_q[z_t] − lse_t − E_q[z_s] + lse_s``, ``G_s = −Σ q = −1``,
+        ``G_t = Σ q (b − a + 1) = KL + 1``; the reverse KL mirrors it. The difference of
+        expectations loses about ``1e-7·|z|`` to float32 rounding, where a sum of
+        ``q (b − a)`` loses about ``1e-7·KL``."""
+        if term == FORWARD_KL:
+            kl = self.eq_zt - self.lse_t - self.eq_zs + self.lse_s
+            return torch.stack((kl, torch.full_like(kl, -1.0), kl + 1))
+        if term == REVERSE_KL:
+            kl = self.ep_zs - self.lse_s - self.ep_zt + self.lse_t
+            return torch.stack((kl, kl + 1, torch.full_like(kl, -1.0)))
+        return None
+
+
+def pair_moments(student: Head, teacher: Head, tiles: KernelTiles | None = None) -> PairMoments:
+    """One sweep over both heads (:func:`.pair_kernels.pair_moments_kernel`), splits merged."""
+    if tiles is None:
+        run = lambda t: pair_moments(student, teacher, t)  # noqa: E731
+        tiles = autotuned("pair_moments", "forward", student, run, teacher)
+    out = _forward_sweep(pair_moments_kernel, 8, student, teacher, tiles, (), {})
+
+    def merge(m_k: Tensor, s_k: Tensor, own_k: Tensor, cross_k: Tensor) -> tuple[Tensor, ...]:
+        m = m_k.amax(0)
+        rescale = (m_k - m).exp()
+        s = (s_k * rescale).sum(0)
+        return m + s.log(), (own_k * rescale).sum(0) / s, (cross_k * rescale).sum(0) / s
+
+    lse_s, ep_zs, ep_zt = merge(*out[:4])
+    lse_t, eq_zt, eq_zs = merge(*out[4:])
+    return PairMoments(lse_s, lse_t, ep_zs, ep_zt, eq_zt, eq_zs)
 
 
 class _PairState:
-    """Both heads and their log-sum-exps: what the sums and gradient sweeps share."""
+    """Both heads and their moments: what the sums and gradient sweeps share."""
 
-    def __init__(self, student: Head, teacher: Head, spec):
+    def __init__(self, student: Head, teacher: Head, spec, moments: PairMoments | None = None):
         self.student, self.teacher, self.spec = student, teacher, spec
-        self.lse_s = head_moments(student, _no_targets(student)).lse
-        self.lse_t = head_moments(teacher, _no_targets(teacher)).lse
+        self.moments = pair_moments(student, teacher) if moments is None else moments
+        self.lse_s, self.lse_t = self.moments.lse_s, self.moments.lse_t
 
-    def sums(self, name: str) -> Tensor:
+    def sums(self, name: str, tiles: KernelTiles | None = None) -> Tensor:
         """``[3, N]``: ``Σ f``, ``G_s``, ``G_t`` of term ``name`` per token."""
-        cfg, common = settings(self.student.hidden.dtype, self.teacher.hidden.dtype)
+        term = _term_args(name, self.spec.hyper[name])
+        closed = self.moments.closed_form(term["TERM"])
+        if closed is not None:
+            return closed
         s, t = self.student, self.teacher
-        n_blocks, splits, per_split = vocab_split(s.n, s.vocab, cfg)
-        out = s.hidden.new_empty((3, splits, s.n), dtype=torch.float32)
-        pointers, scalars, flags = _head_args(s, t)
-        pair_sums_kernel[(n_blocks, splits)](
-            *pointers,
-            self.lse_s,
-            self.lse_t,
-            out,
-            s.n,
-            s.vocab,
-            s.hidden.shape[1],
-            t.hidden.shape[1],
-            per_split,
-            **scalars,
-            **_term_args(name, self.spec.hyper[name]),
-            **flags,
-            **common,
-        )
-        return out.sum(1)
+        if tiles is None:
+            tiles = autotuned("pair_sums", "forward", s, lambda tiles: self.sums(name, tiles), t)
+        lse = (self.lse_s, self.lse_t)
+        return _forward_sweep(pair_sums_kernel, 3, s, t, tiles, lse, term).sum(1)
 
-    def add_grads(self, name: str, rows: Tensor, grads_s: tuple, grads_t: tuple) -> None:
+    def add_grads(
+        self,
+        name: str,
+        rows: Tensor,
+        grads_s: tuple,
+        grads_t: tuple,
+        tiles: KernelTiles | None = None,
+    ) -> None:
         """Accumulate the gradients for ``rows = [g, G_s, G_t]`` (``[3, N]``) into the
         float32 buffers ``grads_s``/``grads_t`` (hidden, weight, bias; None where unneeded)."""
-        cfg, common = settings(self.student.hidden.dtype, self.teacher.hidden.dtype)
         s, t = self.student, self.teacher
+        if tiles is None:
+
+            def scratch(grads: tuple) -> tuple:  # the candidates add into buffers of their own
+                return tuple(None if g is None else torch.zeros_like(g) for g in grads)
+
+            run = lambda tiles: self.add_grads(  # noqa: E731
+                name, rows, scratch(grads_s), scratch(grads_t), tiles
+            )
+            tiles = autotuned("pair_grad", "grad", s, run, t)
+        cfg, tiles, common = settings("grad", s.hidden.dtype, t.hidden.dtype, tiles=tiles)
         pointers, scalars, flags = _head_args(s, t)
         skip_below = grad_filter()
         dummy = self.lse_s
-        need = {}
-        for suffix, grads in (("S", grads_s), ("T", grads_t)):
-            for key, g in zip(("DH", "DW", "DB"), grads):
-                need[f"NEED_{key}_{suffix}"] = g is not None
-        grid = (triton.cdiv(s.n, cfg.block_n) * triton.cdiv(s.vocab, cfg.block_v),)
-        pair_grad_kernel[grid](
-            *pointers,
-            self.lse_s,
-            self.lse_t,
-            rows.contiguous(),
-            *(dummy if g is None else g for g in (*grads_s, *grads_t)),
-            s.n,
-            s.vocab,
-            s.hidden.shape[1],
-            t.hidden.shape[1],
-            **scalars,
-            **_term_args(name, self.spec.hyper[name]),
-            skip_below=skip_below,
-            FILTER=skip_below > 0,
-            GROUP_N=cfg.group_n,
-            **need,
-            **flags,
-            **common,
-        )
+        need_dh = grads_s[0] is not None or grads_t[0] is not None
+        need_weight = any(g is not None for g in (*grads_s[1:], *grads_t[1:]))
+        with on_device(s.hidden):
+            for sweep, hidden, weight in grad_sweeps(need_dh, need_weight):
+                need = {}
+                for suffix, grads in (("S", grads_s), ("T", grads_t)):
+                    for key, g, owned in zip(("DH", "DW", "DB"), grads, (hidden, weight, weight)):
+                        need[f"NEED_{key}_{suffix}"] = owned and g is not None
+                pair_grad_kernel[grad_grid(sweep, s.n, s.vocab, tiles)](
+                    *pointers,
+                    self.lse_s,
+                    self.lse_t,
+                    rows.contiguous(),
+                    *(dummy if g is None else g for g in (*grads_s, *grads_t)),
+                    s.n,
+                    s.vocab,
+                    s.hidden.shape[1],
+                    t.hidden.shape[1],
+                    **scalars,
+                    **_term_args(name, self.spec.hyper[name]),
+                    skip_below=skip_below,
+                    FILTER=skip_below > 0,
+                    SWEEP=sweep,
+                    SCALE_DA_S=s.hidden.dtype == torch.float16,
+                    SCALE_DA_T=t.hidden.dtype == torch.float16,
+                    GROUP_N=cfg.group_n,
+                    **need,
+                    **flags,
+                    **common,
+                )
 
 
 def _heads(inputs: tuple, spec) -> tuple[Head, Head]:
@@ -164,14 +241,19 @@ def _backward(
     sums: Mapping[str, Tensor],
     upstream: Mapping[str, Tensor],
     need: tuple[bool, ...],
+    keep_float16: bool = False,
 ) -> tuple[Tensor | None, ...]:
-    """Gradients of the 6 head inputs (student then teacher), in their dtypes."""
+    """Gradients of the 6 head inputs (student then teacher), in their dtypes (see
+    :func:`.launch.cast_grads` for ``keep_float16``)."""
     grads_s = grad_buffers(state.student, need[0:3])
     grads_t = grad_buffers(state.teacher, need[3:6])
     for name, g in upstream.items():
         rows = torch.stack((g.to(torch.float32), sums[name][1], sums[name][2]))
         state.add_grads(name, rows, grads_s, grads_t)
-    return (*cast_grads(grads_s, state.student), *cast_grads(grads_t, state.teacher))
+    return (
+        *cast_grads(grads_s, state.student, keep_float16),
+        *cast_grads(grads_t, state.teacher, keep_float16),
+    )
 
 
 class _PairTerms(torch.autograd.Function):
@@ -183,7 +265,7 @@ class _PairTerms(torch.autograd.Function):
         state = _PairState(*_heads(inputs, spec), spec)
         sums = {name: state.sums(name) for name in spec.names}
         ctx.save_for_backward(*inputs)
-        ctx.sums, ctx.spec = sums, spec
+        ctx.sums, ctx.spec, ctx.moments = sums, spec, state.moments
         ctx.set_materialize_grads(False)
         return tuple(sums[name][0] for name in spec.names)
 
@@ -194,7 +276,7 @@ class _PairTerms(torch.autograd.Function):
         upstream = {n: g for n, g in zip(spec.names, grad_outputs) if g is not None}
         if not upstream or not any(need):
             return (None,) * 9
-        state = _PairState(*_heads(ctx.saved_tensors, spec), spec)
+        state = _PairState(*_heads(ctx.saved_tensors, spec), spec, ctx.moments)
         return (*_backward(state, ctx.sums, upstream, need), None, None, None)
 
 
@@ -233,7 +315,7 @@ def eager_pair_loss(
     present, present_grads = [], []
     if any(need):
         upstream = {n: grads_of[n] for n in spec.names if grads_of[n] is not None}
-        grads = _backward(state, sums, upstream, need)
+        grads = _backward(state, sums, upstream, need, keep_float16=True)
         present = [t for t in heads if t is not None]
         present_grads = [g for t, g in zip(heads, grads) if t is not None]
     tracked = (*present, *tracked_extra)

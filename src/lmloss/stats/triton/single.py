@@ -18,15 +18,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import triton
 
 from lmloss.stats.schedule import WithPrecomputedGrads
 from lmloss.stats.transform import LogitTransform
-from lmloss.stats.triton.config import grad_filter
+from lmloss.stats.triton.config import KernelTiles, grad_filter
 from lmloss.stats.triton.launch import (
     Head,
+    autotuned,
     cast_grads,
     grad_buffers,
+    grad_grid,
+    grad_sweeps,
+    on_device,
     settings,
     upcast,
     vocab_split,
@@ -68,24 +71,27 @@ class Moments:
         raise KeyError(name)
 
 
-def head_moments(head: Head, targets: Tensor) -> Moments:
+def head_moments(head: Head, targets: Tensor, tiles: KernelTiles | None = None) -> Moments:
     """One sweep over the vocabulary: the online log-sum-exp and the moments of each token."""
-    cfg, common = settings(head.hidden.dtype)
-    n_blocks, splits, per_split = vocab_split(head.n, head.vocab, cfg)
+    if tiles is None:
+        tiles = autotuned("moments", "forward", head, lambda t: head_moments(head, targets, t))
+    cfg, tiles, common = settings("forward", head.hidden.dtype, tiles=tiles)
+    n_blocks, splits, per_split = vocab_split(head.n, head.vocab, cfg, tiles)
     out = head.hidden.new_empty((6, splits, head.n), dtype=torch.float32)
-    moments_kernel[(n_blocks, splits)](
-        *head.args(),
-        targets.contiguous(),
-        out,
-        head.n,
-        head.vocab,
-        head.hidden.shape[1],
-        per_split,
-        *head.transform_args(),
-        UPCAST=upcast(head.hidden.dtype),
-        **head.flags(),
-        **common,
-    )
+    with on_device(head.hidden):
+        moments_kernel[(n_blocks, splits)](
+            *head.args(),
+            targets.contiguous(),
+            out,
+            head.n,
+            head.vocab,
+            head.hidden.shape[1],
+            per_split,
+            *head.transform_args(),
+            UPCAST=upcast(head.hidden.dtype),
+            **head.flags(),
+            **common,
+        )
     m_k, s_k, ez_k, zsum_k, zy_k, s2_k = out
     m = m_k.amax(0)
     rescale = (m_k - m).exp()
@@ -102,14 +108,16 @@ def head_moments(head: Head, targets: Tensor) -> Moments:
 
 
 def grad_coefficients(moments: Moments, upstream: dict[str, Tensor]) -> Tensor:
-    """``[6, N]``: ``c_y, c_p, c_pz, c_1, c_q`` of
+    """``[7, N]``: ``c_y, c_p, c_pz, c_1, c_q`` of
     ``dz_v = c_y 1[v=y] + p_v (c_p + c_pz z_v) + c_1 + c_q q_v`` (``q = softmax(2z)``) for
-    the upstream gradients of the statistics (see :mod:`lmloss.stats.statistics`), and
-    ``log Σ e^(2z)``."""
-    coef = moments.lse.new_zeros((6, moments.lse.shape[0]))
+    the upstream gradients of the statistics (see :mod:`lmloss.stats.statistics`),
+    ``log Σ e^(2z)`` and the upstream magnitude ``Σ |g|`` the gradient filter is
+    relative to."""
+    coef = moments.lse.new_zeros((7, moments.lse.shape[0]))
     coef[5] = moments.lse2
     for name, g in upstream.items():
         g = g.to(torch.float32)
+        coef[6] += g.abs()
         if name == "logp":  # 1[v=y] - p
             coef[0] += g
             coef[1] -= g
@@ -133,36 +141,49 @@ def head_grads(
     coef: Tensor,
     need: tuple[bool, bool, bool],
     has_q: bool,
+    keep_float16: bool = False,
+    tiles: KernelTiles | None = None,
 ) -> tuple[Tensor | None, ...]:
-    """Gradients of hidden, weight, bias (inputs' dtypes) for the per-token coefficients;
-    ``has_q``: the ``softmax(2z)`` term is present (``sum_sq_probs`` got a gradient)."""
-    cfg, common = settings(head.hidden.dtype)
+    """Gradients of hidden, weight, bias (inputs' dtypes; see :func:`.launch.cast_grads`
+    for ``keep_float16``) for the per-token coefficients; ``has_q``: the ``softmax(2z)``
+    term is present (``sum_sq_probs`` got a gradient)."""
+    if tiles is None:
+        tiles = autotuned(
+            "logit_grad",
+            "grad",
+            head,
+            lambda t: head_grads(head, targets, lse, coef, need, has_q, tiles=t),
+        )
+    cfg, tiles, common = settings("grad", head.hidden.dtype, tiles=tiles)
     grads = grad_buffers(head, need)
     dummy = lse
     skip_below = grad_filter()
-    grid = (triton.cdiv(head.n, cfg.block_n) * triton.cdiv(head.vocab, cfg.block_v),)
-    logit_grad_kernel[grid](
-        *head.args(),
-        targets.contiguous(),
-        lse.contiguous(),
-        coef.contiguous(),
-        *(dummy if g is None else g for g in grads),
-        head.n,
-        head.vocab,
-        head.hidden.shape[1],
-        *head.transform_args(),
-        skip_below,
-        UPCAST=upcast(head.hidden.dtype),
-        NEED_DH=grads[0] is not None,
-        NEED_DW=grads[1] is not None,
-        NEED_DB=grads[2] is not None,
-        FILTER=skip_below > 0,
-        HAS_Q=has_q,
-        GROUP_N=cfg.group_n,
-        **head.flags(),
-        **common,
-    )
-    return cast_grads(grads, head)
+    with on_device(head.hidden):
+        for sweep, rows, columns in grad_sweeps(grads[0] is not None, any(need[1:])):
+            logit_grad_kernel[grad_grid(sweep, head.n, head.vocab, tiles)](
+                *head.args(),
+                targets.contiguous(),
+                lse.contiguous(),
+                coef.contiguous(),
+                *(dummy if g is None else g for g in grads),
+                head.n,
+                head.vocab,
+                head.hidden.shape[1],
+                *head.transform_args(),
+                skip_below,
+                UPCAST=upcast(head.hidden.dtype),
+                NEED_DH=rows and grads[0] is not None,
+                NEED_DW=columns and grads[1] is not None,
+                NEED_DB=columns and grads[2] is not None,
+                FILTER=skip_below > 0,
+                HAS_Q=has_q,
+                SWEEP=sweep,
+                SCALE_DA=head.hidden.dtype == torch.float16,
+                GROUP_N=cfg.group_n,
+                **head.flags(),
+                **common,
+            )
+    return cast_grads(grads, head, keep_float16)
 
 
 class _TokenStats(torch.autograd.Function):
@@ -240,7 +261,8 @@ def eager_token_loss(
         return total, values
     if upstream:
         coef = grad_coefficients(moments, upstream)
-        grads = head_grads(head, targets, moments.lse, coef, need, "sum_sq_probs" in upstream)
+        has_q = "sum_sq_probs" in upstream
+        grads = head_grads(head, targets, moments.lse, coef, need, has_q, keep_float16=True)
     else:
         grads = tuple(
             None if not n else torch.zeros_like(t) for n, t in zip(need, (hidden, weight, bias))
