@@ -45,6 +45,7 @@ CLASSIFY_LABELS = {
     "value": ("hl_gauss",),
     "binary": ("anyloss", "ensloss"),
     "pairs": ("auc",),
+    "scored_pair": ("bradley_terry",),  # [N, 2] scores of a pair, the preferred column
 }
 
 
@@ -148,7 +149,7 @@ def _preference(name, seed, scale, hyper):
 def _classify(name, seed, scale, hyper):
     g = torch.Generator().manual_seed(seed)
     kind = next((k for k, names in CLASSIFY_LABELS.items() if name in names), "index")
-    shape = {"binary": (8,), "pairs": (2, 4)}.get(kind, (5, 4))
+    shape = {"binary": (8,), "pairs": (2, 4), "scored_pair": (5, 2)}.get(kind, (5, 4))
     logits = (torch.randn(*shape, generator=g, dtype=F64) * scale).requires_grad_()
     labels = {
         "index": lambda: torch.randint(0, 4, (5,), generator=g),
@@ -156,6 +157,7 @@ def _classify(name, seed, scale, hyper):
         "value": lambda: torch.rand(5, generator=g, dtype=F64),
         "binary": lambda: torch.tensor([1, 0, 1, 1, 0, 0, 1, 0]),
         "pairs": lambda: torch.tensor([[1, 0, 1, 0], [0, 1, 1, 0]]),
+        "scored_pair": lambda: torch.randint(0, 2, (5,), generator=g),
     }[kind]()
     if name == "ensloss":
         hyper = {"generator": torch.Generator().manual_seed(seed), **hyper}

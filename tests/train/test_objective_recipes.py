@@ -443,7 +443,7 @@ def test_token_weights_of_the_wrong_length_name_the_row(tiny_model, tmp_path):
     rows = [{"prompt": "say a", "completion": "ab", "w": [1.0, 2.0]}] * 2
     data = write_jsonl(tmp_path / "rows.jsonl", rows)
     run = recipe(tiny_model, data, tmp_path / "run", {"name": "ce", "token_weights": "w"})
-    with pytest.raises(ValueError, match="row 0: column 'w' holds 2 token weights for 3"):
+    with pytest.raises(ValueError, match=r"rows.jsonl:1: column 'w' holds 2 token weights for 3"):
         Trainer(run, **QUIET)
 
 

@@ -19,6 +19,7 @@ Tensor = torch.Tensor
     "arXiv:2203.02155; margin: Touvron et al. 2023 (Llama 2), arXiv:2307.09288; centering: "
     "Eisenstein et al. 2023, arXiv:2312.09244",
     aliases=("bt",),
+    trl="RewardTrainer (its loss, with center_rewards_coefficient and the margin column)",
 )
 def bradley_terry(
     logits: Tensor,
