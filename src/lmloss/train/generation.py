@@ -9,8 +9,9 @@ costs one random number per row instead of one per vocabulary entry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +26,8 @@ class Generated:
     attention: torch.Tensor
     start: int
     mask: torch.Tensor  # [N, C] completion tokens
+    # per-token values of the sampling-time distribution, [N, C] each (see ``record``)
+    recorded: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def completions(self) -> torch.Tensor:
@@ -35,6 +38,43 @@ class Generated:
             tokenizer.decode(c[m], skip_special_tokens=True)
             for c, m in zip(self.completions, self.mask)
         ]
+
+
+def select_rows(generated: Generated, rows: torch.Tensor) -> Generated:
+    """The completions ``rows`` (indices) of ``generated``."""
+    return Generated(
+        ids=generated.ids[rows],
+        attention=generated.attention[rows],
+        start=generated.start,
+        mask=generated.mask[rows],
+        recorded={k: v[rows] for k, v in generated.recorded.items()},
+    )
+
+
+def concat_generated(parts: list[Generated], pad: int) -> Generated:
+    """Completions of several generate calls as one batch: prompts left-padded and
+    completions right-padded to the longest (padding outside the attention and the mask)."""
+    start = max(p.start for p in parts)
+    width = max(p.mask.shape[1] for p in parts)
+
+    def widen(t: torch.Tensor, left: int, right: int, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (left, right), value=value)
+
+    ids, attention, masks, recorded = [], [], [], {}
+    for p in parts:
+        left, right = start - p.start, width - p.mask.shape[1]
+        ids.append(widen(p.ids, left, right, pad))
+        attention.append(widen(p.attention, left, right, 0))
+        masks.append(widen(p.mask, 0, right, False))
+        for name, values in p.recorded.items():
+            recorded.setdefault(name, []).append(widen(values, 0, right, 0.0))
+    return Generated(
+        ids=torch.cat(ids),
+        attention=torch.cat(attention),
+        start=start,
+        mask=torch.cat(masks),
+        recorded={k: torch.cat(v) for k, v in recorded.items()},
+    )
 
 
 def completion_mask(completions: torch.Tensor, eos: int | None) -> torch.Tensor:
@@ -82,6 +122,7 @@ def generate(
     group_size: int = 1,
     sampling: dict | None = None,
     autocast: AbstractContextManager | None = None,
+    record: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> Generated:
     """``group_size`` completions per prompt; greedy when ``sampling`` is None.
 
@@ -114,12 +155,14 @@ def generate(
                 positions = positions.repeat_interleave(group_size, 0)
             position = positions[:, -1:]
             done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
-            tokens = []
+            tokens, recorded = [], []
             for step in range(max_new_tokens):
                 token = pick_tokens(logits, sampling)
                 if pad is not None:
                     token = token.masked_fill(done, pad)
                 tokens.append(token)
+                if record is not None:
+                    recorded.append(record(logits, token))
                 if eos is not None:
                     done = done | (token == eos)
                 if step == max_new_tokens - 1 or bool(done.all()):
@@ -141,5 +184,12 @@ def generate(
     mask = completion_mask(full[:, start:], eos)
     prompt_attention = attention[:, :start]
     return Generated(
-        ids=full, attention=torch.cat([prompt_attention, mask.long()], 1), start=start, mask=mask
+        ids=full,
+        attention=torch.cat([prompt_attention, mask.long()], 1),
+        start=start,
+        mask=mask,
+        recorded={
+            name: torch.stack([step[name] for step in recorded], 1).float()
+            for name in (recorded[0] if recorded else {})
+        },
     )

@@ -22,6 +22,7 @@ from lmloss.train.config import Recipe
 from lmloss.train.data import Encoder, Sequences
 from lmloss.train.distributed import World
 from lmloss.train.reference import ModelReference
+from lmloss.train.rollouts import RolloutBuffer
 from lmloss.train.token_store import TokenStore
 
 TOKENS, EXAMPLES = "tokens", "examples"
@@ -42,6 +43,9 @@ class Context:
     teacher: ModelReference | None = None
     teacher_store: TokenStore | None = None
     world: World = field(default_factory=World)
+    # more examples from the run's data order (online modes that refill a batch)
+    draw: Callable[[int], list[Example]] | None = None
+    echo: Callable[..., None] = print
 
     @property
     def pad_id(self) -> int:
@@ -104,6 +108,10 @@ class Mode:
 
     def prepare(self, examples: list[Example]) -> Batch:
         raise NotImplementedError
+
+    def rollout_buffer(self, grad_accum: int) -> RolloutBuffer:
+        """How generated micro-batches are reused: by default each step takes fresh ones."""
+        return RolloutBuffer(grad_accum, grad_accum)
 
     def prepare_shard(self, examples: list[Example], shard: slice) -> Batch:
         """This rank's part ``shard`` of the global micro-batch ``examples``. Modes whose

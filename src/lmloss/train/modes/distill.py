@@ -5,16 +5,25 @@ takes both heads, no logits) or a file of the teacher's top-k token ids and log-
 trained position (``lmloss precompute`` writes it from a teacher model; an inference
 server's output in the same layout works too). Rows are those of SFT: prompt/completion or
 messages; only completion tokens are distilled.
+
+On-policy distillation (GKD, Agarwal et al. 2024, arXiv:2306.13649; TRL's ``GKDTrainer``):
+with probability ``distill.lmbda`` a batch's completions are sampled by the student, else
+by the teacher when ``distill.seq_kd`` (Kim & Rush 2016), else they are the data's; the
+teacher scores whichever tokens the batch holds. MiniLLM (Gu et al. 2024) is
+``reverse_kl`` with ``lmbda = 1``.
 """
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 
 import torch
 
 import lmloss
 from lmloss.output import LossOutput
+from lmloss.train.generation import generate
 from lmloss.train.modes.base import Batch, Context, Example, Mode, like_head
 from lmloss.train.modes.sft import encode_text_example, require_text_columns
 from lmloss.train.token_store import TokenStore
@@ -42,6 +51,7 @@ class DistillMode(Mode):
                 "distillation needs a teacher: set distill.teacher (a model) or "
                 "distill.topk_file (from `lmloss precompute`)"
             )
+        self.coin = random.Random(ctx.recipe.train.seed)  # which batches the student samples
 
     def check_columns(self, rows: list[dict], source: str) -> None:
         require_text_columns(rows, source, f"the distill objective {self.ctx.entry.name!r}")
@@ -50,12 +60,41 @@ class DistillMode(Mode):
         return encode_text_example(self, index, row)
 
     def prepare(self, examples: list[Example]) -> Batch:
+        examples, metrics = self._completions(examples)
         seqs = self.sequences_of(examples)
         return Batch(
             examples=len(examples),
             tokens=seqs.trained_tokens,
             tensors={"seqs": seqs, "examples": examples},
+            metrics=metrics,
         )
+
+    def _completions(self, examples: list[Example]) -> tuple[list[Example], dict]:
+        """The data's completions, or ones the student (probability ``lmbda``) or the
+        teacher (``seq_kd``) samples for the batch's prompts."""
+        config = self.ctx.recipe.distill
+        if config.lmbda == 0 and not config.seq_kd:
+            return examples, {}
+        by_student = self.coin.random() < config.lmbda
+        metrics = {"student_sampled": float(by_student)}
+        if not by_student and not config.seq_kd:
+            return examples, metrics
+        started = time.perf_counter()
+        out = generate(
+            self.ctx.model if by_student else self.ctx.teacher.model,
+            self.ctx.tokenizer,
+            [ex.tokens["prompt"] for ex in examples],
+            max_new_tokens=config.max_new_tokens,
+            sampling={"temperature": config.temperature},
+            autocast=self.ctx.autocast(),
+        )
+        metrics["generate_seconds"] = time.perf_counter() - started
+        sampled = [
+            Example(ex.index, ex.row, {**ex.tokens, "completion": c[m].tolist()})
+            for ex, c, m in zip(examples, out.completions.cpu(), out.mask.cpu())
+        ]
+        metrics["completion_length"] = float(out.mask.sum(1).float().mean())
+        return sampled, metrics
 
     def _teacher(self, seqs, examples: list[Example]) -> dict:
         store = self.ctx.teacher_store

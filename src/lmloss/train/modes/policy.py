@@ -4,23 +4,33 @@ Per micro-batch of prompts: ``model.generate`` samples ``group_size`` completion
 (left-padded prompts, so every completion starts at the same column), the reward
 functions score the decoded text, :func:`lmloss.advantages` turns grouped rewards into
 advantages, and :func:`lmloss.fused_policy_loss` scores the sampled tokens from the hidden
-states of the completion columns only. Training is on-policy (one optimizer step per
-generated batch, ratio 1); a reference model runs only when the objective's ``beta`` is
-non-zero (the KL penalty).
+states of the completion columns only. A reference model runs only when the objective's
+``beta`` is non-zero (the KL penalty) or the reference moves (``reference.sync_steps``).
+
+The loop's knobs (docs/policy.md): DAPO's dynamic sampling refills a batch with groups
+whose rewards differ, truncated completions may get no loss, and the soft overlong
+punishment joins the rewards; the sampling-time statistics recorded while decoding
+(:mod:`lmloss.train.policy_tokens`) give the top-entropy token mask, Lp-Reg's proxy
+log-probs and, against the old log-probs of :meth:`PolicyMode.record_old` (reused rollouts,
+:mod:`lmloss.train.rollouts`), truncated importance sampling.
 """
 
 from __future__ import annotations
 
 import time
 
+import torch
+
 import lmloss
 from lmloss._checks import require_choice
 from lmloss.hf import hidden_states
 from lmloss.output import LossOutput
 from lmloss.policy import ADVANTAGE_ESTIMATORS
+from lmloss.stats import token_stats
+from lmloss.train import policy_tokens
 from lmloss.train import rewards as reward_fns
 from lmloss.train.data import require_columns
-from lmloss.train.generation import generate
+from lmloss.train.generation import Generated, concat_generated, generate, select_rows
 from lmloss.train.modes.base import (
     Batch,
     Context,
@@ -29,6 +39,10 @@ from lmloss.train.modes.base import (
     head_kwargs,
     like_head,
 )
+from lmloss.train.rollouts import RolloutBuffer
+
+# objectives that need per-sequence advantages: token weights cannot be folded into them
+_SEQUENCE_ADVANTAGES = {"gtpo"}
 
 
 class PolicyMode(Mode):
@@ -49,6 +63,17 @@ class PolicyMode(Mode):
         if "max_tokens" in ctx.entry.hyper and "max_tokens" not in self.hyper:
             # Dr. GRPO's constant normalizer: the generation budget, the same every step
             self.hyper["max_tokens"] = policy.max_new_tokens
+        if "group_size" in ctx.entry.hyper and "group_size" not in self.hyper:
+            self.hyper["group_size"] = policy.group_size  # GTPO compares a prompt's samples
+        self.wants_proxy = "proxy_logps" in ctx.entry.spec.inputs
+        weighted = policy.tis_cap > 0 or policy.top_entropy_quantile < 1
+        if weighted and ctx.entry.name in _SEQUENCE_ADVANTAGES:
+            raise ValueError(
+                f"policy.tis_cap and policy.top_entropy_quantile weight tokens; "
+                f"{ctx.entry.name!r} needs one advantage per sequence"
+            )
+        if policy.dynamic_sampling and ctx.world.active:
+            raise ValueError("policy.dynamic_sampling is not supported under torchrun yet")
 
     def check_columns(self, rows: list[dict], source: str) -> None:
         require_columns(rows, ("prompt",), source, f"the policy objective {self.ctx.entry.name!r}")
@@ -61,10 +86,22 @@ class PolicyMode(Mode):
         return Example(index, row, {"prompt": prompt_ids})
 
     def uses_reference(self) -> bool:
-        """Policy objectives take the reference optionally: only the ``beta`` KL needs it."""
+        """Policy objectives take the reference optionally: the ``beta`` KL needs it, and a
+        moving reference (``reference.sync_steps``) runs to log the KL to it."""
         if self.ctx.entry.spec.reference == "none":
             return False
+        if self.ctx.recipe.reference.sync_steps > 0:
+            return True
         return float(self.hyper.get("beta", self.ctx.entry.hyper.get("beta", 0.0)) or 0.0) != 0.0
+
+    def rollout_buffer(self, grad_accum: int) -> RolloutBuffer:
+        config = self.config
+        buffer = RolloutBuffer(
+            config.steps_per_generation or grad_accum, grad_accum, config.num_iterations
+        )
+        if buffer.reuses or config.tis_cap > 0:
+            buffer.record_old = self.record_old
+        return buffer
 
     # ---- sampling and grading
 
@@ -74,43 +111,154 @@ class PolicyMode(Mode):
         columns = {k: [ex.row[k] for ex in examples for _ in range(group_size)] for k in names}
         return reward_fns.score(self.rewards, texts, prompts, columns)
 
-    def prepare(self, examples: list[Example]) -> Batch:
-        group, config = self.config.group_size, self.config
-        started = time.perf_counter()
-        sampling = {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k}
+    def _sample(self, examples: list[Example]) -> tuple[Generated, torch.Tensor, dict]:
+        """``group_size`` completions of each prompt, graded: (completions, rewards, means)."""
+        config = self.config
         out = generate(
             self.ctx.model,
             self.ctx.tokenizer,
             [ex.tokens["prompt"] for ex in examples],
             max_new_tokens=config.max_new_tokens,
-            group_size=group,
-            sampling=sampling,
+            group_size=config.group_size,
+            sampling={
+                "temperature": config.temperature,
+                "top_p": config.top_p,
+                "top_k": config.top_k,
+            },
             autocast=self.ctx.autocast(),
+            record=policy_tokens.sampling_recorder(
+                config.proxy_min_p if self.wants_proxy else None
+            ),
         )
+        total, means = self.grade(examples, out.texts(self.ctx.tokenizer), config.group_size)
+        if config.overlong_buffer > 0:
+            punishment = reward_fns.soft_overlong_punishment(
+                out.mask.sum(1), config.max_new_tokens, config.overlong_buffer
+            )
+            total = total + config.overlong_penalty * punishment
+            means["soft_overlong"] = float(punishment.mean())
+        return out, total, means
+
+    def _sample_informative(self, examples: list[Example]):
+        """DAPO's dynamic sampling (Yu et al. 2025, arXiv:2503.14476): groups whose rewards
+        are all equal carry no advantage; they are dropped and more prompts sampled, up to
+        ``max_num_gen_batches`` rounds. A batch still short trains on the groups it found
+        (on every group of the first round if it found none), and says so."""
+        group, wanted = self.config.group_size, len(examples)
+        rounds, kept, dropped = [], 0, 0
+        while kept < wanted and len(rounds) < self.config.max_num_gen_batches:
+            drawn = examples if not rounds else self.ctx.draw(wanted)
+            out, total, means = self._sample(drawn)
+            informative = lmloss.dynamic_sampling_mask(total, group).reshape(-1, group)[:, 0]
+            rounds.append((drawn, out, total, means, informative))
+            kept += int(informative.sum())
+            dropped += int((~informative).sum())
+        metrics = {"groups_kept": kept, "groups_dropped": dropped, "sampling_rounds": len(rounds)}
+        if kept == 0:
+            self.ctx.echo(
+                f"dynamic sampling: every group of {len(rounds)} rounds had equal rewards; "
+                "training on the first round's groups"
+            )
+            drawn, out, total, means, _ = rounds[0]
+            return drawn, out, total, means, metrics
+        if kept < wanted:
+            self.ctx.echo(
+                f"dynamic sampling: {kept} of {wanted} groups with differing rewards after "
+                f"{len(rounds)} rounds (policy.max_num_gen_batches); training on those"
+            )
+        chosen, parts, totals = [], [], []
+        for drawn, out, total, _, informative in rounds:
+            keep = informative.nonzero().squeeze(1)[: wanted - len(chosen)]
+            rows = (keep[:, None] * group + torch.arange(group)).reshape(-1)
+            chosen += [drawn[i] for i in keep.tolist()]
+            parts.append(select_rows(out, rows))
+            totals.append(total[rows])
+        means = {  # the logged reward means are those of every graded completion
+            name: sum(r[3][name] for r in rounds) / len(rounds) for name in rounds[0][3]
+        }
+        return chosen, concat_generated(parts, self.ctx.pad_id), torch.cat(totals), means, metrics
+
+    def prepare(self, examples: list[Example]) -> Batch:
+        group, config = self.config.group_size, self.config
+        started = time.perf_counter()
+        if config.dynamic_sampling:
+            examples, out, total, means, sampling = self._sample_informative(examples)
+        else:
+            (out, total, means), sampling = self._sample(examples), {}
         generate_seconds = time.perf_counter() - started
-        texts = out.texts(self.ctx.tokenizer)
-        total, means = self.grade(examples, texts, group)
         advantages = self._advantages(total, group)
         groups = total.reshape(-1, group)
+        truncated = out.mask.all(dim=1)
         metrics = {
             "reward": float(total.mean()),
             **{f"reward/{name}": value for name, value in means.items()},
             "reward_std": float(groups.std(dim=1).mean()) if group > 1 else 0.0,
             "groups_all_equal": float((groups == groups[:, :1]).all(dim=1).float().mean()),
             "completion_length": float(out.mask.sum(1).float().mean()),
-            "truncated_completions": float(out.mask.all(dim=1).float().mean()),
+            "truncated_completions": float(truncated.float().mean()),
             "generate_seconds": generate_seconds,
+            **sampling,
         }
         mask = out.mask
-        targets = out.completions.masked_fill(~mask, -100)
+        if config.mask_truncated_completions:
+            mask = mask & ~truncated[:, None]
+        recorded = out.recorded
+        weights = None
+        if config.top_entropy_quantile < 1:
+            top = policy_tokens.top_entropy_mask(
+                recorded["entropy"], mask, config.top_entropy_quantile
+            )
+            weights = top.float()
+            metrics["trained_token_fraction"] = float(top.sum() / mask.sum().clamp(min=1))
         tensors = {
             "ids": out.ids,
             "attention": out.attention,
             "start": out.start,
-            "targets": targets,
+            "targets": out.completions.masked_fill(~mask, -100),
+            "advantages": advantages,
+            "sampler_logps": recorded["logp"],
         }
-        tensors["advantages"] = advantages
-        return Batch(examples=len(texts), tokens=int(mask.sum()), tensors=tensors, metrics=metrics)
+        if weights is not None:
+            tensors["advantages"] = advantages[:, None] * weights
+        if self.wants_proxy:
+            tensors["proxy_logps"] = recorded["proxy_logp"]
+        return Batch(examples=len(total), tokens=int(mask.sum()), tensors=tensors, metrics=metrics)
+
+    @torch.no_grad()
+    def record_old(self, batch: Batch) -> None:
+        """log π_old of the sampled tokens, by the trainer's forward pass before any update
+        of this generation (the rollout buffer calls it); with ``tis_cap``, the truncated
+        importance weights π_old/π_sampler multiply the advantages."""
+        t = batch.tensors
+        head = self.policy_head()
+        hidden = self._completion_hidden(t)
+        old = token_stats(
+            hidden.detach(),
+            head.weight.detach(),
+            t["targets"],
+            None if head.bias is None else head.bias.detach(),
+            want=("logp",),
+            **self.ctx.engine,
+            **head.transform_kwargs(),
+        ).logp
+        t["old_logps"] = old
+        if self.config.tis_cap <= 0:
+            return
+        trained = t["targets"] != -100
+        ratio = torch.exp((old - t["sampler_logps"]).clamp(-20, 20))
+        weights = policy_tokens.truncated_importance_weights(
+            old, t["sampler_logps"], trained, self.config.tis_cap
+        )
+        advantages = t["advantages"]
+        t["advantages"] = (advantages if advantages.dim() == 2 else advantages[:, None]) * weights
+        picked = ratio[trained]
+        if picked.numel():
+            batch.metrics.update(
+                tis_ratio_mean=float(picked.mean()),
+                tis_ratio_min=float(picked.min()),
+                tis_ratio_max=float(picked.max()),
+                tis_truncated=float((picked > self.config.tis_cap).float().mean()),
+            )
 
     def _advantages(self, rewards, group: int):
         """Advantages of this rank's completions, estimated over the whole global micro-batch:
@@ -126,14 +274,21 @@ class PolicyMode(Mode):
 
     # ---- objective
 
-    def loss(self, batch: Batch, num_items: int | None) -> LossOutput:
-        t = batch.tensors
+    @staticmethod
+    def _positions(t: dict):
         positions = (t["attention"].cumsum(1) - 1).clamp(min=0)
-        scored = slice(
-            t["start"] - 1, t["ids"].shape[1] - 1
-        )  # hidden states that predict completions
+        scored = slice(t["start"] - 1, t["ids"].shape[1] - 1)  # states predicting completions
+        return positions, scored
+
+    def _completion_hidden(self, t: dict) -> torch.Tensor:
+        positions, scored = self._positions(t)
         with self.ctx.autocast():
             hidden = hidden_states(self.ctx.model, t["ids"], t["attention"], position_ids=positions)
+        return like_head(hidden[:, scored], self.policy_head())
+
+    def loss(self, batch: Batch, num_items: int | None) -> LossOutput:
+        t = batch.tensors
+        positions, scored = self._positions(t)
         reference = {}
         if self.ctx.reference is not None:
             with self.ctx.autocast():
@@ -149,9 +304,11 @@ class PolicyMode(Mode):
         head = self.policy_head()
         return lmloss.fused_policy_loss(
             self.ctx.entry.name,
-            hidden=like_head(hidden[:, scored], head),
+            hidden=self._completion_hidden(t),
             targets=t["targets"],
             advantages=t["advantages"],
+            old_logps=t.get("old_logps"),
+            proxy_logps=t.get("proxy_logps"),
             want_entropy=True,
             **head_kwargs(head),
             **reference,
