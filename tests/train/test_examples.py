@@ -42,6 +42,8 @@ def test_example_validates_and_trains_one_step(
         overrides.append(f"distill.teacher={json.dumps(str(tiny_teacher))}")
     if "policy" in data:
         overrides.append("policy.max_new_tokens=3")
+        if "overlong_buffer" in data["policy"]:
+            overrides.append("policy.overlong_buffer=2")  # within the 3 tokens
     recipe = load(str(path), overrides)
     report = check(recipe)
     assert any(line.startswith("data:") for line in report.lines)

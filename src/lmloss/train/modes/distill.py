@@ -75,13 +75,13 @@ class DistillMode(Mode):
         config = self.ctx.recipe.distill
         if config.lmbda == 0 and not config.seq_kd:
             return examples, {}
-        by_student = self.coin.random() < config.lmbda
-        metrics = {"student_sampled": float(by_student)}
-        if not by_student and not config.seq_kd:
+        sampler = self.sampler_of_batch()
+        metrics = {"student_sampled": float(sampler is self.ctx.model)}
+        if sampler is None:
             return examples, metrics
         started = time.perf_counter()
         out = generate(
-            self.ctx.model if by_student else self.ctx.teacher.model,
+            sampler,
             self.ctx.tokenizer,
             [ex.tokens["prompt"] for ex in examples],
             max_new_tokens=config.max_new_tokens,
@@ -95,6 +95,14 @@ class DistillMode(Mode):
         ]
         metrics["completion_length"] = float(out.mask.sum(1).float().mean())
         return sampled, metrics
+
+    def sampler_of_batch(self) -> torch.nn.Module | None:
+        """The student with probability ``lmbda``; else the teacher under ``seq_kd``; else
+        None (the data's completions)."""
+        config = self.ctx.recipe.distill
+        if self.coin.random() < config.lmbda:
+            return self.ctx.model
+        return self.ctx.teacher.model if config.seq_kd else None
 
     def _teacher(self, seqs, examples: list[Example]) -> dict:
         store = self.ctx.teacher_store
