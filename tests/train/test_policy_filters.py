@@ -3,11 +3,12 @@ overlong punishment, top-entropy tokens, truncated importance sampling, Lp-Reg's
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
-from test_policy_loop import _trainer
+from test_policy_loop import _prompts, _trainer
 
 import lmloss
 from lmloss.train import policy_tokens
@@ -116,7 +117,7 @@ def test_top_entropy_quantile_trains_only_high_entropy_tokens(tiny_model, tmp_pa
     weighted = (t["advantages"] != 0) & trained
     assert t["advantages"].dim() == 2
     assert 0 < batch.metrics["trained_token_fraction"] <= 0.5
-    assert int(weighted.sum()) <= int((trained.sum() * 0.25)) + 2
+    assert int(weighted.sum()) <= int(trained.sum() * 0.25) + 2
     trainer.train_step()  # trains
 
 
@@ -184,3 +185,32 @@ def test_every_policy_objective_trains_from_a_recipe(tiny_model, tmp_path, objec
 def test_gtpo_refuses_token_weights(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="one advantage per sequence"):
         _trainer(tiny_model, tmp_path, {"name": "gtpo"}, policy={"tis_cap": 2.0})
+
+
+@pytest.mark.parametrize(
+    "policy, train, message",
+    [
+        ({"num_iterations": 0}, {}, "policy.num_iterations must be > 0"),
+        ({"steps_per_generation": 3}, {"grad_accum": 2}, "multiple of train.grad_accum"),
+        ({"max_num_gen_batches": 0}, {}, "policy.max_num_gen_batches must be > 0"),
+        ({"overlong_buffer": 9, "max_new_tokens": 8}, {}, "policy.overlong_buffer must be in"),
+        ({"overlong_penalty": -1.0}, {}, "policy.overlong_penalty must be >= 0"),
+        ({"tis_cap": -1.0}, {}, "policy.tis_cap must be >= 0"),
+        ({"top_entropy_quantile": 0.0}, {}, "policy.top_entropy_quantile must be in"),
+        ({"proxy_min_p": 1.0}, {}, "policy.proxy_min_p must be in"),
+    ],
+)
+def test_bad_policy_loop_keys_are_refused_by_validate(tiny_model, tmp_path, policy, train, message):
+    from train_testkit import recipe
+
+    from lmloss.train.recipe import validate
+
+    good = recipe(tiny_model, _prompts(tmp_path), tmp_path / "run", {"name": "grpo"})
+    with pytest.raises(ValueError, match=message):
+        validate(
+            dataclasses.replace(
+                good,
+                policy=dataclasses.replace(good.policy, **policy),
+                train=dataclasses.replace(good.train, **train),
+            )
+        )

@@ -63,7 +63,7 @@ def test_buffer_replays_a_generation_in_pass_order():
     assert steps[:4] == [["g1m0", "g1m1"], ["g1m2", "g1m3"]] * 2
     assert steps[4] == ["g2m0", "g2m1"] and calls == [4, 4]
     assert not RolloutBuffer(2, 2).reuses and RolloutBuffer(2, 1).reuses
-    with pytest.raises(ValueError, match="multiple of train.grad_accum"):
+    with pytest.raises(ValueError, match=r"multiple of train\.grad_accum"):
         RolloutBuffer(3, 2)
 
 
