@@ -18,6 +18,7 @@ log-probs and, against the old log-probs of :meth:`PolicyMode.record_old` (reuse
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -43,6 +44,16 @@ from lmloss.train.rollouts import RolloutBuffer
 
 # objectives that need per-sequence advantages: token weights cannot be folded into them
 _SEQUENCE_ADVANTAGES = {"gtpo"}
+
+
+@dataclass
+class Graded:
+    """Sampled completions of ``examples`` (``group_size`` each) and their rewards."""
+
+    examples: list[Example]
+    out: Generated
+    total: torch.Tensor  # [N] weighted reward
+    means: dict[str, float]  # mean of each reward, for the logs
 
 
 class PolicyMode(Mode):
@@ -111,8 +122,8 @@ class PolicyMode(Mode):
         columns = {k: [ex.row[k] for ex in examples for _ in range(group_size)] for k in names}
         return reward_fns.score(self.rewards, texts, prompts, columns)
 
-    def _sample(self, examples: list[Example]) -> tuple[Generated, torch.Tensor, dict]:
-        """``group_size`` completions of each prompt, graded: (completions, rewards, means)."""
+    def _sample(self, examples: list[Example]) -> Graded:
+        """``group_size`` completions of each prompt, graded."""
         config = self.config
         out = generate(
             self.ctx.model,
@@ -137,62 +148,69 @@ class PolicyMode(Mode):
             )
             total = total + config.overlong_penalty * punishment
             means["soft_overlong"] = float(punishment.mean())
-        return out, total, means
+        return Graded(examples, out, total, means)
 
-    def _sample_informative(self, examples: list[Example]):
+    def _sample_informative(self, examples: list[Example]) -> tuple[Graded, list[Graded], dict]:
         """DAPO's dynamic sampling (Yu et al. 2025, arXiv:2503.14476): groups whose rewards
         are all equal carry no advantage; they are dropped and more prompts sampled, up to
         ``max_num_gen_batches`` rounds. A batch still short trains on the groups it found
-        (on every group of the first round if it found none), and says so."""
+        (on every group of the first round if it found none), and says so.
+
+        Returns the trained groups, every round sampled, and the filter's counts."""
         group, wanted = self.config.group_size, len(examples)
-        rounds, kept, dropped = [], 0, 0
+        rounds, flags, kept = [], [], 0
         while kept < wanted and len(rounds) < self.config.max_num_gen_batches:
-            drawn = examples if not rounds else self.ctx.draw(wanted)
-            out, total, means = self._sample(drawn)
-            informative = lmloss.dynamic_sampling_mask(total, group).reshape(-1, group)[:, 0]
-            rounds.append((drawn, out, total, means, informative))
+            graded = self._sample(examples if not rounds else self.ctx.draw(wanted))
+            informative = lmloss.dynamic_sampling_mask(graded.total, group)[::group]
+            rounds.append(graded)
+            flags.append(informative)
             kept += int(informative.sum())
-            dropped += int((~informative).sum())
-        metrics = {"groups_kept": kept, "groups_dropped": dropped, "sampling_rounds": len(rounds)}
+        counts = {
+            "groups_kept": kept,
+            "groups_dropped": len(rounds) * wanted - kept,
+            "sampling_rounds": len(rounds),
+        }
         if kept == 0:
             self.ctx.echo(
                 f"dynamic sampling: every group of {len(rounds)} rounds had equal rewards; "
                 "training on the first round's groups"
             )
-            drawn, out, total, means, _ = rounds[0]
-            return drawn, out, total, means, metrics
+            return rounds[0], rounds, counts
         if kept < wanted:
             self.ctx.echo(
                 f"dynamic sampling: {kept} of {wanted} groups with differing rewards after "
                 f"{len(rounds)} rounds (policy.max_num_gen_batches); training on those"
             )
         chosen, parts, totals = [], [], []
-        for drawn, out, total, _, informative in rounds:
+        for graded, informative in zip(rounds, flags):
             keep = informative.nonzero().squeeze(1)[: wanted - len(chosen)]
             rows = (keep[:, None] * group + torch.arange(group)).reshape(-1)
-            chosen += [drawn[i] for i in keep.tolist()]
-            parts.append(select_rows(out, rows))
-            totals.append(total[rows])
-        means = {  # the logged reward means are those of every graded completion
-            name: sum(r[3][name] for r in rounds) / len(rounds) for name in rounds[0][3]
-        }
-        return chosen, concat_generated(parts, self.ctx.pad_id), torch.cat(totals), means, metrics
+            chosen += [graded.examples[i] for i in keep.tolist()]
+            parts.append(select_rows(graded.out, rows))
+            totals.append(graded.total[rows])
+        trained = Graded(chosen, concat_generated(parts, self.ctx.pad_id), torch.cat(totals), {})
+        return trained, rounds, counts
 
     def prepare(self, examples: list[Example]) -> Batch:
         group, config = self.config.group_size, self.config
         started = time.perf_counter()
         if config.dynamic_sampling:
-            examples, out, total, means, sampling = self._sample_informative(examples)
+            graded, rounds, sampling = self._sample_informative(examples)
         else:
-            (out, total, means), sampling = self._sample(examples), {}
+            graded = self._sample(examples)
+            rounds, sampling = [graded], {}
+        out, total = graded.out, graded.total
         generate_seconds = time.perf_counter() - started
         advantages = self._advantages(total, group)
         groups = total.reshape(-1, group)
         truncated = out.mask.all(dim=1)
-        metrics = {
-            "reward": float(total.mean()),
-            **{f"reward/{name}": value for name, value in means.items()},
-            "reward_std": float(groups.std(dim=1).mean()) if group > 1 else 0.0,
+        metrics = {  # the rewards of every completion sampled (the trained ones filtered)
+            "reward": float(torch.cat([r.total for r in rounds]).mean()),
+            **{
+                f"reward/{name}": sum(r.means[name] for r in rounds) / len(rounds)
+                for name in rounds[0].means
+            },
+            "reward_std": float(groups.std(dim=1).mean()),
             "groups_all_equal": float((groups == groups[:, :1]).all(dim=1).float().mean()),
             "completion_length": float(out.mask.sum(1).float().mean()),
             "truncated_completions": float(truncated.float().mean()),
