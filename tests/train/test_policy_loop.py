@@ -136,3 +136,19 @@ def test_sequence_ratio_and_dual_clip_act_on_later_passes(tiny_model, tmp_path, 
     trainer.train_step()
     second = trainer.train_step()
     assert second["ratio_max"] > second["ratio_min"]
+
+
+def test_bf16_sampler_and_trainer_agree_to_bf16_precision(tiny_model, tmp_path):
+    """bf16 autocast: the sampler's log-probs (the model's own head under autocast) and the
+    trainer's (the fused engine, float32 accumulation) differ by rounding only; the old
+    log-probs of pass 1 are the trainer's own (ratio 1)."""
+    trainer = _trainer(
+        tiny_model,
+        tmp_path,
+        train={"precision": "bf16"},
+        policy={"tis_cap": 2.0, "num_iterations": 2},
+    )
+    row = trainer.train_step()
+    assert abs(row["ratio_max"] - 1) < 1e-3 and abs(row["ratio_min"] - 1) < 1e-3
+    assert abs(row["tis_ratio_mean"] - 1) < 0.05
+    assert 0.95 < row["tis_ratio_min"] <= row["tis_ratio_max"] < 1.05
