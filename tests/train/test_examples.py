@@ -41,12 +41,19 @@ def test_example_validates_and_trains_one_step(
     if "teacher" in data.get("distill", {}):
         overrides.append(f"distill.teacher={json.dumps(str(tiny_teacher))}")
     if "task" in data.get("data", {}):  # the character tokenizer spends a token per letter
-        overrides += ["data.max_prompt_length=200", "data.max_length=260", "data.task_size=8"]
+        overrides += [
+            "data.max_prompt_length=200",
+            "data.max_length=260",
+            "data.task_size=8",
+            "eval.size=4",
+        ]
     for section in ("policy", "online"):
         if section in data:
             overrides.append(f"{section}.max_new_tokens=3")
         if "reward_model" in data.get(section, {}):
             overrides.append(f"{section}.reward_model={json.dumps(str(tiny_reward_model))}")
+    if "overlong_buffer" in data.get("policy", {}):
+        overrides.append("policy.overlong_buffer=2")  # within the 3 tokens
     recipe = load(str(path), overrides)
     report = check(recipe)
     assert any(line.startswith("data:") for line in report.lines)

@@ -13,8 +13,8 @@ from train_testkit import recipe, write_jsonl
 
 from lmloss import cli, registry
 from lmloss.train.formats import DataError, check_objective, detect, normalize
-from lmloss.train.generation import FILTERED_LOGP, min_p_logprob
 from lmloss.train.loop import Trainer
+from lmloss.train.policy_tokens import PROXY_FLOOR, min_p_log_prob
 from lmloss.train.recipe import parse
 
 QUIET = {"echo": lambda *_: None}
@@ -450,13 +450,13 @@ def test_token_weights_of_the_wrong_length_name_the_row(tiny_model, tmp_path):
 def test_min_p_proxy_log_probs_follow_the_filtered_distribution():
     logits = torch.tensor([[2.0, 1.0, -3.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
     tokens = torch.tensor([1, 3])
-    got = min_p_logprob(logits, tokens, min_p=0.2)
+    got = min_p_log_prob(logits.log_softmax(-1), tokens, min_p=0.2)
     p = logits.softmax(-1)
     keep = p >= 0.2 * p.max(-1, keepdim=True).values
     proxy = torch.where(keep, p, 0.0)
     proxy = proxy / proxy.sum(-1, keepdim=True)
     assert torch.allclose(got, proxy[[0, 1], tokens].log(), atol=1e-6)
-    assert min_p_logprob(logits, torch.tensor([2, 0]), 0.2)[0] == FILTERED_LOGP
+    assert min_p_log_prob(logits.log_softmax(-1), torch.tensor([2, 0]), 0.2)[0] == PROXY_FLOOR
 
 
 def test_precomputed_reference_of_lists_equals_the_frozen_copy(tiny_model, tmp_path):

@@ -183,8 +183,49 @@ class PolicyConfig:
         None,
     )
     advantage: str = _doc("advantage estimator (lmloss.advantages): grpo, rloo, ...", "grpo")
+    # the loop around the loss (docs/policy.md): rollout reuse, batch filters, token weights
+    num_iterations: int = _doc(
+        "passes over each generated batch (PPO epochs; TRL num_iterations): passes after the "
+        "first train off-policy against the log-probs recorded at sampling time",
+        1,
+    )
+    steps_per_generation: int = _doc(
+        "micro-batches sampled per generation (TRL steps_per_generation; 0: train.grad_accum, "
+        "one optimizer step per generation); a multiple of train.grad_accum",
+        0,
+    )
+    dynamic_sampling: bool = _doc(
+        "DAPO: drop groups whose rewards are all equal and sample more prompts to refill",
+        False,
+    )
+    max_num_gen_batches: int = _doc(
+        "dynamic_sampling: sampling rounds per micro-batch at most; a batch still short then "
+        "trains with the groups it has (logged)",
+        4,
+    )
+    mask_truncated_completions: bool = _doc(
+        "completions cut off by max_new_tokens get no loss (DAPO; TRL's name)", False
+    )
+    overlong_buffer: int = _doc(
+        "DAPO soft overlong punishment: the last N tokens of max_new_tokens cost up to "
+        "overlong_penalty, linearly; a truncated completion costs overlong_penalty (0: off)",
+        0,
+    )
+    overlong_penalty: float = _doc("soft overlong punishment at max_new_tokens", 1.0)
+    tis_cap: float = _doc(
+        "truncated importance sampling: weight each token by min(pi_train_old / pi_sampler, "
+        "tis_cap) where sampling and training log-probs differ (0: off; TRL "
+        "vllm_importance_sampling_cap)",
+        0.0,
+    )
+    top_entropy_quantile: float = _doc(
+        "train only the top fraction of tokens by sampling-time entropy (1: all; Wang et al. "
+        "2025 use 0.2; TRL's name)",
+        1.0,
+    )
     proxy_min_p: float = _doc(
-        "lp_reg: κ of the min-p proxy of the sampling policy (tokens with p >= κ·max p kept)",
+        "objectives taking proxy_logps (lp_reg): the min-p threshold kappa of the proxy "
+        "policy recorded at sampling time",
         0.02,
     )
     reward_model: str | None = _doc(
@@ -236,6 +277,15 @@ class ReferenceConfig:
         "precomputed reference log-probs (default: next to the data, from lmloss precompute)",
         None,
     )
+    sync_steps: int = _doc(
+        "move the reference every N optimizer steps: ref <- sync_alpha * policy + "
+        "(1 - sync_alpha) * ref (TR-DPO; TRL ref_model_sync_steps; 0: never)",
+        0,
+    )
+    sync_alpha: float = _doc(
+        "weight of the policy in each reference sync (1: copy it; TRL ref_model_mixup_alpha)",
+        0.6,
+    )
 
 
 @dataclass(frozen=True)
@@ -249,7 +299,22 @@ class DistillConfig:
         "teacher top-k log-probs (safetensors from lmloss precompute) instead of a model", None
     )
     top_k: int = _doc("lmloss precompute: log-probs kept per position", 32)
-    temperature: float = _doc("distillation temperature (both models' logits)", 1.0)
+    temperature: float = _doc(
+        "distillation temperature (both models' logits; also the sampling temperature of "
+        "lmbda and seq_kd)",
+        1.0,
+    )
+    lmbda: float = _doc(
+        "on-policy distillation (GKD): fraction of batches whose completions the student "
+        "samples for the teacher to score (1 with reverse_kl: MiniLLM)",
+        0.0,
+    )
+    seq_kd: bool = _doc(
+        "sequence-level KD: the other batches train on teacher-sampled completions instead "
+        "of the data's",
+        False,
+    )
+    max_new_tokens: int = _doc("lmbda / seq_kd: generation budget per sampled completion", 128)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ costs one random number per row instead of one per vocabulary entry.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,7 +26,8 @@ class Generated:
     attention: torch.Tensor
     start: int
     mask: torch.Tensor  # [N, C] completion tokens
-    proxy_logps: torch.Tensor | None = None  # [N, C] min-p proxy log-probs (when asked)
+    # per-token values of the sampling-time distribution, [N, C] each (see ``record``)
+    recorded: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def completions(self) -> torch.Tensor:
@@ -39,29 +40,49 @@ class Generated:
         ]
 
 
+def select_rows(generated: Generated, rows: torch.Tensor) -> Generated:
+    """The completions ``rows`` (indices) of ``generated``."""
+    return Generated(
+        ids=generated.ids[rows],
+        attention=generated.attention[rows],
+        start=generated.start,
+        mask=generated.mask[rows],
+        recorded={k: v[rows] for k, v in generated.recorded.items()},
+    )
+
+
+def concat_generated(parts: list[Generated], pad: int) -> Generated:
+    """Completions of several generate calls as one batch: prompts left-padded and
+    completions right-padded to the longest (padding outside the attention and the mask)."""
+    start = max(p.start for p in parts)
+    width = max(p.mask.shape[1] for p in parts)
+
+    def widen(t: torch.Tensor, left: int, right: int, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (left, right), value=value)
+
+    ids, attention, masks, recorded = [], [], [], {}
+    for p in parts:
+        left, right = start - p.start, width - p.mask.shape[1]
+        ids.append(widen(p.ids, left, right, pad))
+        attention.append(widen(p.attention, left, right, 0))
+        masks.append(widen(p.mask, 0, right, False))
+        for name, values in p.recorded.items():
+            recorded.setdefault(name, []).append(widen(values, 0, right, 0.0))
+    return Generated(
+        ids=torch.cat(ids),
+        attention=torch.cat(attention),
+        start=start,
+        mask=torch.cat(masks),
+        recorded={k: torch.cat(v) for k, v in recorded.items()},
+    )
+
+
 def completion_mask(completions: torch.Tensor, eos: int | None) -> torch.Tensor:
     """True up to and including each row's first end-of-sequence token."""
     if eos is None:
         return torch.ones_like(completions, dtype=torch.bool)
     is_eos = (completions == eos).long()
     return (is_eos.cumsum(1) - is_eos) == 0
-
-
-# log π_proxy of a token the min-p filter removed: far below any real log-probability, yet
-# finite, so that the KL estimators stay finite (Lp-Reg only regularizes tokens it keeps)
-FILTERED_LOGP = -1e4
-
-
-def min_p_logprob(logits: torch.Tensor, tokens: torch.Tensor, min_p: float) -> torch.Tensor:
-    """``log π_proxy(token)`` of each row: ``π = softmax(logits)`` keeping the tokens with
-    ``p >= min_p · max p``, renormalized (Lp-Reg's proxy, arXiv:2510.03222);
-    :data:`FILTERED_LOGP` for a token the filter removed."""
-    logp = logits.float().log_softmax(-1)
-    keep = logp >= logp.max(-1, keepdim=True).values + math.log(min_p)
-    kept_mass = torch.logsumexp(logp.masked_fill(~keep, float("-inf")), -1)
-    chosen = logp.gather(-1, tokens[:, None]).squeeze(1)
-    inside = keep.gather(-1, tokens[:, None]).squeeze(1)
-    return torch.where(inside, chosen - kept_mass, torch.full_like(chosen, FILTERED_LOGP))
 
 
 def pick_tokens(logits: torch.Tensor, sampling: dict | None) -> torch.Tensor:
@@ -101,13 +122,11 @@ def generate(
     group_size: int = 1,
     sampling: dict | None = None,
     autocast: AbstractContextManager | None = None,
-    proxy_min_p: float | None = None,
+    record: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> Generated:
     """``group_size`` completions per prompt; greedy when ``sampling`` is None.
 
     ``sampling``: ``temperature``, ``top_p``, ``top_k`` (the torch global RNG draws).
-    ``proxy_min_p``: also record each sampled token's log-prob under the min-p proxy of the
-    sampling policy (:func:`min_p_logprob`; Lp-Reg's ``proxy_logps``).
     Each prompt is encoded once and its key/value cache copied to its ``group_size``
     rows (the group shares the prefix: ``group_size`` times less prompt compute than
     repeating the prompt); decoding stops when every row has ended.
@@ -136,14 +155,14 @@ def generate(
                 positions = positions.repeat_interleave(group_size, 0)
             position = positions[:, -1:]
             done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
-            tokens, proxies = [], []
+            tokens, recorded = [], []
             for step in range(max_new_tokens):
                 token = pick_tokens(logits, sampling)
                 if pad is not None:
                     token = token.masked_fill(done, pad)
                 tokens.append(token)
-                if proxy_min_p is not None:
-                    proxies.append(min_p_logprob(logits, token, proxy_min_p))
+                if record is not None:
+                    recorded.append(record(logits, token))
                 if eos is not None:
                     done = done | (token == eos)
                 if step == max_new_tokens - 1 or bool(done.all()):
@@ -169,5 +188,8 @@ def generate(
         attention=torch.cat([prompt_attention, mask.long()], 1),
         start=start,
         mask=mask,
-        proxy_logps=torch.stack(proxies, 1) if proxies else None,
+        recorded={
+            name: torch.stack([step[name] for step in recorded], 1).float()
+            for name in (recorded[0] if recorded else {})
+        },
     )

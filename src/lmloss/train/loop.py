@@ -152,9 +152,11 @@ class Trainer:
         entry = recipe.entry
         self.ctx = Context(recipe, entry, self.model, tokenizer, self.encoder, self.autocast)
         self.ctx.world = self.world
+        self.ctx.echo = self.echo
         self._attach_teacher()
         self.mode = mode(self.ctx)
         self._attach_reference()
+        self.rollouts = self.mode.rollout_buffer(train.grad_accum)
         self.sharded = train.parallel == "fsdp2" and self.world.active
         if self.sharded:  # after the reference copy: that one stays whole
             self.world.shard_blocks(list(model_loading.blocks_of(self.model)))
@@ -169,6 +171,7 @@ class Trainer:
         self._steps_from_epochs()
         train = self.recipe.train
         self.sampler = Sampler(len(self.examples), train.seed, recipe.data.shuffle)
+        self.ctx.draw = lambda n: [self.examples[i] for i in self.sampler.take(n)]
 
         self.trainable = self.loaded.trainable()  # named before any wrapper renames them
         if not self.trainable:
@@ -232,6 +235,16 @@ class Trainer:
 
             self.ctx.reference_store = TokenStore.read(self.reference_path(), STORE_KIND)
         self.reference_kind = kind
+        if self.recipe.reference.sync_steps > 0:
+            if self.ctx.reference is None:
+                raise ValueError(
+                    f"reference.sync_steps: {self.recipe.objective!r} runs no reference model "
+                    "here (a moving reference needs reference.kind = 'copy')"
+                )
+            if self.recipe.train.parallel == "fsdp2" and self.world.active:
+                raise ValueError(
+                    "reference.sync_steps is not supported with train.parallel = 'fsdp2'"
+                )
 
     def reference_path(self) -> Path:
         if self.recipe.reference.path is not None:
@@ -332,17 +345,21 @@ class Trainer:
         """The count over the whole optimizer step, summed over data-parallel ranks."""
         return self.world.sum(value)
 
-    def train_step(self) -> dict:
-        train = self.recipe.train
-        micro = [
-            [self.examples[i] for i in self.sampler.take(train.batch_size)]
-            for _ in range(train.grad_accum)
-        ]
+    def sample_micro_batches(self, count: int) -> list[Batch]:
+        """``count`` fresh micro-batches on the device (online modes generate here)."""
+        size = self.recipe.train.batch_size
+        micro = [[self.examples[i] for i in self.sampler.take(size)] for _ in range(count)]
         # every rank draws the same global order and trains its slice of each micro-batch
-        shard = self.world.shard(train.batch_size)
+        shard = self.world.shard(size)
         batches: list[Batch] = [self.mode.prepare_shard(m, shard) for m in micro]
         for batch in batches:
             batch.tensors = to_device(batch.tensors, self.device)
+        return batches
+
+    def train_step(self) -> dict:
+        train = self.recipe.train
+        # fresh micro-batches, or those of an earlier generation (policy.num_iterations, ...)
+        batches = self.rollouts.next_step(self.sample_micro_batches)
         tokens = self.global_count(sum(b.tokens for b in batches))
         examples = self.global_count(sum(b.examples for b in batches))
         by_tokens = self.mode.normalizer() == TOKENS
@@ -396,6 +413,9 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        sync = self.recipe.reference
+        if sync.sync_steps and self.step % sync.sync_steps == 0:
+            self.ctx.reference.mix_in(self.model, sync.sync_alpha)
         if self.world.sum(int(not finite(params))):
             raise self.guard.bad_parameters(self.step)
         return row

@@ -273,8 +273,6 @@ def validate(recipe: Recipe) -> None:
         )
     if not 0 < p.top_p <= 1:
         raise ValueError(f"policy.top_p must be in (0, 1], got {p.top_p}")
-    if not 0 < p.proxy_min_p <= 1:
-        raise ValueError(f"policy.proxy_min_p must be in (0, 1], got {p.proxy_min_p}")
     if not 0 <= t.decay_fraction <= 1 or not 0 <= t.min_lr_ratio <= 1:
         raise ValueError("train.decay_fraction and train.min_lr_ratio must be in [0, 1]")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
@@ -299,6 +297,9 @@ def validate(recipe: Recipe) -> None:
         _check_judge("policy", p.rewards, p.reward_weights, p.reward_model)
     _check_online(recipe)
     _check_reward_model(recipe)
+    _check_policy_loop(recipe)
+    _check_moving_reference(recipe)
+    _check_online_distill(recipe)
     _check_late_refusals(recipe)  # after betas: it divides by 1 - betas[0]
 
 
@@ -391,6 +392,63 @@ def _check_token_weights(recipe: Recipe) -> None:
         raise ValueError(
             "objective.token_weights does not combine with data.packing = true (the weights "
             "belong to rows, packing merges them)"
+        )
+
+
+def _in_range(where: str, value: float, low: float, high: float, text: str) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{where} must be in {text}, got {value}")
+
+
+def _check_policy_loop(recipe: Recipe) -> None:
+    """[policy] rollout reuse, batch filters and token weights (docs/policy.md)."""
+    p, grad_accum = recipe.policy, recipe.train.grad_accum
+    _positive("policy.num_iterations", p.num_iterations)
+    _positive("policy.max_num_gen_batches", p.max_num_gen_batches)
+    _positive("policy.steps_per_generation", p.steps_per_generation, zero_ok=True)
+    if p.steps_per_generation % grad_accum:
+        raise ValueError(
+            f"policy.steps_per_generation ({p.steps_per_generation}) must be a multiple of "
+            f"train.grad_accum ({grad_accum}): each optimizer step takes grad_accum micro-batches"
+        )
+    _in_range(
+        "policy.overlong_buffer", p.overlong_buffer, 0, p.max_new_tokens, "[0, max_new_tokens]"
+    )
+    _positive("policy.overlong_penalty", p.overlong_penalty, zero_ok=True)
+    _positive("policy.tis_cap", p.tis_cap, zero_ok=True)
+    if not 0 < p.top_entropy_quantile <= 1:
+        raise ValueError(
+            f"policy.top_entropy_quantile must be in (0, 1], got {p.top_entropy_quantile}"
+        )
+    if not 0 < p.proxy_min_p < 1:
+        raise ValueError(f"policy.proxy_min_p must be in (0, 1), got {p.proxy_min_p}")
+
+
+def _check_moving_reference(recipe: Recipe) -> None:
+    r = recipe.reference
+    _positive("reference.sync_steps", r.sync_steps, zero_ok=True)
+    if not 0 < r.sync_alpha <= 1:
+        raise ValueError(f"reference.sync_alpha must be in (0, 1], got {r.sync_alpha}")
+    if r.sync_steps == 0:
+        return
+    if r.kind in ("none", "precomputed", "adapters_off") or (
+        r.kind == "auto" and recipe.lora.enabled
+    ):
+        raise ValueError(
+            "reference.sync_steps moves a reference model: it needs a frozen copy "
+            f"(reference.kind = 'copy'{', with LoRA too' if recipe.lora.enabled else ''}), "
+            f"not {r.kind!r}"
+        )
+
+
+def _check_online_distill(recipe: Recipe) -> None:
+    d = recipe.distill
+    _in_range("distill.lmbda", d.lmbda, 0.0, 1.0, "[0, 1]")
+    _positive("distill.max_new_tokens", d.max_new_tokens)
+    if (d.lmbda > 0 or d.seq_kd) and d.teacher is None:
+        raise ValueError(
+            "distill.lmbda and distill.seq_kd sample completions for the teacher to score: "
+            "they need distill.teacher (a model), not a top-k file"
         )
 
 

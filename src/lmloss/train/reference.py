@@ -38,6 +38,18 @@ class ModelReference:
         """A context in which ``self.model`` runs as the reference (LoRA adapters off)."""
         return self._disable() if self._disable is not None else contextlib.nullcontext()
 
+    @torch.no_grad()
+    def mix_in(self, policy: torch.nn.Module, alpha: float) -> None:
+        """A moving reference: ``ref ← α·policy + (1−α)·ref`` for every parameter (TR-DPO,
+        Gorbatovski et al. 2024, arXiv:2404.09656; α = 1 copies the policy)."""
+        if self._disable is not None:
+            raise ValueError("the adapters-off reference is the policy's own base: it cannot move")
+        mine, theirs = dict(self.model.named_parameters()), dict(policy.named_parameters())
+        if mine.keys() != theirs.keys():
+            raise ValueError("the reference and the policy have different parameters")
+        for name, ref in mine.items():
+            ref.lerp_(theirs[name].detach().to(ref.dtype), alpha)
+
     def hidden(
         self, ids: torch.Tensor, attention: torch.Tensor, **kwargs
     ) -> tuple[torch.Tensor, Head]:

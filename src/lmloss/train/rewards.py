@@ -50,6 +50,26 @@ def format_number(completions: list[str], **_: object) -> list[float]:
     return [float(_ONLY_NUMBER.fullmatch(c) is not None) for c in completions]
 
 
+def soft_overlong_punishment(lengths: torch.Tensor, max_length: int, buffer: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv:2503.14476, Eq. 13) of
+    completions of ``lengths`` tokens, ``L_max = max_length``, ``L_cache = buffer``::
+
+        0                                 |y| <= L_max - L_cache
+        (L_max - L_cache - |y|) / L_cache  L_max - L_cache < |y| <= L_max
+        -1                                L_max < |y|
+
+    Built into the policy mode (``policy.overlong_buffer``): it needs token counts, which
+    reward functions of decoded text do not see. A completion cut at ``max_length`` gets −1.
+    """
+    if not 0 < buffer <= max_length:
+        raise ValueError(
+            f"policy.overlong_buffer must be in (0, max_new_tokens = {max_length}], got {buffer}"
+        )
+    lengths = lengths.to(torch.float32)
+    start = max_length - buffer
+    return ((start - lengths) / buffer).clamp(min=-1.0, max=0.0)
+
+
 BUILTIN: dict[str, RewardFn] = {"exact_numeric": exact_numeric, "format_number": format_number}
 
 

@@ -197,6 +197,20 @@ def check_judge(section, where: str, table: Table) -> str:
     return ", ".join(parts)
 
 
+def check_online_distill_rows(recipe: Recipe, table: Table) -> None:
+    """Sampled completions (distill.lmbda, distill.seq_kd) continue a prompt: the rows must
+    be prompt/completion rows whose prompt is not trained."""
+    distill = recipe.distill
+    if recipe.entry.family != "distill" or (distill.lmbda == 0 and not distill.seq_kd):
+        return
+    if table.format != "prompt_completion" or recipe.data.train_on == "all":
+        raise ValueError(
+            f"{table.source}: distill.lmbda / distill.seq_kd sample completions of prompts: "
+            f"they need prompt/completion rows (got {table.format}) and data.train_on other "
+            "than 'all'"
+        )
+
+
 def check_resume(run_dir: Path) -> str:
     from lmloss.train import checkpoint
 
@@ -247,6 +261,7 @@ def check(
         report.lines.append(f"rewards: {judge}; verifier: {verifier}")
     if recipe.online.enabled:
         report.lines.append(f"online rewards: {check_judge(recipe.online, 'online', table)}")
+    check_online_distill_rows(recipe, table)
     if recipe.eval.task is not None:
         require_choice("eval.task", recipe.eval.task, tasks.TASKS)
         report.lines.append(f"eval task: {recipe.eval.task}")

@@ -23,6 +23,7 @@ from lmloss.train.config import Recipe
 from lmloss.train.data import Encoder, Sequences
 from lmloss.train.distributed import World
 from lmloss.train.reference import ModelReference
+from lmloss.train.rollouts import RolloutBuffer
 from lmloss.train.token_store import TokenStore
 
 TOKENS, EXAMPLES = "tokens", "examples"
@@ -43,6 +44,9 @@ class Context:
     teacher: ModelReference | None = None
     teacher_store: TokenStore | None = None
     world: World = field(default_factory=World)
+    # more examples from the run's data order (online modes that refill a batch)
+    draw: Callable[[int], list[Example]] | None = None
+    echo: Callable[..., None] = print
 
     @property
     def pad_id(self) -> int:
@@ -131,6 +135,10 @@ class Mode:
     def prepare(self, examples: list[Example]) -> Batch:
         raise NotImplementedError
 
+    def rollout_buffer(self, grad_accum: int) -> RolloutBuffer:
+        """How generated micro-batches are reused: by default each step takes fresh ones."""
+        return RolloutBuffer(grad_accum, grad_accum)
+
     def prepare_shard(self, examples: list[Example], shard: slice) -> Batch:
         """This rank's part ``shard`` of the global micro-batch ``examples``. Modes whose
         rows look at their neighbours (KTO's KL samples) override it to see across ranks."""
@@ -155,11 +163,12 @@ class Mode:
 
     # ---- shared helpers
     def sample(
-        self, examples: list[Example], config, group_size: int, proxy_min_p: float | None = None
+        self, examples: list[Example], config, group_size: int, record=None
     ) -> tuple[Any, float]:
         """``group_size`` completions of each example's prompt from the trained model, drawn
-        as ``config`` (a ``[policy]`` or ``[online]`` section) says, with the min-p proxy
-        log-probs when ``proxy_min_p`` is set (lp_reg); and the seconds it took."""
+        as ``config`` (a ``[policy]`` or ``[online]`` section) says, with per-token values of
+        the sampling distribution when ``record`` is given (see
+        :func:`lmloss.train.generation.generate`); and the seconds it took."""
         from lmloss.train.generation import generate
 
         started = time.perf_counter()
@@ -175,7 +184,7 @@ class Mode:
                 "top_k": config.top_k,
             },
             autocast=self.ctx.autocast(),
-            proxy_min_p=proxy_min_p,
+            record=record,
         )
         return out, time.perf_counter() - started
 

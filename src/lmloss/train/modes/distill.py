@@ -10,10 +10,18 @@ Objectives whose statistic is a batch-level ground cost (``sinkhorn_kd``: every 
 position's prediction against every other's) have no fused form: the engine refuses them,
 so their logits at the trained positions are computed (``[n, V]`` per model) and go to
 the plain :func:`lmloss.divergence_loss`.
+
+On-policy distillation (GKD, Agarwal et al. 2024, arXiv:2306.13649; TRL's ``GKDTrainer``):
+with probability ``distill.lmbda`` a batch's completions are sampled by the student, else
+by the teacher when ``distill.seq_kd`` (Kim & Rush 2016), else they are the data's; the
+teacher scores whichever tokens the batch holds. MiniLLM (Gu et al. 2024) is
+``reverse_kl`` with ``lmbda = 1``.
 """
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 
 import torch
@@ -21,6 +29,7 @@ import torch
 import lmloss
 from lmloss.output import LossOutput
 from lmloss.stats.divergence_gather import head_top_k_logprobs
+from lmloss.train.generation import generate
 from lmloss.train.modes.base import Batch, Context, Example, Mode, like_head
 from lmloss.train.modes.sft import encode_text_example, require_text_columns
 from lmloss.train.token_store import TokenStore
@@ -54,6 +63,7 @@ class DistillMode(Mode):
                 f"{ctx.entry.name!r} compares the teacher's full predictions: it needs "
                 "distill.teacher (a model), not a top-k file"
             )
+        self.coin = random.Random(ctx.recipe.train.seed)  # which batches the student samples
 
     def check_columns(self, rows: list[dict], source: str) -> None:
         require_text_columns(rows, source, f"the distill objective {self.ctx.entry.name!r}")
@@ -62,12 +72,49 @@ class DistillMode(Mode):
         return encode_text_example(self, index, row)
 
     def prepare(self, examples: list[Example]) -> Batch:
+        examples, metrics = self._completions(examples)
         seqs = self.sequences_of(examples)
         return Batch(
             examples=len(examples),
             tokens=seqs.trained_tokens,
             tensors={"seqs": seqs, "examples": examples},
+            metrics=metrics,
         )
+
+    def _completions(self, examples: list[Example]) -> tuple[list[Example], dict]:
+        """The data's completions, or ones the student (probability ``lmbda``) or the
+        teacher (``seq_kd``) samples for the batch's prompts."""
+        config = self.ctx.recipe.distill
+        if config.lmbda == 0 and not config.seq_kd:
+            return examples, {}
+        sampler = self.sampler_of_batch()
+        metrics = {"student_sampled": float(sampler is self.ctx.model)}
+        if sampler is None:
+            return examples, metrics
+        started = time.perf_counter()
+        out = generate(
+            sampler,
+            self.ctx.tokenizer,
+            [ex.tokens["prompt"] for ex in examples],
+            max_new_tokens=config.max_new_tokens,
+            sampling={"temperature": config.temperature},
+            autocast=self.ctx.autocast(),
+        )
+        metrics["generate_seconds"] = time.perf_counter() - started
+        sampled = [
+            Example(ex.index, ex.row, {**ex.tokens, "completion": c[m].tolist()})
+            for ex, c, m in zip(examples, out.completions.cpu(), out.mask.cpu())
+        ]
+        metrics["completion_length"] = float(out.mask.sum(1).float().mean())
+        return sampled, metrics
+
+    def sampler_of_batch(self) -> torch.nn.Module | None:
+        """The student with probability ``lmbda``; else the teacher under ``seq_kd``; else
+        None (the data's completions)."""
+        config = self.ctx.recipe.distill
+        if self.coin.random() < config.lmbda:
+            return self.ctx.model
+        return self.ctx.teacher.model if config.seq_kd else None
 
     def _teacher(self, seqs, examples: list[Example]) -> dict:
         store = self.ctx.teacher_store

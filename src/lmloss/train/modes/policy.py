@@ -4,19 +4,34 @@ Per micro-batch of prompts: ``model.generate`` samples ``group_size`` completion
 (left-padded prompts, so every completion starts at the same column), the reward
 functions score the decoded text, :func:`lmloss.advantages` turns grouped rewards into
 advantages, and :func:`lmloss.fused_policy_loss` scores the sampled tokens from the hidden
-states of the completion columns only. Training is on-policy (one optimizer step per
-generated batch, ratio 1); a reference model runs only when the objective's ``beta`` is
-non-zero (the KL penalty).
+states of the completion columns only. A reference model runs only when the objective's
+``beta`` is non-zero (the KL penalty) or the reference moves (``reference.sync_steps``).
+
+The loop's knobs (docs/policy.md): DAPO's dynamic sampling refills a batch with groups
+whose rewards differ, truncated completions may get no loss, and the soft overlong
+punishment joins the rewards; the sampling-time statistics recorded while decoding
+(:mod:`lmloss.train.policy_tokens`) give the top-entropy token mask, Lp-Reg's proxy
+log-probs and, against the old log-probs of :meth:`PolicyMode.record_old` (reused rollouts,
+:mod:`lmloss.train.rollouts`), truncated importance sampling.
 """
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
 
 import lmloss
 from lmloss._checks import require_choice
 from lmloss.hf import hidden_states
 from lmloss.output import LossOutput
 from lmloss.policy import ADVANTAGE_ESTIMATORS
+from lmloss.stats import token_stats
+from lmloss.train import policy_tokens
+from lmloss.train import rewards as reward_fns
 from lmloss.train.data import require_columns
+from lmloss.train.generation import Generated, concat_generated, select_rows
 from lmloss.train.judge import Judge
 from lmloss.train.modes.base import (
     Batch,
@@ -28,6 +43,20 @@ from lmloss.train.modes.base import (
     like_head,
 )
 from lmloss.train.modes.policy_sum import policy_with_terms
+from lmloss.train.rollouts import RolloutBuffer
+
+# objectives that need per-sequence advantages: token weights cannot be folded into them
+_SEQUENCE_ADVANTAGES = {"gtpo"}
+
+
+@dataclass
+class Graded:
+    """Sampled completions of ``examples`` (``group_size`` each) and their rewards."""
+
+    examples: list[Example]
+    out: Generated
+    total: torch.Tensor  # [N] weighted reward
+    means: dict[str, float]  # mean of each reward, for the logs
 
 
 class PolicyMode(Mode):
@@ -55,7 +84,16 @@ class PolicyMode(Mode):
             # Dr. GRPO's constant normalizer: the generation budget, the same every step
             self.hyper["max_tokens"] = policy.max_new_tokens
         if "group_size" in ctx.entry.hyper and "group_size" not in self.hyper:
-            self.hyper["group_size"] = policy.group_size  # GTPO's groups: the sampled ones
+            self.hyper["group_size"] = policy.group_size  # GTPO compares a prompt's samples
+        self.wants_proxy = "proxy_logps" in ctx.entry.spec.inputs
+        weighted = policy.tis_cap > 0 or policy.top_entropy_quantile < 1
+        if weighted and ctx.entry.name in _SEQUENCE_ADVANTAGES:
+            raise ValueError(
+                f"policy.tis_cap and policy.top_entropy_quantile weight tokens; "
+                f"{ctx.entry.name!r} needs one advantage per sequence"
+            )
+        if policy.dynamic_sampling and ctx.world.active:
+            raise ValueError("policy.dynamic_sampling is not supported under torchrun yet")
 
     def check_columns(self, rows: list[dict], source: str) -> None:
         require_columns(rows, ("prompt",), source, f"the policy objective {self.ctx.entry.name!r}")
@@ -66,49 +104,177 @@ class PolicyMode(Mode):
         return encode_row(self.ctx.encoder, index, row, answers)
 
     def uses_reference(self) -> bool:
-        """Policy objectives take the reference optionally: only the ``beta`` KL needs it."""
+        """Policy objectives take the reference optionally: the ``beta`` KL needs it, and a
+        moving reference (``reference.sync_steps``) runs to log the KL to it."""
         if self.ctx.entry.spec.reference == "none":
             return False
+        if self.ctx.recipe.reference.sync_steps > 0:
+            return True
         return float(self.hyper.get("beta", self.ctx.entry.hyper.get("beta", 0.0)) or 0.0) != 0.0
+
+    def rollout_buffer(self, grad_accum: int) -> RolloutBuffer:
+        config = self.config
+        buffer = RolloutBuffer(
+            config.steps_per_generation or grad_accum, grad_accum, config.num_iterations
+        )
+        if buffer.reuses or config.tis_cap > 0:
+            buffer.record_old = self.record_old
+        return buffer
 
     # ---- sampling and grading
 
     def grade(self, examples: list[Example], texts: list[str], group_size: int):
         return self.judge.grade([ex.row for ex in examples], texts, group_size)
 
-    def prepare(self, examples: list[Example]) -> Batch:
-        group = self.config.group_size
-        proxy = "proxy_logps" in self.ctx.entry.spec.inputs
-        out, generate_seconds = self.sample(
-            examples, self.config, group, proxy_min_p=self.config.proxy_min_p if proxy else None
+    def _sample(self, examples: list[Example]) -> Graded:
+        """``group_size`` completions of each prompt, graded."""
+        config = self.config
+        out, _ = self.sample(
+            examples,
+            config,
+            config.group_size,
+            record=policy_tokens.sampling_recorder(
+                config.proxy_min_p if self.wants_proxy else None
+            ),
         )
-        texts = out.texts(self.ctx.tokenizer)
-        total, means = self.grade(examples, texts, group)
+        total, means = self.grade(examples, out.texts(self.ctx.tokenizer), config.group_size)
+        if config.overlong_buffer > 0:
+            punishment = reward_fns.soft_overlong_punishment(
+                out.mask.sum(1), config.max_new_tokens, config.overlong_buffer
+            )
+            total = total + config.overlong_penalty * punishment
+            means["soft_overlong"] = float(punishment.mean())
+        return Graded(examples, out, total, means)
+
+    def _sample_informative(self, examples: list[Example]) -> tuple[Graded, list[Graded], dict]:
+        """DAPO's dynamic sampling (Yu et al. 2025, arXiv:2503.14476): groups whose rewards
+        are all equal carry no advantage; they are dropped and more prompts sampled, up to
+        ``max_num_gen_batches`` rounds. A batch still short trains on the groups it found
+        (on every group of the first round if it found none), and says so.
+
+        Returns the trained groups, every round sampled, and the filter's counts."""
+        group, wanted = self.config.group_size, len(examples)
+        rounds, flags, kept = [], [], 0
+        while kept < wanted and len(rounds) < self.config.max_num_gen_batches:
+            graded = self._sample(examples if not rounds else self.ctx.draw(wanted))
+            informative = lmloss.dynamic_sampling_mask(graded.total, group)[::group]
+            rounds.append(graded)
+            flags.append(informative)
+            kept += int(informative.sum())
+        counts = {
+            "groups_kept": kept,
+            "groups_dropped": len(rounds) * wanted - kept,
+            "sampling_rounds": len(rounds),
+        }
+        if kept == 0:
+            self.ctx.echo(
+                f"dynamic sampling: every group of {len(rounds)} rounds had equal rewards; "
+                "training on the first round's groups"
+            )
+            return rounds[0], rounds, counts
+        if kept < wanted:
+            self.ctx.echo(
+                f"dynamic sampling: {kept} of {wanted} groups with differing rewards after "
+                f"{len(rounds)} rounds (policy.max_num_gen_batches); training on those"
+            )
+        chosen, parts, totals = [], [], []
+        for graded, informative in zip(rounds, flags):
+            keep = informative.nonzero().squeeze(1)[: wanted - len(chosen)]
+            rows = (keep[:, None] * group + torch.arange(group)).reshape(-1)
+            chosen += [graded.examples[i] for i in keep.tolist()]
+            parts.append(select_rows(graded.out, rows))
+            totals.append(graded.total[rows])
+        trained = Graded(chosen, concat_generated(parts, self.ctx.pad_id), torch.cat(totals), {})
+        return trained, rounds, counts
+
+    def prepare(self, examples: list[Example]) -> Batch:
+        group, config = self.config.group_size, self.config
+        started = time.perf_counter()
+        if config.dynamic_sampling:
+            graded, rounds, sampling = self._sample_informative(examples)
+        else:
+            graded = self._sample(examples)
+            rounds, sampling = [graded], {}
+        out, total = graded.out, graded.total
+        generate_seconds = time.perf_counter() - started
         advantages = self._advantages(total, group)
         groups = total.reshape(-1, group)
-        metrics = {
-            "reward": float(total.mean()),
-            **{f"reward/{name}": value for name, value in means.items()},
-            "reward_std": float(groups.std(dim=1).mean()) if group > 1 else 0.0,
+        truncated = out.mask.all(dim=1)
+        metrics = {  # the rewards of every completion sampled (the trained ones filtered)
+            "reward": float(torch.cat([r.total for r in rounds]).mean()),
+            **{
+                f"reward/{name}": sum(r.means[name] for r in rounds) / len(rounds)
+                for name in rounds[0].means
+            },
+            "reward_std": float(groups.std(dim=1).mean()),
             "groups_all_equal": float((groups == groups[:, :1]).all(dim=1).float().mean()),
             "completion_length": float(out.mask.sum(1).float().mean()),
-            "truncated_completions": float(out.mask.all(dim=1).float().mean()),
+            "truncated_completions": float(truncated.float().mean()),
             "generate_seconds": generate_seconds,
+            **sampling,
         }
         mask = out.mask
-        targets = out.completions.masked_fill(~mask, -100)
+        if config.mask_truncated_completions:
+            mask = mask & ~truncated[:, None]
+        recorded = out.recorded
+        weights = None
+        if config.top_entropy_quantile < 1:
+            top = policy_tokens.top_entropy_mask(
+                recorded["entropy"], mask, config.top_entropy_quantile
+            )
+            weights = top.float()
+            metrics["trained_token_fraction"] = float(top.sum() / mask.sum().clamp(min=1))
         tensors = {
             "ids": out.ids,
             "attention": out.attention,
             "start": out.start,
-            "targets": targets,
+            "targets": out.completions.masked_fill(~mask, -100),
+            "advantages": advantages,
+            "sampler_logps": recorded["logp"],
         }
-        tensors["advantages"] = advantages
-        if out.proxy_logps is not None:  # Lp-Reg: the sampling policy's min-p proxy
-            tensors["proxy_logps"] = out.proxy_logps
+        if weights is not None:
+            tensors["advantages"] = advantages[:, None] * weights
+        if self.wants_proxy:
+            tensors["proxy_logps"] = recorded["proxy_logp"]
         if self.ctx.recipe.terms:
-            tensors["demonstrations"] = self.sequences_of(examples)
-        return Batch(examples=len(texts), tokens=int(mask.sum()), tensors=tensors, metrics=metrics)
+            tensors["demonstrations"] = self.sequences_of(graded.examples)
+        return Batch(examples=len(total), tokens=int(mask.sum()), tensors=tensors, metrics=metrics)
+
+    @torch.no_grad()
+    def record_old(self, batch: Batch) -> None:
+        """log π_old of the sampled tokens, by the trainer's forward pass before any update
+        of this generation (the rollout buffer calls it); with ``tis_cap``, the truncated
+        importance weights π_old/π_sampler multiply the advantages."""
+        t = batch.tensors
+        head = self.policy_head()
+        hidden = self._completion_hidden(t)
+        old = token_stats(
+            hidden.detach(),
+            head.weight.detach(),
+            t["targets"],
+            None if head.bias is None else head.bias.detach(),
+            want=("logp",),
+            **self.ctx.engine,
+            **head.transform_kwargs(),
+        ).logp
+        t["old_logps"] = old
+        if self.config.tis_cap <= 0:
+            return
+        trained = t["targets"] != -100
+        ratio = torch.exp((old - t["sampler_logps"]).clamp(-20, 20))
+        weights = policy_tokens.truncated_importance_weights(
+            old, t["sampler_logps"], trained, self.config.tis_cap
+        )
+        advantages = t["advantages"]
+        t["advantages"] = (advantages if advantages.dim() == 2 else advantages[:, None]) * weights
+        picked = ratio[trained]
+        if picked.numel():
+            batch.metrics.update(
+                tis_ratio_mean=float(picked.mean()),
+                tis_ratio_min=float(picked.min()),
+                tis_ratio_max=float(picked.max()),
+                tis_truncated=float((picked > self.config.tis_cap).float().mean()),
+            )
 
     def _advantages(self, rewards, group: int):
         """Advantages of this rank's completions, estimated over the whole global micro-batch:
@@ -124,16 +290,23 @@ class PolicyMode(Mode):
 
     # ---- objective
 
+    @staticmethod
+    def _positions(t: dict):
+        positions = (t["attention"].cumsum(1) - 1).clamp(min=0)
+        scored = slice(t["start"] - 1, t["ids"].shape[1] - 1)  # states predicting completions
+        return positions, scored
+
+    def _completion_hidden(self, t: dict) -> torch.Tensor:
+        positions, scored = self._positions(t)
+        with self.ctx.autocast():
+            hidden = hidden_states(self.ctx.model, t["ids"], t["attention"], position_ids=positions)
+        return like_head(hidden[:, scored], self.policy_head())
+
     def loss(self, batch: Batch, num_items: int | None) -> LossOutput:
         if self.ctx.recipe.terms:
             return policy_with_terms(self, batch, num_items)
         t = batch.tensors
-        positions = (t["attention"].cumsum(1) - 1).clamp(min=0)
-        scored = slice(
-            t["start"] - 1, t["ids"].shape[1] - 1
-        )  # hidden states that predict completions
-        with self.ctx.autocast():
-            hidden = hidden_states(self.ctx.model, t["ids"], t["attention"], position_ids=positions)
+        positions, scored = self._positions(t)
         reference = {}
         if self.ctx.reference is not None:
             with self.ctx.autocast():
@@ -145,19 +318,19 @@ class PolicyMode(Mode):
                 "ref_weight": ref_head.weight,
                 "ref_bias": ref_head.bias,
             }
-        inputs = {"num_items": num_items} if num_items is not None else {}
-        if "proxy_logps" in t:
-            inputs["proxy_logps"] = t["proxy_logps"]
+        normalizer = {"num_items": num_items} if num_items is not None else {}
         head = self.policy_head()
         return lmloss.fused_policy_loss(
             self.ctx.entry.name,
-            hidden=like_head(hidden[:, scored], head),
+            hidden=self._completion_hidden(t),
             targets=t["targets"],
             advantages=t["advantages"],
+            old_logps=t.get("old_logps"),
+            proxy_logps=t.get("proxy_logps"),
             want_entropy=True,
             **head_kwargs(head),
             **reference,
-            **inputs,
+            **normalizer,
             **self.ctx.engine,
             **self.hyper,
         )

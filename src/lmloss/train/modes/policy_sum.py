@@ -83,8 +83,9 @@ def policy_with_terms(mode: Mode, batch: Batch, num_items: int | None) -> LossOu
 def _policy_loss(mode: Mode, t: dict, stats: dict, num_items: int | None) -> LossOutput:
     ctx, targets = mode.ctx, t["targets"]
     inputs = {"num_items": num_items} if num_items is not None else {}
-    if "proxy_logps" in t:
-        inputs["proxy_logps"] = t["proxy_logps"]
+    for name in ("proxy_logps", "old_logps"):  # Lp-Reg's proxy; reused rollouts' π_old
+        if name in t:
+            inputs[name] = t[name]
     if "token_ids" in ctx.entry.spec.takes:
         inputs["token_ids"] = targets
     if ctx.reference is not None:
