@@ -146,3 +146,32 @@ def test_iterative_rounds_start_from_the_last_rounds_model(tiny_model, tmp_path)
         )
     finally:
         trainer.close()
+
+
+def test_rounds_inside_one_run_refresh_the_reference(tiny_model, tmp_path):
+    """Iterative rounds in one run: `reference.sync_steps = k`, `sync_alpha = 1` makes the
+    reference the policy of the last round every k steps (SPPO / INPO style)."""
+    run = recipe(
+        tiny_model,
+        _prompts(tmp_path),
+        tmp_path / "run",
+        {"name": "sppo_hard"},
+        train={"max_steps": 4, "batch_size": 2, "lr": 3e-2, "precision": "fp32"},
+        online=ONLINE,
+        reference={"sync_steps": 2, "sync_alpha": 1.0},
+    )
+    trainer = Trainer(run, echo=lambda *_: None)
+    try:
+        start = [p.clone() for p in trainer.ctx.reference.model.parameters()]
+
+        def reference_is(params):
+            pairs = zip(trainer.ctx.reference.model.parameters(), params)
+            return all(torch.equal(a, b) for a, b in pairs)
+
+        trainer.train_step()
+        assert reference_is(start)  # round 1 still runs against the starting model
+        trainer.train_step()
+        assert reference_is(list(trainer.model.parameters()))  # round 2 starts from here
+        assert not reference_is(start)
+    finally:
+        trainer.close()
