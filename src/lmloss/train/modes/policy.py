@@ -180,7 +180,7 @@ class PolicyMode(Mode):
         chosen, parts, totals = [], [], []
         for graded, informative in zip(rounds, flags):
             keep = informative.nonzero().squeeze(1)[: wanted - len(chosen)]
-            rows = (keep[:, None] * group + torch.arange(group)).reshape(-1)
+            rows = (keep[:, None] * group + torch.arange(group, device=keep.device)).reshape(-1)
             chosen += [graded.examples[i] for i in keep.tolist()]
             parts.append(select_rows(graded.out, rows))
             totals.append(graded.total[rows])

@@ -287,7 +287,8 @@ class PreferenceMode(Mode):
         ).asdict()
         mask = seqs.targets != -100
         primary = self.kind.PRIMARY  # pairs: chosen rows, then rejected rows
-        rows = dict(zip(primary, torch.arange(mask.shape[0]).chunk(len(primary))))
+        order = torch.arange(mask.shape[0], device=mask.device)
+        rows = dict(zip(primary, order.chunk(len(primary))))
         keywords = self._reference_logps(seqs, examples)
         for prefix, index in rows.items():
             keywords[f"{prefix}logps"] = stats["logp"][index]
