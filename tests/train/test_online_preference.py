@@ -32,6 +32,19 @@ def _online(tiny_model, tmp_path, objective=None, **online):
     )
 
 
+def _sppo_rounds(tiny_model, tmp_path, run_dir: str, steps: int, **sections):
+    """An online SPPO recipe of ``steps`` steps writing to ``tmp_path / run_dir``."""
+    return recipe(
+        tiny_model,
+        _prompts(tmp_path),
+        tmp_path / run_dir,
+        {"name": "sppo_hard"},
+        train={"max_steps": steps, "batch_size": 2, "lr": 3e-2, "precision": "fp32"},
+        online=ONLINE,
+        **sections,
+    )
+
+
 @pytest.mark.parametrize("objective", ["dpo", "simpo"])
 def test_online_reward_rises(tiny_model, tmp_path, objective):
     train(_online(tiny_model, tmp_path, {"name": objective}), echo=lambda *_: None)
@@ -113,15 +126,7 @@ def test_online_recipe_checks(tiny_model, tmp_path):
 def test_iterative_rounds_start_from_the_last_rounds_model(tiny_model, tmp_path):
     """A round is a run whose model.name is the previous round's model/: its reference (a
     frozen copy of the starting model) is then the previous round's policy."""
-    first = recipe(
-        tiny_model,
-        _prompts(tmp_path),
-        tmp_path / "round1",
-        {"name": "sppo_hard"},
-        train={"max_steps": 2, "batch_size": 2, "lr": 3e-2, "precision": "fp32"},
-        online=ONLINE,
-        output={"save_model": True},
-    )
+    first = _sppo_rounds(tiny_model, tmp_path, "round1", 2, output={"save_model": True})
     train(first, echo=lambda *_: None)
     second = recipe(
         tmp_path / "round1" / "model",
@@ -151,14 +156,8 @@ def test_iterative_rounds_start_from_the_last_rounds_model(tiny_model, tmp_path)
 def test_rounds_inside_one_run_refresh_the_reference(tiny_model, tmp_path):
     """Iterative rounds in one run: `reference.sync_steps = k`, `sync_alpha = 1` makes the
     reference the policy of the last round every k steps (SPPO / INPO style)."""
-    run = recipe(
-        tiny_model,
-        _prompts(tmp_path),
-        tmp_path / "run",
-        {"name": "sppo_hard"},
-        train={"max_steps": 4, "batch_size": 2, "lr": 3e-2, "precision": "fp32"},
-        online=ONLINE,
-        reference={"sync_steps": 2, "sync_alpha": 1.0},
+    run = _sppo_rounds(
+        tiny_model, tmp_path, "run", 4, reference={"sync_steps": 2, "sync_alpha": 1.0}
     )
     trainer = Trainer(run, echo=lambda *_: None)
     try:

@@ -72,7 +72,7 @@ class Judge:
         if self.functions:
             total, means = reward_fns.score(self.functions, completions, prompts, columns)
         else:
-            total, means = torch.zeros(len(completions)), {}
+            total, means = torch.zeros(len(completions), device="cpu"), {}  # host rewards
         if self.model is not None:
             values = self.model(prompts, completions)
             if not bool(torch.isfinite(values).all()):
