@@ -11,7 +11,7 @@ nearest fused path. Methods:
 * liger_dpo — ``LigerFusedLinearDPOLoss`` (torch.compile on CPU; warm-up excluded);
 * lmloss — ``lmloss.token_stats`` (generic: the backward recomputes each tile);
 * lmloss_eager — the one-pass path used when the per-token upstream gradient is known
-  during the forward (``lmloss.stats.engine.eager_token_loss``; what the fused SFT and other
+  during the forward (``lmloss.stats.single_model.eager_token_loss``; what the fused SFT and other
   per-token objectives use).
 
 Run: ``.venv/bin/python benchmarks/token_stats.py`` (``--quick`` for a smoke run).
@@ -34,7 +34,7 @@ try:  # imported up front so that import memory is not charged to a method
 except ImportError:  # reference libraries are optional outside the test environment
     LigerFusedLinearDPOLoss = ChunkedLogProbFunction = None
 from lmloss.stats.chunking import plan_chunks
-from lmloss.stats.engine import compute_dtype, eager_token_loss
+from lmloss.stats.single_model import compute_dtype, eager_token_loss
 from lmloss.stats.transform import LogitTransform
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -21,7 +21,7 @@ import torch
 
 import lmloss
 from lmloss.hf import hidden_states
-from lmloss.train.model import load_pretrained
+from lmloss.train.model_loading import load_pretrained
 
 HERE = Path(__file__).parent
 

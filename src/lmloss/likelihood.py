@@ -7,7 +7,7 @@ Two entry points, one definition of each loss (``lmloss.objectives.likelihood``)
 * :func:`fused_likelihood_loss` — from hidden states and the LM-head weight. The loss is a
   sum of per-token terms with coefficients known in advance, so the engine computes the
   gradients w.r.t. hidden, weight and bias during the forward pass
-  (:func:`lmloss.stats.engine.eager_token_loss`): one pass over the vocabulary, no
+  (:func:`lmloss.stats.single_model.eager_token_loss`): one pass over the vocabulary, no
   ``[N, V]`` logits, 6·N·H·V FLOPs as for a plain forward + backward.
 
 An objective's spec (``lmloss.spec(name).inputs``) names its inputs: engine statistics
@@ -36,7 +36,7 @@ from lmloss.output import LossOutput
 from lmloss.stats import token_stats
 from lmloss.stats.api import check_head, check_targets
 from lmloss.stats.chunking import plan_chunks
-from lmloss.stats.engine import compute_dtype, eager_token_loss
+from lmloss.stats.single_model import compute_dtype, eager_token_loss
 from lmloss.stats.statistics import ALL_STATISTICS, TABLE_STATISTICS
 from lmloss.stats.transform import LogitTransform
 

@@ -30,8 +30,8 @@ from lmloss.objectives.policy.advantages import (
     dynamic_sampling_mask,
     estimate_advantages,
 )
-from lmloss.objectives.policy.common import rollouts
 from lmloss.objectives.policy.kl import KL_ESTIMATORS, kl_estimate, kl_in_reward
+from lmloss.objectives.policy.rollouts import rollouts
 from lmloss.output import LossOutput
 from lmloss.stats import token_stats
 

@@ -7,7 +7,7 @@ import torch
 
 import lmloss
 from lmloss.stats.chunking import plan_chunks
-from lmloss.stats.engine import eager_token_loss
+from lmloss.stats.single_model import eager_token_loss
 from lmloss.stats.transform import LogitTransform
 
 

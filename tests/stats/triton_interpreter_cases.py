@@ -20,7 +20,7 @@ from lmloss.stats.chunking import plan_chunks
 from lmloss.stats.divergence import PairSpec, pair_plan, pair_terms_autograd
 from lmloss.stats.divergence_api import token_pair_loss, token_pair_terms
 from lmloss.stats.divergence_terms import resolve_hyper
-from lmloss.stats.engine import eager_token_loss
+from lmloss.stats.single_model import eager_token_loss
 from lmloss.stats.transform import LogitTransform
 
 pytest.importorskip("triton")

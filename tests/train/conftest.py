@@ -21,7 +21,7 @@ def tiny_teacher(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_reward_model(tiny_model, tmp_path_factory) -> Path:
     """The tiny model with a one-score head (an untrained reward model), saved."""
-    from lmloss.train.model import load_pretrained
+    from lmloss.train.model_loading import load_pretrained
     from lmloss.train.reward_model import from_causal_lm
 
     causal, tokenizer = load_pretrained(str(tiny_model))

@@ -10,7 +10,7 @@ from test_policy_loop import FP32, QUIET, _trainer
 from train_testkit import recipe, write_jsonl
 
 from lmloss.train.loop import Trainer
-from lmloss.train.reference import ModelReference
+from lmloss.train.reference_model import ModelReference
 
 
 def _pairs(tmp_path):

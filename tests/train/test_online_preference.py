@@ -138,7 +138,7 @@ def test_iterative_rounds_start_from_the_last_rounds_model(tiny_model, tmp_path)
     )
     trainer = Trainer(second, echo=lambda *_: None)
     try:
-        from lmloss.train.model import load_pretrained
+        from lmloss.train.model_loading import load_pretrained
 
         trained, _ = load_pretrained(str(tmp_path / "round1" / "model"))
         reference = dict(trainer.ctx.reference.model.named_parameters())

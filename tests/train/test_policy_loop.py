@@ -7,7 +7,7 @@ import torch
 from train_testkit import recipe, write_jsonl
 
 from lmloss.train.loop import Trainer
-from lmloss.train.rollouts import RolloutBuffer
+from lmloss.train.rollout_buffer import RolloutBuffer
 
 QUIET = {"echo": lambda *_: None}
 FP32 = {"precision": "fp32", "threads": 1}

@@ -71,7 +71,7 @@ def test_exported_model_loads_with_auto_sequence_classification(trained_rm):
 
 def test_score_head_is_a_plain_backbone_copy(tiny_model):
     """The classifier's backbone is the causal LM's, weight for weight."""
-    from lmloss.train.model import load_pretrained
+    from lmloss.train.model_loading import load_pretrained
     from lmloss.train.reward_model import from_causal_lm
 
     causal, tokenizer = load_pretrained(str(tiny_model))

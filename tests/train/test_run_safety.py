@@ -302,7 +302,7 @@ def test_ctrl_c_while_loading_is_one_line(tiny_model, tmp_path, monkeypatch, cap
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("lmloss.train.model.load", interrupted)
+    monkeypatch.setattr("lmloss.train.model_loading.load", interrupted)
     data = write_jsonl(tmp_path / "sft.jsonl", SAY_ROWS)
     argv = ["train", "--set", f"model.name={json.dumps(str(tiny_model))}"]
     argv += ["--set", f"data.path={json.dumps(str(data))}", "--set", "objective.name='ce'"]

@@ -12,7 +12,7 @@ import torch
 from train_testkit import letter_a_reward, recipe, save_tiny_model, write_jsonl
 
 from lmloss.train import device as compute
-from lmloss.train import model as model_loading
+from lmloss.train import model_loading
 from lmloss.train.loop import Trainer
 from lmloss.train.recipe import parse
 

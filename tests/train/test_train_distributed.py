@@ -21,7 +21,7 @@ from torch.distributed.tensor import DTensor
 from train_testkit import recipe, write_jsonl
 
 import lmloss
-from lmloss.train import model as model_loading
+from lmloss.train import model_loading
 from lmloss.train.distributed import World, full_tensors
 from lmloss.train.loop import Trainer
 from lmloss.train.modes import Batch

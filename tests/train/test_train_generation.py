@@ -7,7 +7,7 @@ import torch
 
 from lmloss.train.data import left_pad
 from lmloss.train.generation import generate, pick_tokens
-from lmloss.train.model import load_pretrained
+from lmloss.train.model_loading import load_pretrained
 
 PROMPTS = [[7, 12, 13, 14], [7, 20, 21], [7, 30, 31, 32, 33, 34]]  # ragged: left padding
 

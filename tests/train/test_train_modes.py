@@ -96,7 +96,7 @@ def test_lora_dpo_with_adapters_off_reference(tiny_model, tmp_path):
     import torch
 
     from lmloss.train.loop import Trainer
-    from lmloss.train.model import load_trained
+    from lmloss.train.model_loading import load_trained
 
     run = recipe(
         tiny_model,

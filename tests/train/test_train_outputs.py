@@ -9,7 +9,7 @@ import torch
 from train_testkit import recipe, write_jsonl
 
 from lmloss.train.loop import Trainer
-from lmloss.train.model import load_trained
+from lmloss.train.model_loading import load_trained
 
 QUIET = {"echo": lambda *_: None}
 ROWS = [{"prompt": f"say {w}", "completion": w} for w in ("ab", "cd", "ef", "gh")]

@@ -6,14 +6,14 @@ import pytest
 import torch
 from train_testkit import char_tokenizer
 
-from lmloss.train import rewards, schedule, tasks
+from lmloss.train import lr_schedule, rewards, tasks
 from lmloss.train.config import DataConfig, TrainConfig
 from lmloss.train.data import Encoder, Sampler, pad_sequences
 from lmloss.train.generation import completion_mask
 
 
 def _lr(config: TrainConfig) -> list[float]:
-    fn = schedule.multiplier(config)
+    fn = lr_schedule.multiplier(config)
     return [fn(s) for s in range(config.max_steps)]
 
 
@@ -24,7 +24,7 @@ def test_schedules():
     config = TrainConfig(max_steps=10, schedule="cosine", min_lr_ratio=0.1)
     cosine = _lr(config)
     assert cosine[0] == 1.0 and cosine[5] == pytest.approx(0.55) and cosine[-1] > 0.1
-    assert schedule.multiplier(config)(10) == pytest.approx(0.1)
+    assert lr_schedule.multiplier(config)(10) == pytest.approx(0.1)
     wsd = _lr(TrainConfig(max_steps=10, schedule="wsd", decay_fraction=0.4))
     assert wsd[:6] == [1.0] * 6 and wsd[6:] == pytest.approx([1.0, 0.75, 0.5, 0.25])
 

@@ -6,7 +6,7 @@ import pytest
 from train_testkit import write_jsonl
 
 from lmloss import cli
-from lmloss.train import model as model_loading
+from lmloss.train import model_loading
 from lmloss.train.loop import Trainer
 from lmloss.train.recipe import load, parse
 

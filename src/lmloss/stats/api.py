@@ -9,9 +9,9 @@ import torch
 
 from lmloss import _checks
 from lmloss.stats.chunking import plan_chunks
-from lmloss.stats.engine import token_stats_autograd
 from lmloss.stats.reference import stats_of_logits
 from lmloss.stats.rows import scatter_rows, zeros_connected
+from lmloss.stats.single_model import token_stats_autograd
 from lmloss.stats.statistics import ALL_STATISTICS
 from lmloss.stats.tiles import compute_dtype
 from lmloss.stats.transform import LogitTransform

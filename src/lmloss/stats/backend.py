@@ -151,7 +151,7 @@ def route_token_stats(
     names: tuple[str, ...],
     table: Tensor | None,
 ) -> dict[str, Tensor] | None:
-    """:func:`lmloss.stats.engine.token_stats_autograd` on Triton, or None."""
+    """:func:`lmloss.stats.single_model.token_stats_autograd` on Triton, or None."""
     if not _single_on_triton(hidden, weight, bias, names, table):
         return None
     from lmloss.stats.triton import single
@@ -169,7 +169,7 @@ def route_token_loss(
     token_loss,
     expect: Tensor | None,
 ) -> tuple[Tensor, dict[str, Tensor]] | None:
-    """:func:`lmloss.stats.engine.eager_token_loss` on Triton, or None."""
+    """:func:`lmloss.stats.single_model.eager_token_loss` on Triton, or None."""
     if not _single_on_triton(hidden, weight, bias, names, expect):
         return None
     from lmloss.stats.triton import single

@@ -33,7 +33,6 @@ import torch
 from lmloss.stats import backend, chunking
 from lmloss.stats.chunking import LIVE_TILES, ChunkPlan, default_budget, plan_chunks
 from lmloss.stats.divergence_terms import PAIR_TERMS, Hyper, Pair, term_partials
-from lmloss.stats.fusion import Fusable, compile_wanted
 from lmloss.stats.schedule import (
     Block,
     BlockLoss,
@@ -44,6 +43,7 @@ from lmloss.stats.schedule import (
     vocab_slices,
 )
 from lmloss.stats.tiles import HeadSpec, LogitsSpec, Source, Spec
+from lmloss.stats.torch_compile import Fusable, compile_wanted
 from lmloss.stats.transform import LogitTransform
 from lmloss.stats.workspace import Workspace
 
@@ -147,7 +147,7 @@ def _grads_on_tile(z_s, z_t, lse_s, lse_t, sums_s, sums_t, upstream, hyper, need
     return _grads_on_pair(pair, sums_s, sums_t, upstream, hyper, need_s, need_t)
 
 
-# Compiled, each is one loop over the tile (:mod:`lmloss.stats.fusion`).
+# Compiled, each is one loop over the tile (:mod:`lmloss.stats.torch_compile`).
 TERMS_ON_TILE = Fusable(_terms_on_tile)
 WHOLE_TILE_TERMS = Fusable(_whole_tile_terms)
 GRADS_ON_TILE = Fusable(_grads_on_tile)
@@ -157,7 +157,7 @@ class PairKernel:
     """The term sums ``spec.names`` between a student (source 0) and a teacher (source 1).
 
     ``compiled``: run the per-tile formulas through ``torch.compile`` (large calls; see
-    :mod:`lmloss.stats.fusion`). Eagerly, a whole-vocabulary tile's log-probabilities and
+    :mod:`lmloss.stats.torch_compile`). Eagerly, a whole-vocabulary tile's log-probabilities and
     partials are kept from the forward for the one-pass gradient; compiled, recomputing
     them inside the fused loop is cheaper than writing and reading them back.
     """

@@ -3,7 +3,7 @@
 Logits exist one ``tokens × vocab-slice`` tile at a time (:mod:`lmloss.stats.tiles` makes
 them from a head or slices them from logits; sizes from :mod:`lmloss.stats.chunking`).
 What is computed on a tile is a *kernel*: the single-model statistics
-(:class:`lmloss.stats.engine.StatsKernel`) or the two-model pair terms
+(:class:`lmloss.stats.single_model.StatsKernel`) or the two-model pair terms
 (:class:`lmloss.stats.divergence.PairKernel`). A kernel does two things:
 
 * ``forward_block(sources, t0, t1, vocab_tile, need)`` — the per-token values of rows

@@ -18,7 +18,7 @@ from lmloss.train.config import DataConfig
 from lmloss.train.data import Encoder
 from lmloss.train.device import resolve
 from lmloss.train.evaluate import evaluate_pairs, evaluate_task
-from lmloss.train.model import load_pretrained, load_trained
+from lmloss.train.model_loading import load_pretrained, load_trained
 from lmloss.train.reward_model import RewardModel
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lmloss.train import model as model_loading
+from lmloss.train import model_loading
 
 BASE_NAME_FILE = "lmloss_base_model.txt"
 

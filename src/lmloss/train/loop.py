@@ -28,8 +28,16 @@ from pathlib import Path
 
 import torch
 
-from lmloss.train import checkpoint, health, loggers, rundir, schedule, signals, validate
-from lmloss.train import model as model_loading
+from lmloss.train import (
+    checkpoint,
+    health,
+    loggers,
+    lr_schedule,
+    model_loading,
+    rundir,
+    signals,
+    validate,
+)
 from lmloss.train.config import Recipe
 from lmloss.train.data import Encoder, Sampler, encode_rows
 from lmloss.train.device import resolve as resolve_compute
@@ -48,7 +56,7 @@ from lmloss.train.modes import TOKENS, Batch, Context, mode_of
 from lmloss.train.nonfinite import Guard, finite, first_problem
 from lmloss.train.packing import pack
 from lmloss.train.progress import EVALS, METRICS, Reporter, read_jsonl, truncate_after
-from lmloss.train.reference import ModelReference
+from lmloss.train.reference_model import ModelReference
 from lmloss.train.token_store import TokenStore
 
 
@@ -191,7 +199,7 @@ class Trainer:
             eps=train.adam_eps,
             weight_decay=train.weight_decay,
         )
-        self.scheduler = schedule.build(self.optimizer, train)
+        self.scheduler = lr_schedule.build(self.optimizer, train)
         self.step = 0
         self.resumed = False
         if resume:

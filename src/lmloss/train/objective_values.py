@@ -19,8 +19,8 @@ def _options() -> dict[str, Iterable[str]]:
     """Each string hyper-parameter that names an option, and its options."""
     from lmloss.objectives.classify.anyloss import METRICS
     from lmloss.objectives.policy.aggregate import AGGREGATIONS
-    from lmloss.objectives.policy.common import RATIO_LEVELS
     from lmloss.objectives.policy.kl import KL_ESTIMATORS
+    from lmloss.objectives.policy.rollouts import RATIO_LEVELS
     from lmloss.objectives.preference.margin import MARGIN_DIVERGENCES
     from lmloss.stats.divergence_terms import DIVERGENCES
 

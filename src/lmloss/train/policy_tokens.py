@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from lmloss.objectives.policy.common import LOG_RATIO_CLAMP
+from lmloss.objectives.policy.rollouts import LOG_RATIO_CLAMP
 
 Tensor = torch.Tensor
 

@@ -25,7 +25,7 @@ import torch
 from lmloss.train.config import DataConfig
 from lmloss.train.data import pad_sequences, prompt_completion
 from lmloss.train.hub import resolve_model
-from lmloss.train.model import BUNDLED_MODELS, DTYPES, load_pretrained
+from lmloss.train.model_loading import BUNDLED_MODELS, DTYPES, load_pretrained
 
 
 def is_reward_model(path: str | Path) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from lmloss.objectives.distill.common import hard_mix, token_mean_output
+from lmloss.objectives.distill.finish import hard_mix, token_mean_output
 from lmloss.objectives.spec import objective
 from lmloss.output import LossOutput
 from lmloss.stats.divergence_terms import resolve_hyper

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 
 from lmloss import _checks
-from lmloss.objectives.distill.common import token_mean_output
+from lmloss.objectives.distill.finish import token_mean_output
 from lmloss.objectives.spec import objective
 from lmloss.output import LossOutput
 

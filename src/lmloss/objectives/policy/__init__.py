@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lmloss.objectives.policy.common import Rollouts
+from lmloss.objectives.policy.rollouts import Rollouts
 from lmloss.objectives.signatures import first_annotation
 from lmloss.objectives.spec import Family, ObjectiveSpec
 

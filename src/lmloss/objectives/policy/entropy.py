@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from lmloss import _checks
-from lmloss.objectives.policy.common import (
+from lmloss.objectives.policy.kl import per_token_kl
+from lmloss.objectives.policy.rollouts import (
     DEFAULT_OPTIONS,
     PolicyOptions,
     Rollouts,
@@ -20,7 +21,6 @@ from lmloss.objectives.policy.common import (
     token_fraction,
     token_log_ratio,
 )
-from lmloss.objectives.policy.kl import per_token_kl
 from lmloss.objectives.policy.surrogates import check_dual_clip_and_delta, clip_loss
 from lmloss.objectives.spec import objective
 from lmloss.output import LossOutput

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from lmloss import _checks
-from lmloss.objectives.policy.common import (
+from lmloss.objectives.policy.rollouts import (
     DEFAULT_OPTIONS,
     PolicyOptions,
     Rollouts,

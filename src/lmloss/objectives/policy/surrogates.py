@@ -14,7 +14,7 @@ import math
 import torch
 
 from lmloss import _checks
-from lmloss.objectives.policy.common import (
+from lmloss.objectives.policy.rollouts import (
     DEFAULT_OPTIONS,
     PolicyOptions,
     Rollouts,
@@ -176,7 +176,7 @@ def clipped_surrogate(
         eps_low, eps_high: clip widths. dual_clip: c > 1 or None. delta: ρ cap or None.
         ratio_level: ``token`` | ``sequence`` | ``sequence_sum``.
         beta, kl_estimator, kl_importance_weighted, entropy_coef, aggregation, num_items,
-        max_tokens: see :func:`lmloss.objectives.policy.common.finish`.
+        max_tokens: see :func:`lmloss.objectives.policy.rollouts.finish`.
 
     Returns:
         ``LossOutput``; metrics ``clip_frac_low/high``, ``clip_frac``, ``ratio_mean/min/max``,

@@ -243,7 +243,8 @@ def eager_token_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``token_loss(stats of all rows, slice(0, N))`` with its head gradients computed now.
 
-    Same contract as :func:`lmloss.stats.engine.eager_token_loss` (all rows form one block)."""
+    Same contract as :func:`lmloss.stats.single_model.eager_token_loss` (all rows form one
+    block)."""
     need = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
     detach = lambda t: None if t is None else t.detach()  # noqa: E731
     head = Head.of(hidden.detach(), weight.detach(), detach(bias), transform)

@@ -22,8 +22,8 @@ from lmloss.output import LossOutput
 from lmloss.train.config import Recipe
 from lmloss.train.data import Encoder, Sequences
 from lmloss.train.distributed import World
-from lmloss.train.reference import ModelReference
-from lmloss.train.rollouts import RolloutBuffer
+from lmloss.train.reference_model import ModelReference
+from lmloss.train.rollout_buffer import RolloutBuffer
 from lmloss.train.token_store import TokenStore
 
 TOKENS, EXAMPLES = "tokens", "examples"
@@ -118,7 +118,7 @@ class Mode:
     @classmethod
     def load_weights(cls, config, device) -> tuple[torch.nn.Module, Any]:
         """The model this mode trains and its tokenizer, as ``[model]`` names them."""
-        from lmloss.train.model import load_pretrained
+        from lmloss.train.model_loading import load_pretrained
 
         return load_pretrained(config.name, config.dtype, config.trust_remote_code, device=device)
 

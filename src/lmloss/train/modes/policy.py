@@ -12,7 +12,7 @@ whose rewards differ, truncated completions may get no loss, and the soft overlo
 punishment joins the rewards; the sampling-time statistics recorded while decoding
 (:mod:`lmloss.train.policy_tokens`) give the top-entropy token mask, Lp-Reg's proxy
 log-probs and, against the old log-probs of :meth:`PolicyMode.record_old` (reused rollouts,
-:mod:`lmloss.train.rollouts`), truncated importance sampling.
+:mod:`lmloss.train.rollout_buffer`), truncated importance sampling.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from lmloss.train.modes.base import (
     like_head,
 )
 from lmloss.train.modes.policy_sum import policy_with_terms
-from lmloss.train.rollouts import RolloutBuffer
+from lmloss.train.rollout_buffer import RolloutBuffer
 
 # objectives that need per-sequence advantages: token weights cannot be folded into them
 _SEQUENCE_ADVANTAGES = {"gtpo"}

@@ -21,10 +21,10 @@ import torch
 
 from lmloss.stats import backend
 from lmloss.stats.chunking import ChunkPlan
-from lmloss.stats.fusion import Fusable, compile_wanted
 from lmloss.stats.schedule import Block, Box, one_pass, online_moments, recompute
 from lmloss.stats.statistics import ALL_STATISTICS, MOMENTS, Final, Tile, moments_for
 from lmloss.stats.tiles import HeadSource, HeadSpec, compute_dtype
+from lmloss.stats.torch_compile import Fusable, compile_wanted
 from lmloss.stats.transform import LogitTransform
 from lmloss.stats.workspace import Workspace
 
@@ -64,7 +64,7 @@ def _tile_grad(z, m, lse, zy, moments, vocab, target_col, upstream, table, buffe
     return dz
 
 
-# Compiled, each is one or two loops over the tile (:mod:`lmloss.stats.fusion`).
+# Compiled, each is one or two loops over the tile (:mod:`lmloss.stats.torch_compile`).
 WHOLE_TILE_MOMENTS = Fusable(_whole_tile_moments)
 TILE_GRAD = Fusable(_tile_grad)
 
@@ -74,7 +74,7 @@ class StatsKernel:
 
     ``table``: the frozen ``[V, D]`` table of the ``expectation`` statistic (no gradient).
     ``compiled``: run the per-tile formulas through ``torch.compile`` (large calls; see
-    :mod:`lmloss.stats.fusion`).
+    :mod:`lmloss.stats.torch_compile`).
     """
 
     def __init__(

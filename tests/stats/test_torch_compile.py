@@ -6,14 +6,14 @@ import pytest
 import torch
 
 import lmloss
-import lmloss.stats.fusion as fusion
-from lmloss.stats.fusion import Fusable, compile_wanted
+import lmloss.stats.torch_compile as torch_compile
+from lmloss.stats.torch_compile import Fusable, compile_wanted
 
 B, T, H, V = 2, 6, 8, 29
 
 
 def _distill(mode, monkeypatch, **kw):
-    monkeypatch.setenv(fusion.COMPILE_VARIABLE, mode)
+    monkeypatch.setenv(torch_compile.COMPILE_VARIABLE, mode)
     g = torch.Generator().manual_seed(0)
     student = [torch.randn(B, T, H, generator=g), torch.randn(V, H, generator=g)]
     teacher = [torch.randn(B, T, H, generator=g), torch.randn(V, H, generator=g)]
@@ -41,7 +41,7 @@ def test_compiled_statistics_kernel_equals_eager(monkeypatch):
     targets[0, :2] = -100
     results = []
     for mode in ("0", "1"):
-        monkeypatch.setenv(fusion.COMPILE_VARIABLE, mode)
+        monkeypatch.setenv(torch_compile.COMPILE_VARIABLE, mode)
         loss = lmloss.linear_cross_entropy(hidden, weight, targets, softcap=3.0)
         results.append((loss, *torch.autograd.grad(loss, (hidden, weight))))
     for got, want in zip(*results):
@@ -63,11 +63,11 @@ def test_failed_compilation_warns_once_and_runs_eagerly(monkeypatch):
 
 
 def test_compile_only_for_large_calls_by_default(monkeypatch):
-    monkeypatch.delenv(fusion.COMPILE_VARIABLE, raising=False)
+    monkeypatch.delenv(torch_compile.COMPILE_VARIABLE, raising=False)
     assert not compile_wanted(1024, 1024)
     assert compile_wanted(4096, 32000)
-    monkeypatch.setenv(fusion.COMPILE_VARIABLE, "0")
+    monkeypatch.setenv(torch_compile.COMPILE_VARIABLE, "0")
     assert not compile_wanted(4096, 32000)
-    monkeypatch.setenv(fusion.COMPILE_VARIABLE, "sometimes")
+    monkeypatch.setenv(torch_compile.COMPILE_VARIABLE, "sometimes")
     with pytest.raises(ValueError, match="LMLOSS_COMPILE must be auto, 1 or 0"):
         compile_wanted(1, 1)
