@@ -217,3 +217,21 @@ def test_missing_or_mismatched_heads_are_named():
             "grpo", hidden=x["hidden"], targets=x["targets"], advantages=x["advantages"],
             ref_hidden=x["ref_hidden"], head=_policy_head(policy), ref_head=other_cap,
         )  # fmt: skip
+
+
+def test_the_two_model_engine_takes_one_value_per_model():
+    from lmloss.stats.divergence_api import token_pair_terms
+    from lmloss.stats.model_input import ModelInput, ModelLogits
+
+    x, policy, reference, _ = _inputs()
+    student = ModelInput(x["hidden"], _policy_head(policy))
+    as_logits = ModelLogits(x["hidden"] @ reference["ref_weight"].T, softcap=2.0)
+    as_head = ModelInput(x["hidden"], lmloss.Head(reference["ref_weight"], softcap=2.0))
+    by_logits = token_pair_terms(student, as_logits, "forward_kl")["forward_kl"]
+    torch.testing.assert_close(
+        by_logits, token_pair_terms(student, as_head, "forward_kl")["forward_kl"]
+    )
+    with pytest.raises(TypeError, match=r"student must be a ModelInput\(hidden, head\)"):
+        token_pair_terms((x["hidden"], policy["weight"]), as_head, "forward_kl")
+    with pytest.raises(TypeError, match=r"ModelInput\.head must be an lmloss\.Head"):
+        ModelInput(x["hidden"], policy["weight"])

@@ -68,7 +68,8 @@ def _check_model(prefix: str, model: object) -> tuple[Tensor, Tensor]:
     """A :class:`ModelInput`'s hidden states and weight, checked (``prefix`` names them)."""
     if not isinstance(model, ModelInput):
         raise TypeError(
-            f"{prefix} must be an lmloss.stats.ModelInput(hidden, head), got {type(model).__name__}"
+            f"{prefix} must be a ModelInput(hidden, head) (lmloss.stats.model_input), got "
+            f"{type(model).__name__}"
         )
     hidden = _checks.require_floating(f"{prefix}_hidden", model.hidden)
     weight = _checks.require_floating(f"{prefix}_weight", model.head.weight)
