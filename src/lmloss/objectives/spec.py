@@ -39,10 +39,6 @@ class Family:
         plain: ``"module:function"`` of the front door on per-token statistics (or logits).
         fused: ``"module:function"`` of the front door on hidden states and LM heads, or
             ``""`` when the family's inputs are not a language model's head.
-        heads: the fused door's :class:`lmloss.Head` roles: role keyword (``"head"``,
-            ``"ref_head"``, ``"teacher_head"``) -> (prefix of its ``weight``/``bias``
-            keywords, prefix of its ``softcap``/``logit_scale`` keywords, or None when
-            the role shares the ``head``'s transform).
         reference: the default of ``@objective(reference=...)`` in this family.
         trl_trainer: the :mod:`lmloss.trl` trainer that takes its objectives, if any.
     """
@@ -51,7 +47,6 @@ class Family:
     read_signature: Callable[[ObjectiveSpec, Callable, tuple[str, ...]], dict]
     plain: str
     fused: str = ""
-    heads: tuple[tuple[str, tuple[str, str | None]], ...] = ()
     reference: str = "none"
     trl_trainer: str = ""
 

@@ -31,5 +31,4 @@ FAMILY = Family(
     read_signature=_read_signature,
     plain="lmloss.distill:divergence_loss",
     fused="lmloss.distill:fused_divergence_loss",
-    heads=(("head", ("student_", "")), ("teacher_head", ("teacher_", "teacher_"))),
 )

@@ -31,6 +31,5 @@ FAMILY = Family(
     read_signature=_read_signature,
     plain="lmloss.likelihood:likelihood_loss",
     fused="lmloss.likelihood:fused_likelihood_loss",
-    heads=(("head", ("", "")),),
     trl_trainer="SFTTrainer",
 )

@@ -42,7 +42,6 @@ FAMILY = Family(
     read_signature=_read_signature,
     plain="lmloss.policy:policy_loss",
     fused="lmloss.policy:fused_policy_loss",
-    heads=(("head", ("", "")), ("ref_head", ("ref_", None))),
     reference="optional",
     trl_trainer="GRPOTrainer",
 )

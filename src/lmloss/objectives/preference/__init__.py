@@ -53,7 +53,6 @@ FAMILY = Family(
     read_signature=_read_signature,
     plain="lmloss.preference:preference_loss",
     fused="lmloss.preference:fused_preference_loss",
-    heads=(("head", ("", "")), ("ref_head", ("ref_", None))),
     reference="required",
     trl_trainer="DPOTrainer",
 )

@@ -39,7 +39,6 @@ from lmloss.train.modes.base import (
     Example,
     Mode,
     encode_row,
-    head_kwargs,
     like_head,
 )
 from lmloss.train.modes.policy_sum import policy_with_terms
@@ -318,8 +317,7 @@ class PolicyMode(Mode):
                 )
             reference = {
                 "ref_hidden": like_head(ref_hidden[:, scored], ref_head),
-                "ref_weight": ref_head.weight,
-                "ref_bias": ref_head.bias,
+                "ref_head": ref_head,
             }
         normalizer = {"num_items": num_items} if num_items is not None else {}
         head = self.policy_head()
@@ -331,7 +329,7 @@ class PolicyMode(Mode):
             old_logps=t.get("old_logps"),
             proxy_logps=t.get("proxy_logps"),
             want_entropy=True,
-            **head_kwargs(head),
+            head=head,
             **reference,
             **normalizer,
             **self.scoring,

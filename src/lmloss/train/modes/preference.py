@@ -192,8 +192,7 @@ class PreferenceMode(Mode):
         size = len(self._segments_of(examples))
         return {
             "ref_hidden": self._layout(hidden, size),
-            "ref_weight": head.weight,
-            "ref_bias": head.bias,
+            "ref_head": head,
         }
 
     def _sample_group(self, prefix: str, seqs: Sequences, prompts: int) -> dict:
@@ -252,7 +251,7 @@ class PreferenceMode(Mode):
             self.ctx.entry.name,
             hidden=self._layout(self.policy_hidden(seqs), size),
             targets=self._layout(seqs.targets, size),
-            **head_kwargs(self.policy_head()),
+            head=self.policy_head(),
             **self._reference(seqs, examples),
             **inputs,
             **self.ctx.engine,
@@ -325,9 +324,9 @@ class PreferenceMode(Mode):
         with torch.no_grad():
             logps = token_stats(
                 found["ref_hidden"],
-                found["ref_weight"],
+                found["ref_head"].weight,
                 seqs.targets,
-                found["ref_bias"],
+                found["ref_head"].bias,
                 **self.policy_head().transform_kwargs(),
                 **self.ctx.engine,
             ).logp

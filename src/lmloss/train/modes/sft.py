@@ -138,7 +138,7 @@ class SFTMode(Mode):
                 hidden=hidden,
                 targets=seqs.targets,
                 num_items=num_items,
-                **head_kwargs(self.policy_head()),
+                head=self.policy_head(),
                 **self.ctx.engine,
                 **extra,
                 **options,
