@@ -4,7 +4,9 @@
 checks before it loads the model (so a bad row, reward function or resume path is found
 before minutes of loading). Checked:
 
-* the recipe's keys and values (while parsing, :mod:`lmloss.train.recipe`);
+* the recipe's keys and values (while parsing, :mod:`lmloss.train.recipe`), and the ranges
+  of the objective's hyper-parameters, by the objective itself on a synthetic batch
+  (:mod:`lmloss.train.objective_check`);
 * every data row (``data.path`` and ``data.eval_path``): readable, a known format, the
   values of its columns (:mod:`lmloss.train.formats`), and the format the objective needs;
 * reward functions: importable (the current folder is on the import path) and callable
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmloss._checks import require_choice
-from lmloss.train import formats, health, loggers, rundir, tasks
+from lmloss.train import formats, health, loggers, objective_check, rundir, tasks
 from lmloss.train.config import Recipe
 from lmloss.train.data import load_rows, read_hub_dataset, rename_columns
 from lmloss.train.files import read_rows
@@ -230,6 +232,7 @@ def check(
     ``writes``: the trainer's call, which may write a built-in task's rows to the run."""
     run_dir = Path(recipe.output.dir) if run_dir is None else run_dir
     rundir.check_target(run_dir, resume=resume, overwrite=False)
+    ranges = objective_check.check_recipe_ranges(recipe)
     table = read_table(recipe, run_dir, write_task=writes)
     check_conversations(table, recipe.data.train_on)
     report = Report(table)
@@ -237,6 +240,7 @@ def check(
         f"data: {table.source}: {len(table.rows)} rows, format {table.format}, fit for "
         f"{recipe.entry.name!r}"
     )
+    report.lines.append(ranges)
     if recipe.data.eval_path is not None:
         report.eval_table = read_table(recipe, run_dir, recipe.data.eval_path)
         report.lines.append(f"eval data: {len(report.eval_table.rows)} rows")
