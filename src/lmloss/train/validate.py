@@ -12,7 +12,9 @@ before minutes of loading). Checked:
 * reward functions: importable (the current folder is on the import path) and callable
   with the documented signature;
 * the resume target, the eval task, the model and teacher names (bundled, a local model
-  folder, or a Hub id already in the local cache), precomputed files.
+  folder, or a Hub id already in the local cache), precomputed files;
+* ``lmloss validate`` only: each prompt's length in tokens, with the model's tokenizer when
+  it loads offline (:mod:`lmloss.train.prompt_lengths`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from lmloss.train.config import Recipe
 from lmloss.train.data import load_rows, read_hub_dataset, rename_columns
 from lmloss.train.files import read_rows
 from lmloss.train.hub import is_hub_id, resolve_model
+from lmloss.train.prompt_lengths import check_prompt_lengths
 
 
 @dataclass
@@ -229,7 +232,8 @@ def check(
     recipe: Recipe, *, resume: bool = False, run_dir: Path | None = None, writes: bool = False
 ) -> Report:
     """Every weight-free check of ``recipe``; the first problem raises ValueError.
-    ``writes``: the trainer's call, which may write a built-in task's rows to the run."""
+    ``writes``: the trainer's call, which may write a built-in task's rows to the run (and
+    tokenizes the prompts itself)."""
     run_dir = Path(recipe.output.dir) if run_dir is None else run_dir
     rundir.check_target(run_dir, resume=resume, overwrite=False)
     ranges = objective_check.check_recipe_ranges(recipe)
@@ -245,6 +249,8 @@ def check(
         report.eval_table = read_table(recipe, run_dir, recipe.data.eval_path)
         report.lines.append(f"eval data: {len(report.eval_table.rows)} rows")
     report.lines.append(f"model: {recipe.model.name} ({resolve_model(recipe.model.name)})")
+    if not writes:  # the trainer tokenizes every row itself, right after loading the model
+        report.lines.append(check_prompt_lengths(recipe, table))
     if recipe.distill.teacher is not None:
         resolve_model(recipe.distill.teacher, "distill.teacher")
         report.lines.append(f"teacher: {recipe.distill.teacher}")
