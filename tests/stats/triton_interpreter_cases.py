@@ -218,6 +218,69 @@ def test_pair_terms_match_torch(use, routed, names, hyper, teacher_grad):
         torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
 
 
+# ``-inf`` bias entries (a masked vocabulary): some in one head only, one (5) in both.
+MASKED_ENTRIES = {"teacher": [1, 5, 30], "student": [5, 12, 36]}
+
+
+def _masked_pair_inputs(masked: str) -> dict:
+    x = _pair_inputs()
+    with torch.no_grad():
+        for head, entries in MASKED_ENTRIES.items():
+            if masked in (head, "both"):
+                x[f"{head}_bias"][entries] = float("-inf")
+    return x
+
+
+@pytest.mark.parametrize("masked", ["teacher", "student", "both"])
+@pytest.mark.parametrize(
+    ("names", "hyper"),
+    [(("forward_kl", "reverse_kl"), {}), (("jsd", "tvd"), {"beta": 0.3})],
+)
+def test_minus_inf_logits_are_probability_zero_as_on_torch(use, routed, masked, names, hyper):
+    """A ``-inf`` logit is probability 0 on both backends: finite values and gradients (of
+    both heads), equal to the PyTorch engine's (log-probabilities floored at -1e9)."""
+    x = _masked_pair_inputs(masked)
+    leaves = [v for k, v in x.items() if k != "mask"]
+    results = []
+    for name in ("triton", "torch"):
+        use(name)
+        values = token_pair_terms(
+            x["student_hidden"], x["student_weight"], names,
+            **{k: v for k, v in x.items() if k not in ("student_hidden", "student_weight")},
+            temperature=1.3, teacher_requires_grad=True, hyper=hyper,
+        )  # fmt: skip
+        loss = sum((values[n] * (i + 1.5)).sum() for i, n in enumerate(names))
+        results.append([values[n] for n in names] + list(torch.autograd.grad(loss, leaves)))
+    assert routed == ["route_pair_terms"]
+    for got, ref in zip(*results):
+        assert bool(torch.isfinite(got).all())
+        # Mass on an entry the other head masks costs ~1e9 per unit of probability: gradients
+        # then sum terms that large, and float32 leaves an error relative to the largest.
+        largest = ref.abs().max().item()
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=max(1e-4, 1e-5 * largest))
+
+
+@pytest.mark.parametrize("masked", ["teacher", "student", "both"])
+def test_minus_inf_logits_in_the_one_pass_loss(use, routed, masked):
+    x = _masked_pair_inputs(masked)
+    results = []
+    for name in ("triton", "torch"):
+        use(name)
+        loss, values = token_pair_loss(
+            x["student_hidden"], x["student_weight"], ("jsd",),
+            lambda v, rows: v["jsd"].sum(),
+            student_bias=x["student_bias"], teacher_hidden=x["teacher_hidden"],
+            teacher_weight=x["teacher_weight"], teacher_bias=x["teacher_bias"], mask=x["mask"],
+            hyper={"beta": 0.5},
+        )  # fmt: skip
+        grads = torch.autograd.grad(loss, [x["student_hidden"], x["student_bias"]])
+        results.append((loss, values["jsd"], *grads))
+    assert routed == ["route_pair_loss"]
+    for got, ref in zip(*results):
+        assert bool(torch.isfinite(got).all())
+        torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.5])
 def test_pair_loss_one_pass_matches_torch(use, routed, beta):
     x = _pair_inputs()
