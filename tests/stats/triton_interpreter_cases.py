@@ -192,15 +192,9 @@ def _pair_inputs(dtype=torch.float32):
     }
 
 
-@pytest.mark.parametrize(
-    ("names", "hyper", "teacher_grad"),
-    [
-        (("forward_kl", "reverse_kl"), {}, False),
-        (("jsd", "tvd"), {"beta": 0.3}, True),
-    ],
-)
-def test_pair_terms_match_torch(use, routed, names, hyper, teacher_grad):
-    x = _pair_inputs()
+def _pair_terms_on_both_backends(use, x, names, hyper, teacher_grad):
+    """``[triton, torch]``: each backend's term values and the gradients of a weighted sum
+    of them (w.r.t. the student's leaves, and the teacher's with ``teacher_grad``)."""
     leaves = [v for k, v in x.items() if k != "mask"]
     results = []
     for name in ("triton", "torch"):
@@ -213,6 +207,18 @@ def test_pair_terms_match_torch(use, routed, names, hyper, teacher_grad):
         loss = sum((values[n] * (i + 1.5)).sum() for i, n in enumerate(names))
         wanted = leaves if teacher_grad else leaves[:3]
         results.append([values[n] for n in names] + list(torch.autograd.grad(loss, wanted)))
+    return results
+
+
+@pytest.mark.parametrize(
+    ("names", "hyper", "teacher_grad"),
+    [
+        (("forward_kl", "reverse_kl"), {}, False),
+        (("jsd", "tvd"), {"beta": 0.3}, True),
+    ],
+)
+def test_pair_terms_match_torch(use, routed, names, hyper, teacher_grad):
+    results = _pair_terms_on_both_backends(use, _pair_inputs(), names, hyper, teacher_grad)
     assert routed == ["route_pair_terms"]
     for got, ref in zip(*results):
         torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
@@ -239,18 +245,7 @@ def _masked_pair_inputs(masked: str) -> dict:
 def test_minus_inf_logits_are_probability_zero_as_on_torch(use, routed, masked, names, hyper):
     """A ``-inf`` logit is probability 0 on both backends: finite values and gradients (of
     both heads), equal to the PyTorch engine's (log-probabilities floored at -1e9)."""
-    x = _masked_pair_inputs(masked)
-    leaves = [v for k, v in x.items() if k != "mask"]
-    results = []
-    for name in ("triton", "torch"):
-        use(name)
-        values = token_pair_terms(
-            x["student_hidden"], x["student_weight"], names,
-            **{k: v for k, v in x.items() if k not in ("student_hidden", "student_weight")},
-            temperature=1.3, teacher_requires_grad=True, hyper=hyper,
-        )  # fmt: skip
-        loss = sum((values[n] * (i + 1.5)).sum() for i, n in enumerate(names))
-        results.append([values[n] for n in names] + list(torch.autograd.grad(loss, leaves)))
+    results = _pair_terms_on_both_backends(use, _masked_pair_inputs(masked), names, hyper, True)
     assert routed == ["route_pair_terms"]
     for got, ref in zip(*results):
         assert bool(torch.isfinite(got).all())
