@@ -1,7 +1,7 @@
 """Objective hyper-parameter ranges checked before any model loads, by the objective itself.
 
 An objective checks its own ranges when it runs (``beta > 0`` for DPO, a clip width
-``eps_low`` in [0, 1], a ``label_smoothing`` in [0, 0.5), ...). So that ``lmloss validate``
+``eps_low`` in [0, 1], cDPO's label noise ``eps`` in [0, 0.5), ...). So that ``lmloss validate``
 (and ``lmloss train``, before it loads the model) finds an out-of-range value without a
 second copy of those ranges, :func:`check_ranges` calls the objective once through the
 front door the trainer calls, on CPU, on a tiny synthetic batch shaped from its spec
@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+import lmloss
 from lmloss import registry
 
 ROWS, T, K, V, D = 4, 3, 2, 16, 2  # rows, tokens, list items, vocabulary, embedding size
@@ -114,8 +115,6 @@ def _distill(spec, B: int) -> dict[str, torch.Tensor]:
 def _door(entry: registry.Entry, B: int) -> Callable[[dict], Any]:
     """``hyper -> loss``: the front door the trainer's mode calls for ``entry`` (reward
     models: on scores), on ``B`` synthetic rows."""
-    import lmloss
-
     if entry.family == "classify":
         scores = {"chosen": _values(B), "rejected": _values(B).flip(0)}
         return lambda hyper: lmloss.reward_model_loss(entry.name, **scores, **hyper)
