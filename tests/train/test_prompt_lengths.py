@@ -81,3 +81,19 @@ def test_a_tokenizer_that_does_not_load_offline_skips_the_check(
     # with its tokenizer (the tiny character tokenizer), the same rows are refused by line
     assert _validate(tmp_path, str(tiny_model), rows, max_prompt_length=4) == 2
     assert ":2: the prompt has" in capsys.readouterr().err
+
+
+def test_a_long_first_turn_of_a_conversation_is_found_too(tiny_model, tmp_path, capsys):
+    """``messages`` rows: the prompt is what precedes the first trained (assistant) token."""
+    talk = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    long = [{"role": "user", "content": "x" * 60}, talk[1]]
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": talk}, {"messages": long}])
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        f"[model]\nname = {json.dumps(str(tiny_model))}\n[data]\npath = {json.dumps(str(data))}\n"
+        'max_prompt_length = 40\n[objective]\nname = "ce"\n'
+        f"[output]\ndir = {json.dumps(str(tmp_path / 'run'))}\n"
+    )
+    assert cli.main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"lmloss: error: {data}:2: the prompt has "), err

@@ -36,6 +36,15 @@ def offline_tokenizer(name: str, trust_remote_code: bool = False):
     )
 
 
+def prompt_ids(encoder: Encoder, row: dict) -> list[int]:
+    """The prompt's tokens as the trainer's modes cut them: a ``prompt`` column's, or a
+    conversation's tokens before its first trained one."""
+    if row.get("messages") is not None:
+        ids, trained = encoder.conversation(row["messages"])
+        return ids[: trained.index(True)] if any(trained) else ids
+    return encoder.prompt(row["prompt"])
+
+
 def check_prompt_lengths(recipe, table) -> str:
     """Every prompt of ``table`` (a :class:`lmloss.train.validate.Table`) within
     ``data.max_prompt_length``; a ``DataError`` names the first one over it. Returns the
@@ -44,8 +53,8 @@ def check_prompt_lengths(recipe, table) -> str:
     limit = f"data.max_prompt_length = {config.max_prompt_length}"
     if config.long_prompts != "error":
         return f"prompt lengths: over {limit} are dropped (data.long_prompts = 'drop')"
-    if not table.rows or "prompt" not in table.rows[0]:
-        return f"prompt lengths: not checked ({table.format} rows have no prompt column)"
+    if not table.rows or not {"prompt", "messages"} & set(table.rows[0]):
+        return f"prompt lengths: not checked ({table.format} rows have no prompt)"
     try:
         tokenizer = offline_tokenizer(recipe.model.name, recipe.model.trust_remote_code)
     except Exception as error:  # whatever the loader raises: skip the check, never fail
@@ -58,7 +67,7 @@ def check_prompt_lengths(recipe, table) -> str:
     encoder = Encoder(tokenizer, config)
 
     def length_ok(index: int, row: dict) -> bool:
-        return encoder.check_prompt(encoder.prompt(row["prompt"]), index)
+        return encoder.check_prompt(prompt_ids(encoder, row), index)
 
     encode_rows(length_ok, table.rows, table.positions, table.source)
     return f"prompt lengths: {len(table.rows)} prompts within {limit}"
