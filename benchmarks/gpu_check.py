@@ -193,6 +193,7 @@ def _parity_case(check: Check, shape: dict, dtype, device: str) -> None:
 
     import lmloss
     from lmloss.stats.divergence_api import token_pair_terms
+    from lmloss.stats.model_input import ModelInput, PairSettings
 
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     label = f"N={shape['N']} H={shape['H']} V={shape['V']} {str(dtype)[6:]}"
@@ -213,9 +214,10 @@ def _parity_case(check: Check, shape: dict, dtype, device: str) -> None:
 
     def pairs():
         out = token_pair_terms(
-            hidden, weight, TERMS, student_bias=bias, teacher_hidden=t_hidden,
-            teacher_weight=t_weight, teacher_bias=t_bias, teacher_requires_grad=True,
-            temperature=1.5, hyper={"beta": 0.3},
+            ModelInput(hidden, lmloss.Head(weight, bias)),
+            ModelInput(t_hidden, lmloss.Head(t_weight, t_bias)),
+            TERMS, hyper={"beta": 0.3},
+            settings=PairSettings(temperature=1.5, teacher_requires_grad=True),
         )  # fmt: skip
         loss = sum((out[n] * mix[i]).sum() for i, n in enumerate(TERMS))
         leaves = (*student, t_hidden, t_weight, t_bias)

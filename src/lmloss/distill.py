@@ -6,8 +6,13 @@
   weights: the two-model engine (:mod:`lmloss.stats.divergence`) never holds ``[N, V]``.
 * :func:`token_divergence` — the per-token divergence itself (e.g. TDPO's per-token
   ``KL(π_ref ‖ π_θ)``: ``token_divergence("forward_kl", student_hidden=policy_hidden,
-  student_weight=policy_weight, teacher_hidden=ref_hidden, teacher_weight=ref_weight,
+  student_head=policy_head, teacher_hidden=ref_hidden, teacher_head=ref_head,
   mask=mask)``).
+
+Each model travels as one value below the doors: an :class:`lmloss.Head` with its hidden
+states (:class:`~lmloss.stats.model_input.ModelInput`), or a teacher's raw logits
+(:class:`~lmloss.stats.model_input.ModelLogits`); the per-keyword forms (``student_weight``,
+``teacher_softcap`` ...) are turned into them at the top of each door.
 
 Objectives are found by name in the registry (``lmloss.list_objectives("distill")``). What
 an objective reads is declared by its ``stats``: pair terms (divergences and entropies,
@@ -25,39 +30,46 @@ from collections.abc import Callable, Mapping
 import torch
 
 from lmloss import _checks, registry
-from lmloss.objectives.binding import bind, positional_tensors, unknown_arguments
+from lmloss.head import Head, door_head
+from lmloss.objectives.binding import (
+    ObjectiveArgumentError,
+    bind,
+    positional_tensors,
+    unknown_arguments,
+)
 from lmloss.objectives.distill.pld import plackett_luce_order
 from lmloss.objectives.distill.sparse import check_sparse_teacher, sparse_support
 from lmloss.output import LossOutput
 from lmloss.stats.divergence_api import token_pair_terms
 from lmloss.stats.divergence_models import HeadModels, LogitsModels
 from lmloss.stats.divergence_terms import DIVERGENCES, PAIR_TERMS, resolve_hyper, term_values
+from lmloss.stats.model_input import ModelInput, ModelLogits, PairSettings
 
 Tensor = torch.Tensor
 Models = LogitsModels | HeadModels
 
 FAMILY = "distill"
 _STUDENT_HEAD = ("student_hidden", "student_weight")
+# The doors' per-keyword forms of each head: weight, bias, soft cap, logit scale.
+_HEAD_KEYWORDS = {
+    "student": ("student_weight", "student_bias", "softcap", "logit_scale"),
+    "teacher": ("teacher_weight", "teacher_bias", "teacher_softcap", "teacher_logit_scale"),
+}
 
 
 def token_divergence(
     name: str,
     *args: Tensor,
     student_hidden: Tensor | None = None,
-    student_weight: Tensor | None = None,
+    student_head: Head | None = None,
     teacher_hidden: Tensor | None = None,
-    teacher_weight: Tensor | None = None,
+    teacher_head: Head | None = None,
     teacher_logits: Tensor | None = None,
-    student_bias: Tensor | None = None,
-    teacher_bias: Tensor | None = None,
     mask: Tensor | None = None,
     temperature: float = 1.0,
-    softcap: float | None = None,
-    logit_scale: float = 1.0,
-    teacher_softcap: float | None = None,
-    teacher_logit_scale: float = 1.0,
     teacher_requires_grad: bool = False,
     memory_budget: int | None = None,
+    head: Head | None = None,
     **hyper: float,
 ) -> Tensor:
     """The per-token divergence ``name`` between student and teacher, fused.
@@ -66,49 +78,98 @@ def token_divergence(
         name: one of ``forward_kl`` (``KL(p_t ‖ p_s)``), ``reverse_kl``, ``jsd``, ``tvd``,
             ``skew_kl``, ``skew_reverse_kl``, ``alpha_beta``, ``hellinger``, ``chi2``.
         *args: deprecated: ``student_hidden, student_weight`` given by position.
-        student_hidden: ``[N, H]`` or ``[B, T, H]``; student_weight: ``[V, H]``.
-        teacher_hidden, teacher_weight: the teacher head (``[..., H_t]``, ``[V, H_t]``), or
-        teacher_logits: ``[..., V]`` instead.
-        student_bias, teacher_bias: optional ``[V]`` head biases.
+        student_hidden: ``[N, H]`` or ``[B, T, H]``.
+        student_head: the student's :class:`lmloss.Head` (weight ``[V, H]``, bias, soft cap,
+            logit scale); ``head=`` is the same (the name :func:`lmloss.fused_loss` uses).
+        teacher_hidden, teacher_head: the teacher's hidden states ``[..., H_t]`` and head
+            (weight ``[V, H_t]``), or
+        teacher_logits: its raw logits ``[..., V]`` instead (``teacher_softcap`` and
+            ``teacher_logit_scale`` apply to them).
         mask: 0/1 or bool over the leading dimensions; masked positions give 0.
         temperature: divides both models' logits.
-        softcap, logit_scale: the student head's transform (as in :func:`lmloss.token_stats`);
-        teacher_softcap, teacher_logit_scale: the teacher's (also applied to teacher_logits).
         teacher_requires_grad: also differentiate w.r.t. the teacher's inputs.
         memory_budget: bytes for the logit tiles (default 128 MiB).
+        student_weight, student_bias, softcap, logit_scale: the student's head as keywords
+            instead of ``student_head`` (as in :func:`lmloss.token_stats`);
+        teacher_weight, teacher_bias, teacher_softcap, teacher_logit_scale: the teacher's,
+            instead of ``teacher_head``.
         **hyper: the divergence's hyper-parameters (``beta`` for ``jsd``, ``alpha`` ...).
 
     Returns:
         Per-token values shaped like ``student_hidden.shape[:-1]``, zeros where
         ``mask == 0``; differentiable w.r.t. the student (and the teacher if asked).
     """
-    student_hidden, student_weight = positional_tensors(
-        "token_divergence", args, _STUDENT_HEAD, (student_hidden, student_weight)
-    )
     _checks.require_choice("divergence", name, DIVERGENCES)
+    student_hidden, hyper["student_weight"] = positional_tensors(
+        "token_divergence", args, _STUDENT_HEAD, (student_hidden, hyper.get("student_weight"))
+    )
+    student, teacher = _two_models(
+        (student_hidden, teacher_hidden, teacher_logits), (student_head, head, teacher_head), hyper
+    )
     unknown = set(hyper) - set(PAIR_TERMS[name].defaults)
     if unknown:
         raise unknown_arguments("divergence", name, unknown, PAIR_TERMS[name].defaults)
-    values = token_pair_terms(
-        student_hidden,
-        student_weight,
-        (name,),
-        student_bias=student_bias,
-        teacher_hidden=teacher_hidden,
-        teacher_weight=teacher_weight,
-        teacher_bias=teacher_bias,
-        teacher_logits=teacher_logits,
-        mask=mask,
-        temperature=temperature,
-        softcap=softcap,
-        logit_scale=logit_scale,
-        teacher_softcap=teacher_softcap,
-        teacher_logit_scale=teacher_logit_scale,
-        teacher_requires_grad=teacher_requires_grad,
-        hyper=hyper,
-        memory_budget=memory_budget,
-    )
+    if teacher is None:
+        raise ValueError(
+            "a teacher is needed: pass teacher_hidden and teacher_weight (or teacher_head), "
+            "or teacher_logits"
+        )
+    settings = PairSettings(temperature, memory_budget, teacher_requires_grad)
+    values = token_pair_terms(student, teacher, (name,), mask=mask, hyper=hyper, settings=settings)
     return values[name]
+
+
+# ---------------------------------------------------------------- the two models, one value each
+
+
+def _two_models(
+    tensors: tuple[object, object, object], heads: tuple[object, object, object], keywords: dict
+) -> tuple[ModelInput, ModelInput | ModelLogits | None]:
+    """The student and the teacher of a distillation door, one value each.
+
+    ``tensors`` are the door's ``student_hidden``, ``teacher_hidden``, ``teacher_logits``;
+    ``heads`` its ``student_head``, ``head`` (the same role, as :func:`lmloss.fused_loss`
+    names it) and ``teacher_head``. The per-keyword forms of the heads are taken out of the
+    door's other ``keywords``: what is left are hyper-parameters.
+    """
+    student_hidden, teacher_hidden, teacher_logits = tensors
+    given = {
+        model: {name: keywords.pop(name, None) for name in names}
+        for model, names in _HEAD_KEYWORDS.items()
+    }
+    student_head, head, teacher_head = heads
+    if student_head is not None and head is not None:
+        raise ObjectiveArgumentError(
+            "give student_head= or head=, not both (two names of one head)"
+        )
+    role, student = ("head", head) if head is not None else ("student_head", student_head)
+    student = door_head(role, student, given["student"], required=True)
+    teacher = _teacher(teacher_hidden, teacher_head, teacher_logits, given["teacher"])
+    return ModelInput(student_hidden, student), teacher
+
+
+def _teacher(
+    hidden: object, teacher_head: object, logits: object, keywords: dict[str, object]
+) -> ModelInput | ModelLogits | None:
+    """The teacher as a head (``teacher_head=`` or its keywords) with its hidden states, as
+    raw ``teacher_logits`` (the transform keywords apply to them), or None (absent)."""
+    weight, bias, softcap, logit_scale = keywords.values()
+    as_head = hidden is not None or weight is not None or teacher_head is not None
+    if as_head and logits is not None:
+        raise ValueError(
+            "give the teacher either as teacher_hidden and teacher_weight (or teacher_head) "
+            "or as teacher_logits, not both"
+        )
+    if logits is not None:
+        if bias is not None:
+            raise ValueError("teacher_bias applies to a teacher head, not to teacher_logits")
+        return ModelLogits(logits, softcap, 1.0 if logit_scale is None else logit_scale)
+    found = door_head("teacher_head", teacher_head, keywords)
+    if (hidden is None) != (found is None):
+        raise ValueError(
+            "teacher_hidden and teacher_weight (or teacher_head) must be given together"
+        )
+    return None if found is None else ModelInput(hidden, found)
 
 
 # ---------------------------------------------------------------- inputs of the objectives
@@ -309,38 +370,36 @@ def fused_divergence_loss(
     name: str,
     *args: Tensor,
     student_hidden: Tensor | None = None,
-    student_weight: Tensor | None = None,
+    student_head: Head | None = None,
     teacher_hidden: Tensor | None = None,
-    teacher_weight: Tensor | None = None,
+    teacher_head: Head | None = None,
     teacher_logits: Tensor | None = None,
-    student_bias: Tensor | None = None,
-    teacher_bias: Tensor | None = None,
     teacher_topk_ids: Tensor | None = None,
     teacher_topk_logprobs: Tensor | None = None,
     sparse_tail: str = "bucket",
     mask: Tensor | None = None,
     labels: Tensor | None = None,
     temperature: float = 1.0,
-    softcap: float | None = None,
-    logit_scale: float = 1.0,
-    teacher_softcap: float | None = None,
-    teacher_logit_scale: float = 1.0,
     teacher_requires_grad: bool = False,
     memory_budget: int | None = None,
+    head: Head | None = None,
     **hyper: object,
 ) -> LossOutput:
     """A distillation objective from hidden states and LM-head weights, without ``[N, V]``.
 
     The same objectives and arguments as :func:`divergence_loss`, with the student given as
-    ``student_hidden= [..., H]`` and ``student_weight= [V, H]`` (+ ``student_bias``; by
-    position is deprecated) and the
-    teacher as a head (``teacher_hidden``, ``teacher_weight``, ``teacher_bias``), as
-    ``teacher_logits [..., V]``, or sparse (``teacher_topk_ids``/``teacher_topk_logprobs``).
-    Teacher gradients are off unless ``teacher_requires_grad=True`` (online distillation;
-    PLD's teacher weights never carry one). ``softcap``/``logit_scale`` and
-    ``teacher_softcap``/``teacher_logit_scale`` are each head's transform (Gemma's soft cap,
-    Cohere's scale; as in :func:`lmloss.token_stats`), applied before ``temperature`` and
-    also to ``teacher_logits``. ``memory_budget`` bounds the logit tiles
+    ``student_hidden= [..., H]`` and ``student_head=`` an :class:`lmloss.Head` (``head=``
+    is the same, as :func:`lmloss.fused_loss` names it) and the teacher as a head
+    (``teacher_hidden``, ``teacher_head``), as ``teacher_logits [..., V]``, or sparse
+    (``teacher_topk_ids``/``teacher_topk_logprobs``). Each head carries its own transform
+    (Gemma's soft cap, Cohere's scale), applied before ``temperature``. The heads may also
+    be given by keyword, as in :func:`lmloss.token_stats`: ``student_weight``,
+    ``student_bias``, ``softcap``, ``logit_scale`` (hidden and weight by position is
+    deprecated) and ``teacher_weight``, ``teacher_bias``, ``teacher_softcap``,
+    ``teacher_logit_scale`` (the last two also apply to ``teacher_logits``); a head and its
+    keywords together are refused. Teacher gradients are off unless
+    ``teacher_requires_grad=True`` (online distillation; PLD's teacher weights never carry
+    one). ``memory_budget`` bounds the logit tiles
     (bytes; default 128 MiB). ``sinkhorn_kd`` compares every row with every other over the
     vocabulary and is offered on the plain path only.
 
@@ -355,21 +414,15 @@ def fused_divergence_loss(
         :class:`~lmloss.output.LossOutput`, equal to :func:`divergence_loss` on the
         materialized logits (values and gradients).
     """
-    student_hidden, student_weight = positional_tensors(
-        "fused_divergence_loss", args, _STUDENT_HEAD, (student_hidden, student_weight)
+    student_hidden, hyper["student_weight"] = positional_tensors(
+        "fused_divergence_loss", args, _STUDENT_HEAD, (student_hidden, hyper.get("student_weight"))
+    )
+    student, teacher = _two_models(
+        (student_hidden, teacher_hidden, teacher_logits), (student_head, head, teacher_head), hyper
     )
     entry, full = _resolve(name, hyper)
-    models = HeadModels(
-        (student_hidden, student_weight, student_bias),
-        (teacher_hidden, teacher_weight, teacher_bias),
-        teacher_logits,
-        mask,
-        temperature,
-        teacher_requires_grad,
-        memory_budget,
-        softcaps=(softcap, teacher_softcap),
-        logit_scales=(logit_scale, teacher_logit_scale),
-    )
+    settings = PairSettings(temperature, memory_budget, teacher_requires_grad)
+    models = HeadModels(student, teacher, mask, settings)
     sparse = _sparse_teacher(teacher_topk_ids, teacher_topk_logprobs, models, teacher_requires_grad)
     if _one_pass_applies(entry, models, sparse):
         return _run_one_pass(entry, full, models, labels)

@@ -5,8 +5,9 @@ as the family declares it (:class:`lmloss.objectives.spec.Family`): ``loss`` to 
 per-token statistics or logits (``preference_loss``, ``policy_loss``, ``likelihood_loss``,
 ``divergence_loss``, ``classification_loss``), ``fused_loss`` to the door on hidden states
 and LM heads, which never builds the ``[tokens, vocab]`` logits. The inputs are the
-keywords of that door (``lmloss.spec(name)`` lists them); on the fused door a
-:class:`lmloss.Head` may replace each head's keywords.
+keywords of that door (``lmloss.spec(name)`` lists them); every fused door takes each
+model's head as one :class:`lmloss.Head` (``head=``, ``ref_head=``, ``teacher_head=``) or
+as the keywords users know (``weight=``, ``bias=``, ``softcap=``, ``logit_scale=`` ...).
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 from lmloss import registry
-from lmloss.head import Head
-from lmloss.objectives.binding import ObjectiveArgumentError
-from lmloss.objectives.spec import Family
 from lmloss.output import LossOutput
 
 
@@ -51,34 +49,6 @@ def loss(name: str, **inputs: Any) -> LossOutput:
     return _door(registry.get_family(entry.family).plain)(name, **inputs)
 
 
-def _expand_heads(family: Family, inputs: dict[str, Any]) -> dict[str, Any]:
-    """``inputs`` with each :class:`Head` role (``head=``, ``ref_head=``, ...) replaced by the
-    keywords of the family's fused door; giving a head and its keywords both is an error."""
-    out = dict(inputs)
-    transform = None
-    for role, (param_prefix, transform_prefix) in family.heads:
-        head = out.pop(role, None)
-        if head is None:
-            continue
-        if not isinstance(head, Head):
-            raise TypeError(f"{role} must be an lmloss.Head, got {type(head).__name__}")
-        keywords = {f"{param_prefix}weight": head.weight, f"{param_prefix}bias": head.bias}
-        if transform_prefix is None:  # the role shares the first head's transform
-            if transform is not None and head.transform_kwargs() != transform:
-                raise ValueError(
-                    f"{role}'s softcap/logit_scale must equal head's: the {family.name} "
-                    "family applies one logit transform to both models"
-                )
-        else:
-            keywords |= {f"{transform_prefix}{k}": v for k, v in head.transform_kwargs().items()}
-            transform = transform or head.transform_kwargs()
-        both = sorted(k for k in keywords if k in out)
-        if both:
-            raise ObjectiveArgumentError(f"give {role}= or {', '.join(both)}=, not both")
-        out |= keywords
-    return out
-
-
 def fused_loss(name: str, **inputs: Any) -> LossOutput:
     """The objective ``name`` from hidden states and LM heads, without the logits.
 
@@ -86,11 +56,10 @@ def fused_loss(name: str, **inputs: Any) -> LossOutput:
         name: a registry name or alias of a family with a fused door (every family but
             ``classify``, whose inputs are already logits).
         **inputs: the keywords of the family's fused door (``fused_likelihood_loss``,
-            ``fused_preference_loss``, ``fused_policy_loss``, ``fused_divergence_loss``);
-            ``head=Head(weight, bias, softcap, logit_scale)`` may replace ``weight``,
-            ``bias``, ``softcap`` and ``logit_scale`` (for distillation: ``student_weight``
-            ...), and ``ref_head=`` (preference, policy) or ``teacher_head=`` (distill)
-            the other model's.
+            ``fused_preference_loss``, ``fused_policy_loss``, ``fused_divergence_loss``):
+            ``head=Head(weight, bias, softcap, logit_scale)`` for the trained model, and
+            ``ref_head=`` (preference, policy) or ``teacher_head=`` (distill) for the other
+            model, each in place of that door's keywords for it.
 
     Example:
         >>> import torch, lmloss
@@ -109,4 +78,4 @@ def fused_loss(name: str, **inputs: Any) -> LossOutput:
             f"{entry.family} objective {entry.name!r} has no fused form (its inputs are "
             f"scores, not a language model's head): use lmloss.loss({name!r}, ...)"
         )
-    return _door(family.fused)(name, **_expand_heads(family, inputs))
+    return _door(family.fused)(name, **inputs)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from lmloss import _checks, registry
+from lmloss.head import Head, door_head
 from lmloss.objectives import reduce
 from lmloss.objectives.binding import ObjectiveArgumentError, bind, positional_tensors, renamed
 from lmloss.objectives.likelihood.reweight import sequence_factors
@@ -38,7 +39,6 @@ from lmloss.stats.api import check_head, check_targets
 from lmloss.stats.chunking import plan_chunks
 from lmloss.stats.single_model import compute_dtype, eager_token_loss
 from lmloss.stats.statistics import ALL_STATISTICS, TABLE_STATISTICS
-from lmloss.stats.transform import LogitTransform
 
 Tensor = torch.Tensor
 
@@ -51,6 +51,8 @@ _DERIVED: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 
 _HEAD = ("hidden", "weight", "targets", "bias")
+# The door's per-keyword form of the head (``head=`` replaces them).
+_HEAD_KEYWORDS = ("weight", "bias", "softcap", "logit_scale")
 # front-door keyword -> the objective's parameter name
 _PARAMETER = {door: param for param, door in FRONT_DOOR_NAMES.items()}
 
@@ -263,9 +265,8 @@ def fused_likelihood_loss(
     name: str,
     *args: Tensor,
     hidden: Tensor | None = None,
-    weight: Tensor | None = None,
+    head: Head | None = None,
     targets: Tensor | None = None,
-    bias: Tensor | None = None,
     weights: Tensor | None = None,
     aggregation: str | None = None,
     num_items: float | Tensor | None = None,
@@ -273,10 +274,12 @@ def fused_likelihood_loss(
     reweight_temperature: float = 1.0,
     ignore_index: int = -100,
     temperature: float = 1.0,
-    softcap: float | None = None,
-    logit_scale: float = 1.0,
     memory_budget: int | None = None,
     embedding_table: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    softcap: float | None = None,
+    logit_scale: float | None = None,
     **hyper,
 ) -> LossOutput:
     """A likelihood objective straight from hidden states and the LM-head weight.
@@ -293,13 +296,13 @@ def fused_likelihood_loss(
         name: registry name, see :func:`likelihood_loss`.
         *args: deprecated: ``hidden, weight, targets, bias`` given by position.
         hidden: ``[N, H]`` or ``[B, T, H]`` final hidden states.
-        weight: ``[V, H]`` LM-head weight.
+        head: the LM head, an :class:`lmloss.Head` (weight ``[V, H]``, optional bias, soft
+            cap, logit scale); or by keyword: ``weight``, ``bias``, ``softcap``,
+            ``logit_scale`` (as in :func:`lmloss.token_stats`); not both.
         targets: ``[N]`` or ``[B, T]`` next-token ids, ``ignore_index`` where not trained.
-        bias: optional ``[V]`` head bias.
         weights, aggregation, num_items, reweight, reweight_temperature: see
             :func:`likelihood_loss`.
-        ignore_index, temperature, softcap, logit_scale, memory_budget: see
-            :func:`lmloss.token_stats`.
+        ignore_index, temperature, memory_budget: see :func:`lmloss.token_stats`.
         embedding_table: ``[V, D]`` table for objectives that need expectations of
             embeddings (``emo``: the L2-normalized frozen embeddings).
         **hyper: the objective's hyper-parameters.
@@ -311,14 +314,17 @@ def fused_likelihood_loss(
     hidden, weight, targets, bias = positional_tensors(
         "fused_likelihood_loss", args, _HEAD, (hidden, weight, targets, bias)
     )
+    head = door_head(
+        "head", head, dict(zip(_HEAD_KEYWORDS, (weight, bias, softcap, logit_scale))), required=True
+    )
     reduction = renamed(hyper, "reduction", "aggregation", aggregation, "fused_likelihood_loss")
     reduction = reduction or "token_mean"
     entry = registry.get(name, family=FAMILY)
     _, hyper = bind(entry.spec, hyper, require=())
-    check_head(hidden, weight, bias)
-    transform = LogitTransform(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
+    check_head(hidden, head.weight, head.bias)
     leading = tuple(hidden.shape[:-1])
-    targets = check_targets(targets, leading, weight.shape[0], ignore_index)
+    vocab = head.weight.shape[0]
+    targets = check_targets(targets, leading, vocab, ignore_index)
     check_reduction(reduction, num_items, len(leading))
     valid = targets != ignore_index
     mask = valid.to(compute_dtype(hidden.dtype))
@@ -327,23 +333,22 @@ def fused_likelihood_loss(
     uses_table = any(s in TABLE_STATISTICS for s in stats) or any(
         k in _DERIVED for k in entry.spec.inputs
     )
-    table = _check_table(embedding_table, uses_table, weight.shape[0], entry.name)
+    table = _check_table(embedding_table, uses_table, vocab, entry.name)
     engine_kwargs = {
         "ignore_index": ignore_index,
         "temperature": temperature,
-        "softcap": softcap,
-        "logit_scale": logit_scale,
+        **head.transform_kwargs(),
         "want": stats,
         "memory_budget": memory_budget,
         **({} if table is None else {"expect": table}),
     }
     objective = _with_side_inputs(entry, hyper, targets, valid, table)
-    head = (hidden, weight, targets, bias)
+    inputs = (hidden, head.weight, targets, head.bias)
     metrics = {"num_tokens": mask.sum()}
 
     if reduction == "none" or reweight is not None:
         with torch.set_grad_enabled(reduction == "none" and torch.is_grad_enabled()):
-            per_token = _per_token_autograd(objective, head, mask, engine_kwargs)
+            per_token = _per_token_autograd(objective, inputs, mask, engine_kwargs)
         coef, loss = _reduce(
             per_token, mask, token_weights, reduction, num_items, reweight, reweight_temperature
         )
@@ -351,5 +356,6 @@ def fused_likelihood_loss(
             return LossOutput(loss=loss, per_example=per_token, metrics=metrics)
     else:
         coef = token_coefficients(mask, token_weights, reduction=reduction, num_items=num_items)
-    loss, per_token = _eager_loss(objective, head, coef, mask, transform, engine_kwargs)
+    transform = head.transform(temperature)
+    loss, per_token = _eager_loss(objective, inputs, coef, mask, transform, engine_kwargs)
     return LossOutput(loss=loss, per_example=per_token, metrics=metrics)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from lmloss import _checks
+from lmloss.head import Head
 from lmloss.likelihood import fused_likelihood_loss
 
 Tensor = torch.Tensor
@@ -66,15 +67,12 @@ def linear_cross_entropy(
     out = fused_likelihood_loss(
         "ce",
         hidden=hidden,
-        weight=weight,
+        head=Head(weight, bias, softcap, logit_scale),
         targets=targets,
-        bias=bias,
         aggregation=_REDUCTIONS[reduction],
         num_items=num_items,
         ignore_index=ignore_index,
         temperature=temperature,
-        softcap=softcap,
-        logit_scale=logit_scale,
         memory_budget=memory_budget,
     )
     return out.per_example if reduction == "none" else out.loss

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from lmloss import _checks, registry
+from lmloss.head import Head, policy_and_reference_heads
 from lmloss.objectives.binding import bind
 from lmloss.objectives.policy.advantages import (
     ADVANTAGE_ESTIMATORS,
@@ -134,21 +135,17 @@ def fused_policy_loss(
     name: str,
     *,
     hidden: Tensor,
-    weight: Tensor,
     targets: Tensor,
     advantages: Tensor,
+    head: Head | None = None,
     mask: Tensor | None = None,
-    bias: Tensor | None = None,
     old_logps: Tensor | None = None,
     ref_logps: Tensor | None = None,
     ref_hidden: Tensor | None = None,
-    ref_weight: Tensor | None = None,
-    ref_bias: Tensor | None = None,
+    ref_head: Head | None = None,
     proxy_logps: Tensor | None = None,
     want_entropy: bool = False,
     temperature: float = 1.0,
-    softcap: float | None = None,
-    logit_scale: float = 1.0,
     ignore_index: int = -100,
     memory_budget: int | None = None,
     **hyper: object,
@@ -162,46 +159,50 @@ def fused_policy_loss(
 
     Args:
         hidden: ``[B, T, H]`` policy hidden states at the completion positions.
-        weight: ``[V, H]`` LM-head weight (``bias``: optional ``[V]``).
+        head: the policy's :class:`lmloss.Head` (weight ``[V, H]``, bias, soft cap, logit
+            scale), or by keyword: ``weight``, ``bias``, ``softcap``, ``logit_scale`` (as in
+            :func:`lmloss.token_stats`); not both.
         targets: ``[B, T]`` sampled token ids, ``ignore_index`` outside completions; they
             are also ``token_ids`` for objectives that take them.
         advantages: ``[B]`` or ``[B, T]``.
         mask: ``[B, T]`` completion mask; default ``targets != ignore_index``.
         old_logps, proxy_logps: per-token tensors as in :func:`policy_loss`.
         ref_logps: ``[B, T]`` reference log-probs, or give ``ref_hidden`` (``[B, T, H]``)
-            with ``ref_weight``/``ref_bias`` (default: the policy's head, detached) to compute
-            them fused without gradient.
+            with ``ref_head`` (or ``ref_weight``/``ref_bias``; default: the policy's head,
+            detached; its soft cap and logit scale are the policy's) to compute them fused
+            without gradient.
         want_entropy: also compute the entropy (for the ``entropy`` metric).
-        temperature, softcap, logit_scale, ignore_index, memory_budget: engine options.
+        temperature, ignore_index, memory_budget: engine options.
         hyper: the objective's hyper-parameters.
     """
+    head, ref_head = policy_and_reference_heads("policy", (head, ref_head), hyper)
+    if ref_head is None:  # the policy's own head (detached below)
+        ref_head = head
     entry = registry.get(name, family="policy")
     targets = _checks.require_integer("targets", targets)
     mask = _engine_mask(mask, targets, ignore_index)
     engine = {
         "ignore_index": ignore_index,
         "temperature": temperature,
-        "softcap": softcap,
-        "logit_scale": logit_scale,
+        **head.transform_kwargs(),
         "memory_budget": memory_budget,
     }
     entropy_coef = hyper.get("entropy_coef", entry.hyper.get("entropy_coef", 0.0))
     want = list(entry.spec.stats)
     if (want_entropy or entropy_coef != 0) and "entropy" not in want:
         want.append("entropy")
-    stats = token_stats(hidden, weight, targets, bias, want=want, **engine)
+    stats = token_stats(hidden, head.weight, targets, head.bias, want=want, **engine)
 
     if ref_hidden is not None:
         if ref_logps is not None:
             raise ValueError("give ref_logps or ref_hidden, not both")
-        head = weight if ref_weight is None else ref_weight
-        head_bias = bias if ref_weight is None and ref_bias is None else ref_bias
+        ref_head = ref_head.detached()
         with torch.no_grad():
             ref_logps = token_stats(
                 ref_hidden.detach(),
-                head.detach(),
+                ref_head.weight,
                 targets,
-                None if head_bias is None else head_bias.detach(),
+                ref_head.bias,
                 want=("logp",),
                 **engine,
             ).logp

@@ -38,12 +38,14 @@ from dataclasses import dataclass
 import torch
 
 from lmloss import _checks, registry
+from lmloss.head import Head, policy_and_reference_heads
 from lmloss.objectives.binding import bind
 from lmloss.objectives.preference import options as opt
 from lmloss.objectives.preference.inputs import TOKEN_STATISTICS, Completions, Pairs, kind_of
 from lmloss.output import LossOutput
 from lmloss.stats import STATISTICS, token_stats
 from lmloss.stats.divergence_api import token_pair_terms
+from lmloss.stats.model_input import ModelInput, PairSettings
 
 Tensor = torch.Tensor
 FAMILY = "preference"
@@ -218,16 +220,12 @@ def fused_preference_loss(
     name: str,
     *,
     hidden: Tensor,
-    weight: Tensor,
     targets: Tensor,
-    bias: Tensor | None = None,
+    head: Head | None = None,
     ref_hidden: Tensor | None = None,
-    ref_weight: Tensor | None = None,
-    ref_bias: Tensor | None = None,
+    ref_head: Head | None = None,
     ignore_index: int = -100,
     temperature: float = 1.0,
-    softcap: float | None = None,
-    logit_scale: float = 1.0,
     memory_budget: int | None = None,
     wpo: bool = False,
     wpo_clamp: bool = False,
@@ -249,28 +247,34 @@ def fused_preference_loss(
       ``sample_targets`` ``[B, K, T, H]`` (D2O), ``online_hidden``/``online_targets`` (HyPO).
 
     Reference log-probs: pass ``ref_hidden`` (and ``ref_kl_hidden``, ``ref_sample_hidden``,
-    ``ref_online_hidden`` for the other groups) with ``ref_weight``/``ref_bias`` — they go
-    through the engine under ``torch.no_grad`` — or precomputed ``ref_chosen_logps`` ... as
-    in :func:`preference_loss`. All other keywords (hyper-parameters, per-pair inputs) are
+    ``ref_online_hidden`` for the other groups) with ``ref_head`` — they go through the
+    engine under ``torch.no_grad`` — or precomputed ``ref_chosen_logps`` ... as in
+    :func:`preference_loss`. All other keywords (hyper-parameters, per-pair inputs) are
     those of :func:`preference_loss`; the engine statistics the objective declares (and
     ``sum_sq_probs`` for ``wpo``) are computed, then the same objective function runs.
 
     Args:
-        hidden, weight, targets, bias: policy hidden states, head ``[V, H]``, targets, bias.
-        ref_hidden, ref_weight, ref_bias: the reference model's hidden states and head.
-        ignore_index, temperature, softcap, logit_scale, memory_budget: as in
-            :func:`lmloss.token_stats` (applied to policy and reference alike).
+        hidden, targets: policy hidden states and targets.
+        head: the policy's :class:`lmloss.Head` (weight ``[V, H]``, bias, soft cap, logit
+            scale), or by keyword: ``weight``, ``bias``, ``softcap``, ``logit_scale`` (as in
+            :func:`lmloss.token_stats`); not both.
+        ref_hidden, ref_head: the reference model's hidden states and head (or by keyword:
+            ``ref_weight``, ``ref_bias``); its soft cap and logit scale are the policy's.
+        ignore_index, temperature, memory_budget: as in :func:`lmloss.token_stats` (applied
+            to policy and reference alike).
 
     Returns:
-        :class:`LossOutput`, differentiable w.r.t. ``hidden``, ``weight`` and ``bias``.
+        :class:`LossOutput`, differentiable w.r.t. ``hidden`` and the head's weight and bias.
     """
+    head, ref_head = policy_and_reference_heads(FAMILY, (head, ref_head), kwargs)
+    weight, bias = head.weight, head.bias
+    ref_weight, ref_bias = (None, None) if ref_head is None else (ref_head.weight, ref_head.bias)
     entry = registry.get(name, family=FAMILY)
     options = _Options(wpo, wpo_clamp, ld_alpha, hypo_weight, lcpo_noise)
     engine = {
         "ignore_index": ignore_index,
         "temperature": temperature,
-        "softcap": softcap,
-        "logit_scale": logit_scale,
+        **head.transform_kwargs(),
         "memory_budget": memory_budget,
     }
     kind = kind_of(entry.spec)
@@ -304,7 +308,7 @@ def fused_preference_loss(
 
     for suffix, stat in TOKEN_STATISTICS.items():
         if stat in entry.spec.stats and stat not in STATISTICS:
-            heads = (weight, bias, ref_weight, ref_bias)
+            heads = (head, ref_head)
             for prefix, group in groups.items():
                 if kwargs.get(f"{prefix}{suffix}") is None:  # else the caller precomputed it
                     name = f"{prefix}{suffix}"
@@ -385,28 +389,21 @@ def _require_ref_head(ref_weight, with_ref: dict, kw: dict) -> None:
             raise ValueError(f"give either ref_{prefix}hidden or ref_{prefix}logps, not both")
 
 
-def _two_model_statistic(stat: str, name: str, group: _Group, heads: tuple, engine) -> Tensor:
+def _two_model_statistic(
+    stat: str, name: str, group: _Group, heads: tuple[Head, Head | None], engine: dict
+) -> Tensor:
     """Per-token divergence ``stat`` between reference (teacher) and policy (student): the
-    group's input ``name`` (e.g. ``chosen_kl``)."""
-    weight, bias, ref_weight, ref_bias = heads
-    if group.ref_hidden is None or ref_weight is None:
+    group's input ``name`` (e.g. ``chosen_kl``). ``heads``: the policy's and the reference's."""
+    head, ref_head = heads
+    if group.ref_hidden is None or ref_head is None:
         raise ValueError(
-            "the per-token KL needs the reference model: pass ref_hidden= and ref_weight= "
-            f"(or {name}= precomputed)"
+            "the per-token KL needs the reference model: pass ref_hidden= and ref_head= "
+            f"(or ref_weight=; or {name}= precomputed)"
         )
     return token_pair_terms(
-        group.hidden,
-        weight,
+        ModelInput(group.hidden, head),
+        ModelInput(group.ref_hidden, ref_head),
         (stat,),
-        student_bias=bias,
-        teacher_hidden=group.ref_hidden,
-        teacher_weight=ref_weight,
-        teacher_bias=ref_bias,
         mask=group.targets != engine["ignore_index"],
-        temperature=engine["temperature"],
-        softcap=engine["softcap"],
-        logit_scale=engine["logit_scale"],
-        teacher_softcap=engine["softcap"],
-        teacher_logit_scale=engine["logit_scale"],
-        memory_budget=engine["memory_budget"],
+        settings=PairSettings(engine["temperature"], engine["memory_budget"]),
     )[stat]

@@ -8,6 +8,7 @@ import torch
 import lmloss
 import lmloss.stats.chunking as chunking
 from lmloss.stats.divergence_api import pair_terms_from_logits, token_pair_terms
+from lmloss.stats.model_input import ModelInput, PairSettings
 
 B, T, H, HT, V = 2, 4, 5, 3, 13
 OBJECTIVES = [n for n in lmloss.list_objectives("distill") if n != "sinkhorn_kd"]
@@ -116,19 +117,15 @@ def test_tiling_does_not_change_results(monkeypatch, vocab_tile, budget, min_row
     monkeypatch.setattr(chunking, "MIN_TOKEN_TILE", min_rows)
     student, teacher, _, mask = heads(2)
     names = ("jsd", "tvd", "chi2", "student_entropy", "teacher_entropy")
-    kwargs = dict(mask=mask, temperature=1.2, hyper={"beta": 0.3})
     fused = token_pair_terms(
-        student[0],
-        student[1],
+        ModelInput(student[0], lmloss.Head(student[1], student[2])),
+        ModelInput(teacher[0], lmloss.Head(teacher[1], teacher[2])),
         names,
-        student_bias=student[2],
-        teacher_hidden=teacher[0],
-        teacher_weight=teacher[1],
-        teacher_bias=teacher[2],
-        memory_budget=budget,
-        teacher_requires_grad=True,
-        **kwargs,
+        mask=mask,
+        hyper={"beta": 0.3},
+        settings=PairSettings(temperature=1.2, memory_budget=budget, teacher_requires_grad=True),
     )
+    kwargs = dict(mask=mask, temperature=1.2, hyper={"beta": 0.3})
     plain = pair_terms_from_logits(raw_logits(student), raw_logits(teacher), names, **kwargs)
     weights = torch.rand(len(names), B, T, dtype=torch.float64)
     total = lambda values: sum(w * values[n] for w, n in zip(weights, names)).sum()  # noqa: E731

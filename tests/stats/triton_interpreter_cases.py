@@ -20,6 +20,7 @@ from lmloss.stats.chunking import plan_chunks
 from lmloss.stats.divergence import PairSpec, pair_plan, pair_terms_autograd
 from lmloss.stats.divergence_api import token_pair_loss, token_pair_terms
 from lmloss.stats.divergence_terms import resolve_hyper
+from lmloss.stats.model_input import ModelInput, PairSettings
 from lmloss.stats.single_model import eager_token_loss
 from lmloss.stats.transform import LogitTransform
 
@@ -192,6 +193,16 @@ def _pair_inputs(dtype=torch.float32):
     }
 
 
+def _models(x, bias=True):
+    """The student and the teacher of :func:`_pair_inputs` as the engine takes them."""
+
+    def model(who):
+        head = lmloss.Head(x[f"{who}_weight"], x[f"{who}_bias"] if bias else None)
+        return ModelInput(x[f"{who}_hidden"], head)
+
+    return model("student"), model("teacher")
+
+
 def _pair_terms_on_both_backends(use, x, names, hyper, teacher_grad):
     """``[triton, torch]``: each backend's term values and the gradients of a weighted sum
     of them (w.r.t. the student's leaves, and the teacher's with ``teacher_grad``)."""
@@ -199,11 +210,10 @@ def _pair_terms_on_both_backends(use, x, names, hyper, teacher_grad):
     results = []
     for name in ("triton", "torch"):
         use(name)
+        settings = PairSettings(temperature=1.3, teacher_requires_grad=teacher_grad)
         values = token_pair_terms(
-            x["student_hidden"], x["student_weight"], names,
-            **{k: v for k, v in x.items() if k not in ("student_hidden", "student_weight")},
-            temperature=1.3, teacher_requires_grad=teacher_grad, hyper=hyper,
-        )  # fmt: skip
+            *_models(x), names, mask=x["mask"], hyper=hyper, settings=settings
+        )
         loss = sum((values[n] * (i + 1.5)).sum() for i, n in enumerate(names))
         wanted = leaves if teacher_grad else leaves[:3]
         results.append([values[n] for n in names] + list(torch.autograd.grad(loss, wanted)))
@@ -262,11 +272,8 @@ def test_minus_inf_logits_in_the_one_pass_loss(use, routed, masked):
     for name in ("triton", "torch"):
         use(name)
         loss, values = token_pair_loss(
-            x["student_hidden"], x["student_weight"], ("jsd",),
-            lambda v, rows: v["jsd"].sum(),
-            student_bias=x["student_bias"], teacher_hidden=x["teacher_hidden"],
-            teacher_weight=x["teacher_weight"], teacher_bias=x["teacher_bias"], mask=x["mask"],
-            hyper={"beta": 0.5},
+            *_models(x), ("jsd",), lambda v, rows: v["jsd"].sum(),
+            mask=x["mask"], hyper={"beta": 0.5},
         )  # fmt: skip
         grads = torch.autograd.grad(loss, [x["student_hidden"], x["student_bias"]])
         results.append((loss, values["jsd"], *grads))
@@ -283,11 +290,8 @@ def test_pair_loss_one_pass_matches_torch(use, routed, beta):
     for name in ("triton", "torch"):
         use(name)
         loss, values = token_pair_loss(
-            x["student_hidden"], x["student_weight"], ("jsd",),
-            lambda v, rows: (v["jsd"] ** 2).sum(),
-            student_bias=x["student_bias"], teacher_hidden=x["teacher_hidden"],
-            teacher_weight=x["teacher_weight"], teacher_bias=x["teacher_bias"], mask=x["mask"],
-            hyper={"beta": beta},
+            *_models(x), ("jsd",), lambda v, rows: (v["jsd"] ** 2).sum(),
+            mask=x["mask"], hyper={"beta": beta},
         )  # fmt: skip
         grads = torch.autograd.grad(loss, [x["student_hidden"], x["student_weight"]])
         results.append((loss, values["jsd"], *grads))
@@ -455,9 +459,8 @@ def test_deterministic_mode_sweeps_without_atomics(use, routed, monkeypatch):
         stats = lmloss.token_stats(head[0], head[1], head[3], head[2], want=("logp", "entropy"))
         loss = stats.logp.sum() + 0.3 * stats.entropy.sum()
         kl = token_pair_terms(
-            x["student_hidden"], x["student_weight"], ("jsd",),
-            teacher_hidden=x["teacher_hidden"], teacher_weight=x["teacher_weight"],
-            teacher_requires_grad=True, hyper={"beta": 0.3},
+            *_models(x, bias=False), ("jsd",), hyper={"beta": 0.3},
+            settings=PairSettings(teacher_requires_grad=True),
         )["jsd"].sum()  # fmt: skip
         leaves = (*head[:3], x["student_hidden"], x["student_weight"], x["teacher_hidden"])
         return torch.autograd.grad(loss + kl, leaves)
@@ -511,10 +514,7 @@ def test_pair_backward_reuses_the_forward_moments(use, routed, monkeypatch):
     monkeypatch.setattr(pair, "pair_sums_kernel", None)  # the KLs need no second forward sweep
     x = _pair_inputs()
     use("triton")
-    values = token_pair_terms(
-        x["student_hidden"], x["student_weight"], ("forward_kl", "reverse_kl"),
-        teacher_hidden=x["teacher_hidden"], teacher_weight=x["teacher_weight"],
-    )  # fmt: skip
+    values = token_pair_terms(*_models(x, bias=False), ("forward_kl", "reverse_kl"))
     assert calls == [1]
     (values["forward_kl"].sum() + values["reverse_kl"].sum()).backward()
     assert calls == [1]
@@ -539,17 +539,11 @@ def test_opt_in_autotune_times_candidates_and_keeps_one(use, routed, monkeypatch
     for got, ref in zip(values + list(grads), ref_values + list(ref_grads)):
         torch.testing.assert_close(got, ref, atol=2e-5, rtol=2e-5)
     x = _pair_inputs()
-    terms = token_pair_terms(
-        x["student_hidden"], x["student_weight"], ("jsd",),
-        teacher_hidden=x["teacher_hidden"], teacher_weight=x["teacher_weight"],
-    )  # fmt: skip
+    terms = token_pair_terms(*_models(x, bias=False), ("jsd",))
     got = torch.autograd.grad(terms["jsd"].sum(), x["student_weight"])[0]
     use("torch")
     monkeypatch.delenv("LMLOSS_TRITON_AUTOTUNE")
-    terms = token_pair_terms(
-        x["student_hidden"], x["student_weight"], ("jsd",),
-        teacher_hidden=x["teacher_hidden"], teacher_weight=x["teacher_weight"],
-    )  # fmt: skip
+    terms = token_pair_terms(*_models(x, bias=False), ("jsd",))
     ref = torch.autograd.grad(terms["jsd"].sum(), x["student_weight"])[0]
     torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
     pair_kernels = {key[0] for key in tuning.chosen()} - {key[0] for key in kept}

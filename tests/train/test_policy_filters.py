@@ -214,3 +214,28 @@ def test_bad_policy_loop_keys_are_refused_by_validate(tiny_model, tmp_path, poli
                 train=dataclasses.replace(good.train, **train),
             )
         )
+
+
+@pytest.mark.parametrize("policy", [{"temperature": 0.7, "tis_cap": 2.0}, {"temperature": 1.3}])
+def test_policy_scores_tokens_at_the_sampling_temperature(tiny_model, tmp_path, policy):
+    """TRL's convention: π_θ(y_t) is softmax(z / T) at the temperature T the tokens were
+    drawn at, for the recorded sampler log-probs, π_old and the trained log-probs alike."""
+    trainer = _trainer(tiny_model, tmp_path, policy={**policy, "num_iterations": 2})
+    (batch,) = trainer.sample_micro_batches(1)
+    t = batch.tensors
+    trainer.mode.record_old(batch)
+    positions = (t["attention"].cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = trainer.model(
+            input_ids=t["ids"], attention_mask=t["attention"], position_ids=positions
+        ).logits[:, t["start"] - 1 : t["ids"].shape[1] - 1]
+    tempered = (logits.float() / policy["temperature"]).log_softmax(-1)
+    want = tempered.gather(-1, t["targets"].clamp(min=0)[..., None]).squeeze(-1)
+    trained = t["targets"] != -100
+    torch.testing.assert_close(t["old_logps"][trained], want[trained], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(t["sampler_logps"][trained], want[trained], atol=1e-4, rtol=1e-4)
+    out = trainer.mode.loss(batch, None)  # the trained log-probs: ratios to π_old are 1
+    assert float(out.metrics["ratio_min"]) == pytest.approx(1.0, abs=1e-4)
+    assert float(out.metrics["ratio_max"]) == pytest.approx(1.0, abs=1e-4)
+    entropy = -(tempered.exp() * tempered).sum(-1)
+    assert float(out.metrics["entropy"]) == pytest.approx(float(entropy[trained].mean()), rel=1e-3)

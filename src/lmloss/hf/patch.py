@@ -181,16 +181,13 @@ def causal_lm_loss(
         if labels is None:
             raise ValueError("causal_lm_loss needs labels= or shift_labels=")
         hidden, shift_labels = hidden[:, :-1], labels[:, 1:]
-    head = head_of(model)
     return fused_likelihood_loss(
         objective,
         hidden=hidden,
-        weight=head.weight,
+        head=head_of(model),
         targets=shift_labels.to(hidden.device),
-        bias=head.bias,
         num_items=num_items_in_batch,
         ignore_index=ignore_index,
-        **head.transform_kwargs(),
         **hyper,
     )
 

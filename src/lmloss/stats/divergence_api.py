@@ -1,7 +1,10 @@
 """Entry points of the two-model engine: argument checks, masks and shapes.
 
-* :func:`token_pair_terms` — per-token pair-term sums from hidden states and head weights
-  (fused, differentiable; the backward recomputes the tiles);
+* :func:`token_pair_terms` — per-token pair-term sums of a student and a teacher, each one
+  value (:class:`~lmloss.stats.model_input.ModelInput`: hidden states and head; a teacher
+  may be :class:`~lmloss.stats.model_input.ModelLogits`), with the shared
+  :class:`~lmloss.stats.model_input.PairSettings` (fused, differentiable; the backward
+  recomputes the tiles);
 * :func:`token_pair_loss` — a loss that sums a function of those per-token values over
   tokens, with the gradients computed in the same pass when whole-vocabulary tiles fit;
 * :func:`pair_terms_from_logits` — the materializing reference on full logits (plain
@@ -14,7 +17,7 @@ Per-token results are shaped like the leading dimensions, zeros where ``mask == 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,11 +30,13 @@ from lmloss.stats.divergence import (
     pair_terms_autograd,
 )
 from lmloss.stats.divergence_terms import parse_terms, resolve_hyper, term_values
+from lmloss.stats.model_input import ModelInput, ModelLogits, PairSettings
 from lmloss.stats.rows import scatter_rows, zeros_connected
 from lmloss.stats.tiles import compute_dtype
 from lmloss.stats.transform import LogitTransform
 
 Tensor = torch.Tensor
+DEFAULT_SETTINGS = PairSettings()
 
 
 def vocab_mismatch(student_vocab: int, teacher_vocab: int) -> ValueError:
@@ -59,9 +64,15 @@ def _valid_rows(mask: Tensor | None, n: int, device: torch.device) -> Tensor:
     return mask.reshape(-1).nonzero().squeeze(1)
 
 
-def _check_head(prefix: str, hidden: object, weight: object, bias: object) -> tuple[Tensor, Tensor]:
-    hidden = _checks.require_floating(f"{prefix}_hidden", hidden)
-    weight = _checks.require_floating(f"{prefix}_weight", weight)
+def _check_model(prefix: str, model: object) -> tuple[Tensor, Tensor]:
+    """A :class:`ModelInput`'s hidden states and weight, checked (``prefix`` names them)."""
+    if not isinstance(model, ModelInput):
+        raise TypeError(
+            f"{prefix} must be a ModelInput(hidden, head) (lmloss.stats.model_input), got "
+            f"{type(model).__name__}"
+        )
+    hidden = _checks.require_floating(f"{prefix}_hidden", model.hidden)
+    weight = _checks.require_floating(f"{prefix}_weight", model.head.weight)
     _checks.require_ndim(f"{prefix}_hidden", hidden, (2, 3))
     _checks.require_ndim(f"{prefix}_weight", weight, (2,))
     _checks.require_nonempty(f"{prefix}_hidden", hidden)
@@ -76,27 +87,13 @@ def _check_head(prefix: str, hidden: object, weight: object, bias: object) -> tu
             f"{prefix}_weight dtype {weight.dtype} differs from "
             f"{prefix}_hidden dtype {hidden.dtype}"
         )
+    bias = model.head.bias
     if bias is not None:
         _checks.require_floating(f"{prefix}_bias", bias)
         _checks.require_shape(
             f"{prefix}_bias", bias, (weight.shape[0],), f"{prefix}_weight.shape[0]"
         )
     return hidden, weight
-
-
-def head_transforms(
-    temperature: float,
-    softcap: float | None,
-    logit_scale: float,
-    teacher_softcap: float | None,
-    teacher_logit_scale: float,
-) -> tuple[LogitTransform, LogitTransform]:
-    """The student's and the teacher's logit transforms; the temperature is shared."""
-    student = LogitTransform(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
-    teacher = LogitTransform(
-        logit_scale=teacher_logit_scale, softcap=teacher_softcap, temperature=temperature
-    )
-    return student, teacher
 
 
 def _resolve(
@@ -106,56 +103,44 @@ def _resolve(
     return names, {name: resolve_hyper(name, hyper) for name in names}
 
 
-def check_student_head(
-    hidden: object, weight: object, bias: object
-) -> tuple[Tensor, Tensor, tuple[int, ...], int]:
-    """The student head's tensors, its leading dimensions and vocabulary size."""
-    hidden, weight = _check_head("student", hidden, weight, bias)
-    return hidden, weight, tuple(hidden.shape[:-1]), weight.shape[0]
+def check_student(student: object) -> tuple[tuple[int, ...], int]:
+    """The student's leading dimensions and vocabulary size, its tensors checked."""
+    hidden, weight = _check_model("student", student)
+    return tuple(hidden.shape[:-1]), weight.shape[0]
 
 
 def check_teacher(
-    leading: tuple[int, ...],
-    vocab: int,
-    hidden: object,
-    weight: object,
-    bias: object,
-    logits: object,
-    *,
-    required: bool = True,
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """The teacher as a head (hidden, weight) or as logits, on the student's rows and vocabulary."""
-    head = hidden is not None or weight is not None
-    if head and logits is not None:
-        raise ValueError(
-            "give the teacher either as teacher_hidden and teacher_weight or as "
-            "teacher_logits, not both"
-        )
-    if not head and logits is None:
+    leading: tuple[int, ...], vocab: int, teacher: object, *, required: bool = True
+) -> ModelInput | ModelLogits | None:
+    """The teacher as a head (:class:`ModelInput`) or as raw logits (:class:`ModelLogits`),
+    on the student's rows and vocabulary."""
+    if teacher is None:
         if required:
             raise ValueError(
                 "a teacher is needed: pass teacher_hidden and teacher_weight, or teacher_logits"
             )
-        return None, None, None
-    if head:
-        if hidden is None or weight is None:
-            raise ValueError("teacher_hidden and teacher_weight must be given together")
-        hidden, weight = _check_head("teacher", hidden, weight, bias)
-        if tuple(hidden.shape[:-1]) != leading:
-            raise ValueError(
-                f"teacher_hidden must have leading dimensions {leading} (matching student_hidden), "
-                f"got shape {tuple(hidden.shape)}"
-            )
-        if weight.shape[0] != vocab:
-            raise vocab_mismatch(vocab, weight.shape[0])
-        return hidden, weight, None
-    logits = _checks.require_floating("teacher_logits", logits)
-    if bias is not None:
-        raise ValueError("teacher_bias applies to a teacher head, not to teacher_logits")
-    if logits.shape[-1] != vocab:
-        raise vocab_mismatch(vocab, logits.shape[-1])
-    _checks.require_shape("teacher_logits", logits, (*leading, vocab), "the student's rows × V")
-    return None, None, logits
+        return None
+    if isinstance(teacher, ModelLogits):
+        logits = _checks.require_floating("teacher_logits", teacher.logits)
+        if logits.shape[-1] != vocab:
+            raise vocab_mismatch(vocab, logits.shape[-1])
+        _checks.require_shape("teacher_logits", logits, (*leading, vocab), "the student's rows × V")
+        return teacher
+    hidden, weight = _check_model("teacher", teacher)
+    if tuple(hidden.shape[:-1]) != leading:
+        raise ValueError(
+            f"teacher_hidden must have leading dimensions {leading} (matching student_hidden), "
+            f"got shape {tuple(hidden.shape)}"
+        )
+    if weight.shape[0] != vocab:
+        raise vocab_mismatch(vocab, weight.shape[0])
+    return teacher
+
+
+def _without_grad(teacher: ModelInput | ModelLogits) -> ModelInput | ModelLogits:
+    if isinstance(teacher, ModelLogits):
+        return replace(teacher, logits=teacher.logits.detach())
+    return ModelInput(teacher.hidden.detach(), teacher.head.detached())
 
 
 @dataclass(frozen=True)
@@ -172,90 +157,74 @@ class _Prepared:
 
 
 def _prepare(
-    student_hidden: Tensor,
-    student_weight: Tensor,
+    student: ModelInput,
+    teacher: ModelInput | ModelLogits,
     names: str | Iterable[str],
-    *,
-    student_bias: Tensor | None = None,
-    teacher_hidden: Tensor | None = None,
-    teacher_weight: Tensor | None = None,
-    teacher_bias: Tensor | None = None,
-    teacher_logits: Tensor | None = None,
-    mask: Tensor | None = None,
-    temperature: float = 1.0,
-    softcap: float | None = None,
-    logit_scale: float = 1.0,
-    teacher_softcap: float | None = None,
-    teacher_logit_scale: float = 1.0,
-    teacher_requires_grad: bool = False,
-    hyper: Mapping[str, float] | None = None,
-    memory_budget: int | None = None,
+    mask: Tensor | None,
+    hyper: Mapping[str, float] | None,
+    settings: PairSettings,
 ) -> _Prepared:
-    """The options of :func:`token_pair_terms`, checked and restricted to the trained rows."""
-    student_hidden, student_weight, leading, vocab = check_student_head(
-        student_hidden, student_weight, student_bias
-    )
-    teacher_hidden, teacher_weight, teacher_logits = check_teacher(
-        leading, vocab, teacher_hidden, teacher_weight, teacher_bias, teacher_logits
-    )
-    transforms = head_transforms(
-        temperature, softcap, logit_scale, teacher_softcap, teacher_logit_scale
-    )
+    """The inputs of :func:`token_pair_terms`, checked and restricted to the trained rows."""
+    leading, vocab = check_student(student)
+    teacher = check_teacher(leading, vocab, teacher)
+    if not settings.teacher_requires_grad:
+        teacher = _without_grad(teacher)
     mask = check_mask(mask, leading)
     names, resolved = _resolve(names, hyper or {})
-    dtype = compute_dtype(student_hidden.dtype)
-    if not teacher_requires_grad:
-        detach = lambda t: None if t is None else t.detach()  # noqa: E731
-        teacher_hidden, teacher_weight = detach(teacher_hidden), detach(teacher_weight)
-        teacher_bias, teacher_logits = detach(teacher_bias), detach(teacher_logits)
-    n_all = student_hidden.numel() // student_hidden.shape[-1]
-    rows = _valid_rows(mask, n_all, student_hidden.device)
+    dtype = compute_dtype(student.hidden.dtype)
+    n_all = student.hidden.numel() // student.hidden.shape[-1]
+    rows = _valid_rows(mask, n_all, student.hidden.device)
     flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731
     # Without a mask every row is trained: no copy of the hidden states (nor its backward).
     pick = (lambda x: flat(x)) if mask is None else (lambda x: flat(x).index_select(0, rows))
-    if teacher_logits is None:
-        teacher_inputs = (pick(teacher_hidden), teacher_weight, teacher_bias, None, None)
+    if isinstance(teacher, ModelLogits):
+        teacher_inputs = (None, None, None, flat(teacher.logits), rows)
+        teacher_connected = (None, None)
     else:
-        teacher_inputs = (None, None, None, flat(teacher_logits), rows)
-    inputs = (pick(student_hidden), student_weight, student_bias)
+        head = teacher.head
+        teacher_inputs = (pick(teacher.hidden), head.weight, head.bias, None, None)
+        teacher_connected = (teacher.hidden, head.weight)
+    inputs = (pick(student.hidden), student.head.weight, student.head.bias)
     spec = None
     if rows.numel():
         spec = PairSpec(
             names=names,
             hyper=resolved,
-            student_transform=transforms[0],
-            teacher_transform=transforms[1],
-            plan=pair_plan(rows.numel(), vocab, dtype.itemsize, memory_budget),
+            student_transform=student.head.transform(settings.temperature),
+            teacher_transform=teacher.transform(settings.temperature),
+            plan=pair_plan(rows.numel(), vocab, dtype.itemsize, settings.memory_budget),
             dtype=dtype,
         )
-    connected = (student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight)
+    connected = (student.hidden, student.head.weight, student.head.bias, *teacher_connected)
     return _Prepared(names, leading, dtype, rows, inputs + teacher_inputs, spec, connected)
 
 
 def token_pair_terms(
-    student_hidden: Tensor, student_weight: Tensor, names: str | Iterable[str], **options
+    student: ModelInput,
+    teacher: ModelInput | ModelLogits,
+    names: str | Iterable[str],
+    *,
+    mask: Tensor | None = None,
+    hyper: Mapping[str, float] | None = None,
+    settings: PairSettings = DEFAULT_SETTINGS,
 ) -> dict[str, Tensor]:
     """Per-token sums over the vocabulary of the pair terms ``names``, without the logits.
 
-    Keyword options:
-        student_bias: optional ``[V]`` bias of the student head.
-        teacher_hidden, teacher_weight, teacher_bias: the teacher as a head
-            (``teacher_hidden`` with the student's leading dimensions, ``[V, H_t]`` weight),
-        teacher_logits: or as full raw logits ``[..., V]``.
+    Args:
+        student: the student's hidden states ``[N, H]`` or ``[B, T, H]`` and its head
+            (weight ``[V, H]``, bias, soft cap, logit scale).
+        teacher: the teacher's hidden states (the student's leading dimensions, any width)
+            and head, or its raw logits ``[..., V]`` and the transform that applies to them.
+        names: the pair terms (:data:`lmloss.stats.divergence_terms.PAIR_TERMS`).
         mask: 0/1 or bool over the leading dimensions; masked rows give 0 and cost nothing.
-        temperature: divides both models' logits.
-        softcap, logit_scale: the student head's transform, as in :func:`lmloss.token_stats`;
-        teacher_softcap, teacher_logit_scale: the teacher's (applied to its logits too).
-        teacher_requires_grad: gradients also reach the teacher's inputs (off by default;
-            the student's hidden, weight and bias always get theirs).
         hyper: the terms' hyper-parameters (``beta`` ...).
-        memory_budget: bytes for the logit tiles.
+        settings: temperature, memory budget, and whether the teacher gets gradients.
 
     Returns:
-        ``{name: tensor}``, each shaped like ``student_hidden.shape[:-1]`` in the compute
+        ``{name: tensor}``, each shaped like ``student.hidden.shape[:-1]`` in the compute
         dtype (float32, float64 for float64 students), zeros where ``mask == 0``.
     """
-    prepared = _prepare(student_hidden, student_weight, names, **options)
+    prepared = _prepare(student, teacher, names, mask, hyper, settings)
     if prepared.spec is None:
         shapes = dict.fromkeys(prepared.names, prepared.leading)
         return zeros_connected(shapes, prepared.dtype, *prepared.connected)
@@ -264,13 +233,15 @@ def token_pair_terms(
 
 
 def token_pair_loss(
-    student_hidden: Tensor,
-    student_weight: Tensor,
+    student: ModelInput,
+    teacher: ModelInput | ModelLogits,
     names: str | Iterable[str],
     block_loss: BlockLoss,
     *,
     extra: Mapping[str, Tensor] | None = None,
-    **options,
+    mask: Tensor | None = None,
+    hyper: Mapping[str, float] | None = None,
+    settings: PairSettings = DEFAULT_SETTINGS,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """A loss that is a sum over trained tokens of a function of their pair-term sums.
 
@@ -281,13 +252,14 @@ def token_pair_loss(
     depend on other blocks (close over any batch normalizer). When whole-vocabulary tiles
     fit the memory budget the gradients are computed during this call in one pass
     (:func:`lmloss.stats.divergence.eager_pair_loss`); otherwise the recompute schedule is
-    used. ``options`` as for :func:`token_pair_terms`.
+    used. ``student``, ``teacher``, ``mask``, ``hyper`` and ``settings`` as for
+    :func:`token_pair_terms`.
 
     Returns:
         The scalar loss (differentiable w.r.t. the student, the teacher when asked, and the
         ``extra`` tensors) and the detached term sums, shaped like the leading dimensions.
     """
-    prepared = _prepare(student_hidden, student_weight, names, **options)
+    prepared = _prepare(student, teacher, names, mask, hyper, settings)
     names, leading, dtype, rows = prepared.names, prepared.leading, prepared.dtype, prepared.rows
     if prepared.spec is None:
         zeros = zeros_connected(dict.fromkeys(names, leading), dtype, *prepared.connected)
@@ -296,7 +268,7 @@ def token_pair_loss(
         k: v.reshape(-1, *v.shape[len(leading) :]).index_select(0, rows)
         for k, v in (extra or {}).items()
     }
-    if prepared.spec.plan.vocab < student_weight.shape[0]:
+    if prepared.spec.plan.vocab < student.head.weight.shape[0]:
         values = pair_terms_autograd(prepared.inputs, prepared.spec)
         loss = block_loss({**values, **extra_rows}, slice(0, rows.numel()))
         detached = {k: v.detach() for k, v in values.items()}

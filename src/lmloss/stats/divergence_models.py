@@ -3,10 +3,12 @@
 Two implementations with one interface, so every objective's inputs are assembled once:
 
 * :class:`LogitsModels` — the plain path, from full ``[..., V]`` logits (materializing);
-* :class:`HeadModels` — the fused path, from hidden states and head weights (never
-  ``[N, V]``): pair terms from the two-model engine, the student's log-sum-exp and label
-  log-probabilities from :func:`lmloss.token_stats`, a few logits per row by gathering
-  weight rows, the teacher's top-k by a tiled pass.
+* :class:`HeadModels` — the fused path, from each model as one value
+  (:class:`~lmloss.stats.model_input.ModelInput`, a teacher also as
+  :class:`~lmloss.stats.model_input.ModelLogits`; never ``[N, V]``): pair terms from the
+  two-model engine, the student's log-sum-exp and label log-probabilities from
+  :func:`lmloss.token_stats`, a few logits per row by gathering weight rows, the teacher's
+  top-k by a tiled pass.
 
 Every tensor returned is shaped like the leading dimensions (plus ``k`` for per-id values)
 in the compute dtype. ``temperature`` applies to every quantity except :meth:`student_nll`,
@@ -25,9 +27,8 @@ from lmloss.stats.api import token_stats
 from lmloss.stats.divergence import BlockLoss, pair_plan
 from lmloss.stats.divergence_api import (
     check_mask,
-    check_student_head,
+    check_student,
     check_teacher,
-    head_transforms,
     pair_terms_from_logits,
     pairwise_pair_terms,
     token_pair_loss,
@@ -35,6 +36,7 @@ from lmloss.stats.divergence_api import (
     vocab_mismatch,
 )
 from lmloss.stats.divergence_gather import head_logits_at, top_k_with_lse
+from lmloss.stats.model_input import ModelInput, ModelLogits, PairSettings
 from lmloss.stats.tiles import HeadSource, LogitsSource, compute_dtype
 from lmloss.stats.transform import LogitTransform
 
@@ -125,62 +127,33 @@ class HeadModels:
 
     def __init__(
         self,
-        student: tuple[object, object, object],
-        teacher_head: tuple[object, object, object],
-        teacher_logits: object,
+        student: ModelInput,
+        teacher: ModelInput | ModelLogits | None,
         mask: object,
-        temperature: float,
-        teacher_requires_grad: bool,
-        memory_budget: int | None,
-        softcaps: tuple[float | None, float | None] = (None, None),
-        logit_scales: tuple[float, float] = (1.0, 1.0),
+        settings: PairSettings,
     ):
-        """``softcaps`` and ``logit_scales``: (student, teacher) head transforms."""
-        hidden, weight, leading, vocab = check_student_head(*student)
-        self.student_hidden, self.student_weight, self.student_bias = hidden, weight, student[2]
-        self.leading, self.vocab = leading, vocab
-        t_hidden, t_weight, t_logits = check_teacher(
-            leading, vocab, *teacher_head, teacher_logits, required=False
+        self.leading, self.vocab = check_student(student)
+        self.student = student
+        self.teacher = check_teacher(self.leading, self.vocab, teacher, required=False)
+        self.mask = check_mask(mask, self.leading)
+        self.settings = settings
+        self.transform = student.transform(settings.temperature)
+        self.teacher_transform = (
+            None if teacher is None else teacher.transform(settings.temperature)
         )
-        self.teacher_hidden, self.teacher_weight, self.teacher_logits = t_hidden, t_weight, t_logits
-        self.teacher_bias = teacher_head[2]
-        self.mask = check_mask(mask, leading)
-        self.transform, self.teacher_transform = head_transforms(
-            temperature, softcaps[0], logit_scales[0], softcaps[1], logit_scales[1]
-        )
-        self.teacher_requires_grad = teacher_requires_grad
-        self.memory_budget = memory_budget
-        self.dtype = compute_dtype(hidden.dtype)
+        self.dtype = compute_dtype(student.hidden.dtype)
 
     @property
     def has_teacher(self) -> bool:
-        return self.teacher_weight is not None or self.teacher_logits is not None
+        return self.teacher is not None
 
     def _rows(self, x: Tensor) -> Tensor:
         return x.reshape(-1, x.shape[-1])
 
-    def _engine_options(self, hyper: Mapping[str, float]) -> dict:
-        """Both heads, the mask and the transforms, as :func:`token_pair_terms` takes them."""
-        return {
-            "student_bias": self.student_bias,
-            "teacher_hidden": self.teacher_hidden,
-            "teacher_weight": self.teacher_weight,
-            "teacher_bias": self.teacher_bias,
-            "teacher_logits": self.teacher_logits,
-            "mask": self.mask,
-            "temperature": self.transform.temperature,
-            "softcap": self.transform.softcap,
-            "logit_scale": self.transform.logit_scale,
-            "teacher_softcap": self.teacher_transform.softcap,
-            "teacher_logit_scale": self.teacher_transform.logit_scale,
-            "teacher_requires_grad": self.teacher_requires_grad,
-            "hyper": hyper,
-            "memory_budget": self.memory_budget,
-        }
-
     def pair_terms(self, names: tuple[str, ...], hyper: Mapping[str, float]) -> dict[str, Tensor]:
-        options = self._engine_options(hyper)
-        return token_pair_terms(self.student_hidden, self.student_weight, names, **options)
+        return token_pair_terms(
+            self.student, self.teacher, names, mask=self.mask, hyper=hyper, settings=self.settings
+        )
 
     def pair_loss(
         self,
@@ -191,12 +164,14 @@ class HeadModels:
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """A sum over blocks of trained tokens (see :func:`token_pair_loss`), in one pass."""
         return token_pair_loss(
-            self.student_hidden,
-            self.student_weight,
+            self.student,
+            self.teacher,
             names,
             block_loss,
             extra=extra,
-            **self._engine_options(hyper),
+            mask=self.mask,
+            hyper=hyper,
+            settings=self.settings,
         )
 
     def pairwise_terms(self, name: str, hyper: Mapping[str, float]) -> Tensor:
@@ -208,53 +183,51 @@ class HeadModels:
 
     def student_logits_at(self, ids: Tensor) -> Tensor:
         k = ids.shape[-1]
+        head = self.student.head
         raw = head_logits_at(
-            self._rows(self.student_hidden),
-            self.student_weight,
-            self.student_bias,
+            self._rows(self.student.hidden),
+            head.weight,
+            head.bias,
             ids.reshape(-1, k),
-            self.memory_budget,
+            self.settings.memory_budget,
         )
         return self.transform.apply(raw).reshape(*self.leading, k)
 
     def _student_stats(self, targets: Tensor, want: str, temperature: float) -> Tensor:
+        head = self.student.head
         stats = token_stats(
-            self.student_hidden,
-            self.student_weight,
+            self.student.hidden,
+            head.weight,
             _masked_targets(targets, self.mask),
-            self.student_bias,
+            head.bias,
             ignore_index=IGNORE,
             temperature=temperature,
-            softcap=self.transform.softcap,
-            logit_scale=self.transform.logit_scale,
+            **head.transform_kwargs(),
             want=(want,),
-            memory_budget=self.memory_budget,
+            memory_budget=self.settings.memory_budget,
         )
         return stats[want]
 
     def student_lse(self) -> Tensor:
-        any_target = self.student_hidden.new_zeros(self.leading, dtype=torch.long)
+        any_target = self.student.hidden.new_zeros(self.leading, dtype=torch.long)
         return self._student_stats(any_target, "lse", self.transform.temperature)
 
     def student_nll(self, targets: Tensor) -> Tensor:
         return -self._student_stats(targets, "logp", 1.0)
 
     def _teacher_source(self) -> HeadSource | LogitsSource:
-        if self.teacher_logits is not None:
-            logits = self._rows(self.teacher_logits).detach()
+        if isinstance(self.teacher, ModelLogits):
+            logits = self._rows(self.teacher.logits).detach()
             rows = torch.arange(logits.shape[0], device=logits.device)
             return LogitsSource(logits, rows, self.teacher_transform)
-        return HeadSource(
-            self._rows(self.teacher_hidden).detach(),
-            self.teacher_weight.detach(),
-            None if self.teacher_bias is None else self.teacher_bias.detach(),
-            self.teacher_transform,
-        )
+        head = self.teacher.head.detached()
+        hidden = self._rows(self.teacher.hidden).detach()
+        return HeadSource(hidden, head.weight, head.bias, self.teacher_transform)
 
     @torch.no_grad()
     def teacher_top_k(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
-        n = self._rows(self.student_hidden).shape[0]
-        plan = pair_plan(n, self.vocab, self.dtype.itemsize, self.memory_budget)
+        n = self._rows(self.student.hidden).shape[0]
+        plan = pair_plan(n, self.vocab, self.dtype.itemsize, self.settings.memory_budget)
         values, ids, lse = top_k_with_lse(self._teacher_source(), n, k, plan)
         return (
             values.reshape(*self.leading, k),
@@ -265,13 +238,11 @@ class HeadModels:
     @torch.no_grad()
     def teacher_logits_at(self, ids: Tensor) -> Tensor:
         k = ids.shape[-1]
-        if self.teacher_logits is not None:
-            raw = self.teacher_logits.to(self.dtype).gather(-1, ids)
+        if isinstance(self.teacher, ModelLogits):
+            raw = self.teacher.logits.to(self.dtype).gather(-1, ids)
             return self.teacher_transform.apply(raw)
+        head = self.teacher.head
         raw = head_logits_at(
-            self._rows(self.teacher_hidden),
-            self.teacher_weight,
-            self.teacher_bias,
-            ids.reshape(-1, k),
+            self._rows(self.teacher.hidden), head.weight, head.bias, ids.reshape(-1, k)
         )
         return self.teacher_transform.apply(raw).reshape(*self.leading, k)

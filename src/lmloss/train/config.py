@@ -163,19 +163,36 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
-    """[policy] online policy optimization: sampling, rewards, advantages."""
+class _SampledAndJudged:
+    """The keys of every section that samples completions from the policy and grades them
+    ([policy], [online]): the sampler's and the judge's (train/generation.py, train/judge.py)."""
 
-    group_size: int = _doc("completions sampled per prompt (G)", 8)
     max_new_tokens: int = _doc("generation budget per completion", 64)
     temperature: float = _doc("sampling temperature", 1.0)
     top_p: float = _doc("nucleus sampling threshold (1: off)", 1.0)
     top_k: int = _doc("top-k sampling (0: off)", 0)
     rewards: tuple[str, ...] = _doc(
         "reward functions: built-ins ('exact_numeric', 'format_number') or 'module:function'",
-        ("exact_numeric",),
+        (),
     )
     reward_weights: tuple[float, ...] = _doc("weight of each reward (default: all 1)", ())
+    reward_model: str | None = _doc(
+        "a reward model (a folder from a bradley_terry run, a sequence-classification model "
+        "folder or Hub id) scoring prompt + completion, added to the reward functions",
+        None,
+    )
+    reward_model_weight: float = _doc("weight of the reward model's score", 1.0)
+
+
+@dataclass(frozen=True)
+class PolicyConfig(_SampledAndJudged):
+    """[policy] online policy optimization: sampling, rewards, advantages."""
+
+    group_size: int = _doc("completions sampled per prompt (G)", 8)
+    rewards: tuple[str, ...] = _doc(
+        "reward functions: built-ins ('exact_numeric', 'format_number') or 'module:function'",
+        ("exact_numeric",),
+    )
     verifier: str | None = _doc(
         "the reward (one of policy.rewards) that says whether an answer is right: the run "
         "flags likely reward hacking when another reward rises while it falls (default: "
@@ -228,16 +245,10 @@ class PolicyConfig:
         "policy recorded at sampling time",
         0.02,
     )
-    reward_model: str | None = _doc(
-        "a reward model (a folder from a bradley_terry run, a sequence-classification model "
-        "folder or Hub id) scoring prompt + completion, added to the reward functions",
-        None,
-    )
-    reward_model_weight: float = _doc("weight of the reward model's score", 1.0)
 
 
 @dataclass(frozen=True)
-class OnlineConfig:
+class OnlineConfig(_SampledAndJudged):
     """[online] preference objectives on the policy's own samples (online / iterative DPO)."""
 
     enabled: bool = _doc(
@@ -246,22 +257,7 @@ class OnlineConfig:
         False,
     )
     samples: int = _doc("completions sampled per prompt; pair = best vs worst (ties dropped)", 2)
-    max_new_tokens: int = _doc("generation budget per completion", 64)
     temperature: float = _doc("sampling temperature", 0.9)
-    top_p: float = _doc("nucleus sampling threshold (1: off)", 1.0)
-    top_k: int = _doc("top-k sampling (0: off)", 0)
-    rewards: tuple[str, ...] = _doc(
-        "reward functions grading the samples: built-ins ('exact_numeric', 'format_number') "
-        "or 'module:function'",
-        (),
-    )
-    reward_weights: tuple[float, ...] = _doc("weight of each reward (default: all 1)", ())
-    reward_model: str | None = _doc(
-        "a reward model (folder or Hub id of a sequence-classification model) grading the "
-        "samples, with the reward functions",
-        None,
-    )
-    reward_model_weight: float = _doc("weight of the reward model's score", 1.0)
 
 
 @dataclass(frozen=True)

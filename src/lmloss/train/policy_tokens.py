@@ -2,7 +2,8 @@
 token weights of the loop's knobs.
 
 Recorded while decoding (:func:`sampling_recorder`, no extra forward pass), from each
-step's logits ``z`` at the trainer's scoring temperature (1):
+step's logits ``z`` divided by the sampling temperature, the distribution the tokens are
+drawn from and the trainer scores (TRL's convention):
 
 * ``logp``: log π_sampler(y_t), the sampler's own log-prob of the drawn token (for
   truncated importance sampling and the logged sampler/trainer mismatch);
@@ -41,12 +42,14 @@ def min_p_log_prob(logp_all: Tensor, token: Tensor, min_p: float) -> Tensor:
     return torch.where(torch.isfinite(picked), picked, torch.full_like(picked, PROXY_FLOOR))
 
 
-def sampling_recorder(min_p: float | None = None) -> Callable[[Tensor, Tensor], dict]:
+def sampling_recorder(
+    temperature: float = 1.0, min_p: float | None = None
+) -> Callable[[Tensor, Tensor], dict]:
     """The ``record`` function of :func:`lmloss.train.generation.generate`: ``logp`` and
-    ``entropy`` of each step, and ``proxy_logp`` when ``min_p`` is given."""
+    ``entropy`` of each step at ``temperature``, and ``proxy_logp`` when ``min_p`` is given."""
 
     def record(logits: Tensor, token: Tensor) -> dict[str, Tensor]:
-        logp_all = torch.log_softmax(logits.float(), -1)
+        logp_all = torch.log_softmax(logits.float() / temperature, -1)
         out = {
             "logp": logp_all.gather(-1, token[:, None]).squeeze(1),
             "entropy": -(logp_all.exp() * logp_all).sum(-1),

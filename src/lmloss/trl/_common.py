@@ -47,9 +47,7 @@ def final_hidden(model: torch.nn.Module, **inputs) -> torch.Tensor:
 
 
 def detached_head(model: torch.nn.Module) -> Head:
-    head = head_of(model)
-    bias = None if head.bias is None else head.bias.detach()
-    return Head(head.weight.detach(), bias, head.softcap, head.logit_scale)
+    return head_of(model).detached()
 
 
 @torch.no_grad()

@@ -110,18 +110,12 @@ class DPOTrainer(trl.DPOTrainer):
             reference = {k: inputs[k] for k in ("ref_chosen_logps", "ref_rejected_logps")}
         elif self.needs.reference:
             ref_hidden, ref_head = self._reference_hidden(model_inputs)
-            reference = {
-                "ref_hidden": ref_hidden[:, :-1],
-                "ref_weight": ref_head.weight,
-                "ref_bias": ref_head.bias,
-            }
+            reference = {"ref_hidden": ref_hidden[:, :-1], "ref_head": ref_head}
         out = fused_preference_loss(
             self.needs.name,
             hidden=hidden,
-            weight=head.weight,
+            head=head,
             targets=targets,
-            bias=head.bias,
-            **head.transform_kwargs(),
             **reference,
             **self.hyper,
         )

@@ -90,16 +90,14 @@ class GRPOTrainer(trl.GRPOTrainer):
         out = fused_policy_loss(
             self.needs.name,
             hidden=hidden[:, -steps - 1 : -1],
-            weight=head.weight,
+            head=head,
             targets=completion_ids.masked_fill(mask == 0, -100),
             advantages=inputs["advantages"],
             mask=mask.to(hidden.dtype),
-            bias=head.bias,
             old_logps=inputs.get("old_per_token_logps"),
             ref_logps=inputs.get("ref_per_token_logps") if self.beta != 0 else None,
             want_entropy=True,
             temperature=self.temperature,
-            **head.transform_kwargs(),
             **self.hyper,
         )
         for key, value in out.metrics.items():

@@ -67,6 +67,9 @@ class PolicyMode(Mode):
         super().__init__(ctx)
         policy = ctx.recipe.policy
         self.config = policy
+        # log-probs at the sampling temperature: the distribution the tokens were drawn from
+        # (TRL scores policy and reference the same way)
+        self.scoring = {**ctx.engine, "temperature": policy.temperature}
         self.judge = Judge.from_section(
             policy,
             where="policy",
@@ -134,7 +137,7 @@ class PolicyMode(Mode):
             config,
             config.group_size,
             record=policy_tokens.sampling_recorder(
-                config.proxy_min_p if self.wants_proxy else None
+                config.temperature, config.proxy_min_p if self.wants_proxy else None
             ),
         )
         total, means = self.grade(examples, out.texts(self.ctx.tokenizer), config.group_size)
@@ -254,7 +257,7 @@ class PolicyMode(Mode):
             t["targets"],
             None if head.bias is None else head.bias.detach(),
             want=("logp",),
-            **self.ctx.engine,
+            **self.scoring,
             **head.transform_kwargs(),
         ).logp
         t["old_logps"] = old
@@ -331,6 +334,6 @@ class PolicyMode(Mode):
             **head_kwargs(head),
             **reference,
             **normalizer,
-            **self.ctx.engine,
+            **self.scoring,
             **self.hyper,
         )

@@ -5,7 +5,9 @@ GRPO + SFT (as in several of our sources): each prompt row also holds a demonstr
 ``start``) and the demonstration rows (right-padded prompt + answer) go through the
 backbone as one batch, and the engine computes the union of the statistics of every term
 over the rows of both in one pass; then the policy objective runs on the sampled tokens and
-each likelihood term on the demonstration tokens (the front doors' plain paths).
+each likelihood term on the demonstration tokens (the front doors' plain paths). Both are
+scored at ``policy.temperature``: the policy being trained is the tempered distribution the
+samples come from, and one engine pass has one temperature.
 
 The likelihood terms are token means over the micro-batch's demonstration tokens, weighted
 like the policy objective: by the micro-batch's share of the step's sampled tokens when the
@@ -62,7 +64,7 @@ def policy_with_terms(mode: Mode, batch: Batch, num_items: int | None) -> LossOu
         **head_kwargs(head),
         targets=torch.cat([targets.reshape(-1) for _, targets in groups]),
         want=want,
-        **ctx.engine,
+        **mode.scoring,
     ).asdict()
     split = {k: v.split([targets.numel() for _, targets in groups]) for k, v in stats.items()}
     policy_stats, demo_stats = (
@@ -100,7 +102,7 @@ def _policy_loss(mode: Mode, t: dict, stats: dict, num_items: int | None) -> Los
                 like_head(ref_hidden[:, scored], ref_head),
                 **head_kwargs(ref_head),
                 targets=targets,
-                **ctx.engine,
+                **mode.scoring,
             ).logp
     return lmloss.policy_loss(
         ctx.entry.name,
