@@ -87,7 +87,8 @@ def _policy(name, seed, scale, hyper):
     logp, entropy, mask = plain_stats(hidden, weight, targets)
     with torch.no_grad():
         ref_logp, _, _ = plain_stats(ref_hidden, weight, targets)
-        old = logp + 0.2 * torch.randn(B, T, generator=g, dtype=F64)
+        # a log-probability stays <= 0 (the inputs refuse a probability above 1)
+        old = (logp + 0.2 * torch.randn(B, T, generator=g, dtype=F64)).clamp(max=0.0)
     common = {"old_logps": old, "advantages": lmloss.advantages("grpo", rewards, GROUP)}
     if name == "lp_reg":
         common["proxy_logps"] = logp.detach() + 0.3

@@ -106,3 +106,35 @@ def require_names(
     for name in names:
         require_choice(what, name, choices)
     return tuple(dict.fromkeys(names))
+
+
+# How far above 0 a log-probability may lie before it is refused: the rounding of a
+# log-softmax in float32 is ~1e-7 per token, and a bfloat16 value near 0 (a token of
+# probability ~1) rounds by less than 4e-3 * |value|, so 1e-4 per token keeps every
+# rounded log-probability and refuses a probability or a logit passed by mistake.
+LOGPROB_TOLERANCE = 1e-4
+
+
+def require_log_probabilities(name: str, tensor: torch.Tensor, tokens: int = 1) -> None:
+    """Every value of ``tensor`` is a log-probability: at most ``LOGPROB_TOLERANCE`` per
+    token above 0 (``tokens``: how many per-token values each one sums; masked positions
+    must already be zero).
+
+    On CPU a ``ValueError`` names the argument, the first bad index and its value. On an
+    accelerator the check is ``torch._assert_async``, which does not wait for the device (a
+    ``bool()`` here would cost a host sync per call); a bad value stops the process at the
+    device's next synchronization with the same message.
+    """
+    limit = LOGPROB_TOLERANCE * tokens
+    expected = f"{name} must hold log-probabilities (<= 0; up to {limit:g} above for rounding)"
+    above = tensor.detach() > limit
+    if tensor.device.type != "cpu":
+        torch._assert_async(~above.any(), expected)
+        return
+    if bool(above.any()):
+        index = tuple(above.nonzero()[0].tolist())
+        value = tensor[index].item()
+        raise ValueError(
+            f"{expected}, got {value:g} at index {index}: a probability or a logit is not a "
+            "log-probability"
+        )

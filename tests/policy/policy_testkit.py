@@ -30,8 +30,13 @@ def make_case(seed: int = 0, batch: int = 6, length: int = 7, spread: float = 0.
     g = torch.Generator().manual_seed(seed)
     dtype = torch.float64
     logps = (-torch.rand(batch, length, generator=g, dtype=dtype) * 3 - 0.05).requires_grad_()
-    old = logps.detach() + spread * torch.randn(batch, length, generator=g, dtype=dtype)
-    ref = logps.detach() + spread * torch.randn(batch, length, generator=g, dtype=dtype)
+    # log-probabilities stay <= 0 (the inputs refuse a probability above 1)
+    old = (logps.detach() + spread * torch.randn(batch, length, generator=g, dtype=dtype)).clamp(
+        max=0.0
+    )
+    ref = (logps.detach() + spread * torch.randn(batch, length, generator=g, dtype=dtype)).clamp(
+        max=0.0
+    )
     proxy = logps.detach() + torch.randn(batch, length, generator=g, dtype=dtype)
     entropy = torch.rand(batch, length, generator=g, dtype=dtype) * 1.2
     token_ids = torch.randint(0, 3, (batch, length), generator=g)

@@ -42,8 +42,9 @@ def inputs(seed=0):
     g = torch.Generator().manual_seed(seed)
     f64 = {"dtype": torch.float64}
     logps = (-torch.rand(B, T, generator=g, **f64) * 2).requires_grad_()
-    old = logps.detach() + 0.25 * torch.randn(B, T, generator=g, **f64)
-    ref = logps.detach() + 0.25 * torch.randn(B, T, generator=g, **f64)
+    # log-probabilities stay <= 0 (the inputs refuse a probability above 1)
+    old = (logps.detach() + 0.25 * torch.randn(B, T, generator=g, **f64)).clamp(max=0.0)
+    ref = (logps.detach() + 0.25 * torch.randn(B, T, generator=g, **f64)).clamp(max=0.0)
     entropy = (torch.rand(B, T, generator=g, **f64) * 2).requires_grad_()
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     mask = (torch.arange(T)[None] < lengths[:, None]).long()

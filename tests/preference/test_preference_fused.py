@@ -210,7 +210,7 @@ def test_fused_with_precomputed_reference_bias_and_transform():
     bias = torch.randn(V, dtype=torch.float64, generator=model.g).requires_grad_()
     hidden, targets = fused_kw["hidden"], fused_kw["targets"]
     assert plain_kw
-    ref = torch.randn(2 * B, dtype=torch.float64, generator=model.g)
+    ref = -3 * torch.rand(2 * B, dtype=torch.float64, generator=model.g)  # summed log-probs
     fused = lmloss.fused_preference_loss(
         "dpo", hidden=hidden, weight=model.weight, targets=targets, bias=bias, temperature=0.7,
         softcap=5.0, ref_chosen_logps=ref[:B], ref_rejected_logps=ref[B:],

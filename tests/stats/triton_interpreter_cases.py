@@ -203,15 +203,9 @@ def _models(x, bias=True):
     return model("student"), model("teacher")
 
 
-@pytest.mark.parametrize(
-    ("names", "hyper", "teacher_grad"),
-    [
-        (("forward_kl", "reverse_kl"), {}, False),
-        (("jsd", "tvd"), {"beta": 0.3}, True),
-    ],
-)
-def test_pair_terms_match_torch(use, routed, names, hyper, teacher_grad):
-    x = _pair_inputs()
+def _pair_terms_on_both_backends(use, x, names, hyper, teacher_grad):
+    """``[triton, torch]``: each backend's term values and the gradients of a weighted sum
+    of them (w.r.t. the student's leaves, and the teacher's with ``teacher_grad``)."""
     leaves = [v for k, v in x.items() if k != "mask"]
     results = []
     for name in ("triton", "torch"):
@@ -223,8 +217,69 @@ def test_pair_terms_match_torch(use, routed, names, hyper, teacher_grad):
         loss = sum((values[n] * (i + 1.5)).sum() for i, n in enumerate(names))
         wanted = leaves if teacher_grad else leaves[:3]
         results.append([values[n] for n in names] + list(torch.autograd.grad(loss, wanted)))
+    return results
+
+
+@pytest.mark.parametrize(
+    ("names", "hyper", "teacher_grad"),
+    [
+        (("forward_kl", "reverse_kl"), {}, False),
+        (("jsd", "tvd"), {"beta": 0.3}, True),
+    ],
+)
+def test_pair_terms_match_torch(use, routed, names, hyper, teacher_grad):
+    results = _pair_terms_on_both_backends(use, _pair_inputs(), names, hyper, teacher_grad)
     assert routed == ["route_pair_terms"]
     for got, ref in zip(*results):
+        torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
+
+
+# ``-inf`` bias entries (a masked vocabulary): some in one head only, one (5) in both.
+MASKED_ENTRIES = {"teacher": [1, 5, 30], "student": [5, 12, 36]}
+
+
+def _masked_pair_inputs(masked: str) -> dict:
+    x = _pair_inputs()
+    with torch.no_grad():
+        for head, entries in MASKED_ENTRIES.items():
+            if masked in (head, "both"):
+                x[f"{head}_bias"][entries] = float("-inf")
+    return x
+
+
+@pytest.mark.parametrize("masked", ["teacher", "student", "both"])
+@pytest.mark.parametrize(
+    ("names", "hyper"),
+    [(("forward_kl", "reverse_kl"), {}), (("jsd", "tvd"), {"beta": 0.3})],
+)
+def test_minus_inf_logits_are_probability_zero_as_on_torch(use, routed, masked, names, hyper):
+    """A ``-inf`` logit is probability 0 on both backends: finite values and gradients (of
+    both heads), equal to the PyTorch engine's (log-probabilities floored at -1e9)."""
+    results = _pair_terms_on_both_backends(use, _masked_pair_inputs(masked), names, hyper, True)
+    assert routed == ["route_pair_terms"]
+    for got, ref in zip(*results):
+        assert bool(torch.isfinite(got).all())
+        # Mass on an entry the other head masks costs ~1e9 per unit of probability: gradients
+        # then sum terms that large, and float32 leaves an error relative to the largest.
+        largest = ref.abs().max().item()
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=max(1e-4, 1e-5 * largest))
+
+
+@pytest.mark.parametrize("masked", ["teacher", "student", "both"])
+def test_minus_inf_logits_in_the_one_pass_loss(use, routed, masked):
+    x = _masked_pair_inputs(masked)
+    results = []
+    for name in ("triton", "torch"):
+        use(name)
+        loss, values = token_pair_loss(
+            *_models(x), ("jsd",), lambda v, rows: v["jsd"].sum(),
+            mask=x["mask"], hyper={"beta": 0.5},
+        )  # fmt: skip
+        grads = torch.autograd.grad(loss, [x["student_hidden"], x["student_bias"]])
+        results.append((loss, values["jsd"], *grads))
+    assert routed == ["route_pair_loss"]
+    for got, ref in zip(*results):
+        assert bool(torch.isfinite(got).all())
         torch.testing.assert_close(got, ref, **PAIR_TOLERANCE)
 
 

@@ -4,13 +4,17 @@
 checks before it loads the model (so a bad row, reward function or resume path is found
 before minutes of loading). Checked:
 
-* the recipe's keys and values (while parsing, :mod:`lmloss.train.recipe`);
+* the recipe's keys and values (while parsing, :mod:`lmloss.train.recipe`), and the ranges
+  of the objective's hyper-parameters, by the objective itself on a synthetic batch
+  (:mod:`lmloss.train.objective_check`);
 * every data row (``data.path`` and ``data.eval_path``): readable, a known format, the
   values of its columns (:mod:`lmloss.train.formats`), and the format the objective needs;
 * reward functions: importable (the current folder is on the import path) and callable
   with the documented signature;
 * the resume target, the eval task, the model and teacher names (bundled, a local model
-  folder, or a Hub id already in the local cache), precomputed files.
+  folder, or a Hub id already in the local cache), precomputed files;
+* ``lmloss validate`` only: each prompt's length in tokens, with the model's tokenizer when
+  it loads offline (:mod:`lmloss.train.prompt_lengths`).
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmloss._checks import require_choice
-from lmloss.train import formats, health, loggers, rundir, tasks
+from lmloss.train import formats, health, loggers, objective_check, rundir, tasks
 from lmloss.train.config import Recipe
 from lmloss.train.data import load_rows, read_hub_dataset, rename_columns
 from lmloss.train.files import read_rows
 from lmloss.train.hub import is_hub_id, resolve_model
+from lmloss.train.prompt_lengths import check_prompt_lengths
 
 
 @dataclass
@@ -227,9 +232,11 @@ def check(
     recipe: Recipe, *, resume: bool = False, run_dir: Path | None = None, writes: bool = False
 ) -> Report:
     """Every weight-free check of ``recipe``; the first problem raises ValueError.
-    ``writes``: the trainer's call, which may write a built-in task's rows to the run."""
+    ``writes``: the trainer's call, which may write a built-in task's rows to the run (and
+    tokenizes the prompts itself)."""
     run_dir = Path(recipe.output.dir) if run_dir is None else run_dir
     rundir.check_target(run_dir, resume=resume, overwrite=False)
+    ranges = objective_check.check_recipe_ranges(recipe)
     table = read_table(recipe, run_dir, write_task=writes)
     check_conversations(table, recipe.data.train_on)
     report = Report(table)
@@ -237,10 +244,13 @@ def check(
         f"data: {table.source}: {len(table.rows)} rows, format {table.format}, fit for "
         f"{recipe.entry.name!r}"
     )
+    report.lines.append(ranges)
     if recipe.data.eval_path is not None:
         report.eval_table = read_table(recipe, run_dir, recipe.data.eval_path)
         report.lines.append(f"eval data: {len(report.eval_table.rows)} rows")
     report.lines.append(f"model: {recipe.model.name} ({resolve_model(recipe.model.name)})")
+    if not writes:  # the trainer tokenizes every row itself, right after loading the model
+        report.lines.append(check_prompt_lengths(recipe, table))
     if recipe.distill.teacher is not None:
         resolve_model(recipe.distill.teacher, "distill.teacher")
         report.lines.append(f"teacher: {recipe.distill.teacher}")

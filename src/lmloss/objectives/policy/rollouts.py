@@ -14,6 +14,9 @@ Conventions (all objectives):
 
 * Per-token inputs are ``[B, T]``. Masked positions are replaced by exact zeros before any
   math, so garbage there (padding, ``-inf``) never produces NaN or gradient.
+* ``logps``, ``old_logps`` and ``ref_logps`` above 0 by more than
+  :data:`lmloss._checks.LOGPROB_TOLERANCE` at a completion token are refused: a probability
+  or a logit passed by mistake.
 * ``old_logps=None`` means on-policy: ``log π_old = log π_θ`` detached, so the ratio is
   ``exp(logp − logp.detach()) = 1`` and its gradient is the plain policy gradient.
 * Log-ratios are clamped to [−20, 20] before ``exp`` (verl's guard; gradients vanish past
@@ -112,6 +115,7 @@ def rollouts(
     mask = as_mask("mask", mask, logps, "logps")
     valid = mask > 0
     logps = torch.where(valid, logps, torch.zeros_like(logps))
+    _checks.require_log_probabilities("logps", logps)
 
     advantages = _checks.require_floating("advantages", advantages)
     seq_advantages = None
@@ -130,7 +134,11 @@ def rollouts(
         old = logps.detach()
     else:
         old = _per_token("old_logps", old_logps, logps, valid).detach()
-    ref = None if ref_logps is None else _per_token("ref_logps", ref_logps, logps, valid).detach()
+        _checks.require_log_probabilities("old_logps", old)
+    ref = None
+    if ref_logps is not None:
+        ref = _per_token("ref_logps", ref_logps, logps, valid).detach()
+        _checks.require_log_probabilities("ref_logps", ref)
     ent = None if entropy is None else _per_token("entropy", entropy, logps, valid)
     return Rollouts(logps, old, ref, advantages, ent, mask, valid, seq_advantages)
 

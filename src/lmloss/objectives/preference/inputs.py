@@ -21,7 +21,9 @@ value where masked), ``{p}mask`` (0/1 or bool completion mask), ``ref_{p}logps``
 log-probs per token, or already summed per sequence, or absent) and optional per-token
 statistics ``{p}sum_sq_probs`` (``log Σ_v p_v²``, for WPO), ``{p}kl`` (``KL(π_ref ‖ π_θ)``
 per token, for TDPO / SparsePO), ``{p}reward_weights`` and ``{p}kl_weights`` (SparsePO
-token masks). ``from_keywords`` pops the names it uses from a dict, checking each; the
+token masks). Policy and reference log-probs above 0 (by more than
+:data:`lmloss._checks.LOGPROB_TOLERANCE` per token) are refused. ``from_keywords`` pops the
+names it uses from a dict, checking each; the
 fused front door hands the values it computed per group as ``computed`` (by field:
 ``logps``, ``mask``, ``ref_logps`` and statistic suffixes), not as keyword strings.
 """
@@ -199,12 +201,17 @@ class Completions:
             )
         inside = mask != 0
         logps = _zero_outside(logps, inside)
+        _checks.require_log_probabilities(logps_name, logps)
         ref = fields["ref_logps"]
         if ref is not None:
             ref = _floating(ref_name, ref)
             if ref.shape == logps.shape:
                 ref = _zero_outside(ref, inside)
-            elif tuple(ref.shape) != tuple(logps.shape[:-1]):
+                _checks.require_log_probabilities(ref_name, ref)
+            elif tuple(ref.shape) == tuple(logps.shape[:-1]):
+                # a summed value may gather the rounding of each of its tokens
+                _checks.require_log_probabilities(ref_name, ref, tokens=logps.shape[-1])
+            else:
                 raise ValueError(
                     f"{ref_name} must have shape {tuple(logps.shape)} (per token) or "
                     f"{tuple(logps.shape[:-1])} (summed), matching {logps_name}; "

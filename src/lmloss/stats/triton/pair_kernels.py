@@ -16,6 +16,12 @@ per ``(token block, vocabulary block)`` (or per owner, deterministic): recompute
 tiles, form both logit gradients for the upstream gradient ``g`` of each token,
 accumulate each head's gradients.
 
+A ``-inf`` logit (a masked vocabulary entry) is probability 0, as on the PyTorch engine
+(:class:`lmloss.stats.divergence_terms.Pair`): log-probabilities are floored at
+:data:`LOG_FLOOR` (the float32 floor; the kernels compute in float32), and so are the
+logits the moments multiply by a weight, so that ``0 · (-inf)`` and ``-inf - (-inf)`` never
+make a NaN. A term is then finite, and what masking with a -1e9 logit gives.
+
 Terms (``TERM``): 0 forward KL ``q (b - a)``; 1 reverse KL ``p (a - b)``; 2 generalized
 JSD with mixture ``m = (1-β) p + β q`` (0 < β < 1; the host maps β = 0 and 1 to the two
 KLs, as TRL does); 3 total variation ``|p - q| / 2``.
@@ -23,9 +29,11 @@ KLs, as TRL does); 3 total variation ``|p - q| / 2``.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
+from lmloss.stats.divergence_terms import log_floor
 from lmloss.stats.triton.tiles import (
     add_logit_grads,
     forward_rows,
@@ -36,6 +44,7 @@ from lmloss.stats.triton.tiles import (
 )
 
 FORWARD_KL, REVERSE_KL, JSD, TVD = 0, 1, 2, 3
+LOG_FLOOR = tl.constexpr(log_floor(torch.float32))
 
 
 @triton.jit
@@ -69,8 +78,8 @@ def pair_term(a, b, p, q, log_1m_beta, log_beta, beta, TERM: tl.constexpr):
 
 @triton.jit
 def log_probs(z, lse, ok):
-    """``(z - lse, e^(z - lse))``, 0 and 0 outside ``ok``."""
-    a = tl.where(ok, z - lse[:, None], 0.0)
+    """``(max(z - lse, LOG_FLOOR), e^that)``, 0 and 0 outside ``ok``."""
+    a = tl.where(ok, tl.maximum(z - lse[:, None], LOG_FLOOR), 0.0)
     return a, tl.where(ok, tl.exp(a), 0.0)
 
 
@@ -186,8 +195,10 @@ def pair_moments_kernel(
             HAS_BIAS_S, SOFTCAP_S, UPCAST_S, HAS_BIAS_T, SOFTCAP_T, UPCAST_T, PRECISION,
             BLOCK_N, BLOCK_V, BLOCK_H,
         )  # fmt: skip
-        z_s = tl.where(col_ok, zs0, float("-inf"))
+        z_s = tl.where(col_ok, zs0, float("-inf"))  # a -inf logit weighs 0 ...
         z_t = tl.where(col_ok, zt0, float("-inf"))
+        zs0 = tl.maximum(zs0, LOG_FLOOR)  # ... and is a finite factor of the moments
+        zt0 = tl.maximum(zt0, LOG_FLOOR)
         m_s, s_s, own_s, cross_s = online_step(z_s, zs0, zt0, m_s, s_s, own_s, cross_s)
         m_t, s_t, own_t, cross_t = online_step(z_t, zt0, zs0, m_t, s_t, own_t, cross_t)
     values = (m_s, s_s, own_s, cross_s, m_t, s_t, own_t, cross_t)
