@@ -61,6 +61,16 @@ def test_preference_log_probabilities_above_zero_are_refused(name):
         lmloss.loss("dpo", **_pairs(**{name: bad}))
 
 
+@pytest.mark.parametrize("objective", ["ce", "focal"])
+def test_likelihood_log_probabilities_above_zero_are_refused_where_trained(objective):
+    bad = _one_above(5, 0.3)
+    with pytest.raises(ValueError, match=r"^logps must hold log-probabilities.*\(1, 2\)"):
+        lmloss.loss(objective, logps=bad)
+    mask = torch.ones_like(bad, dtype=torch.bool)
+    mask[1, 2] = False  # padding may hold anything
+    lmloss.loss(objective, logps=bad, mask=mask)
+
+
 @pytest.mark.parametrize("name", ["logps", "old_logps", "ref_logps"])
 def test_policy_log_probabilities_above_zero_are_refused(name):
     bad = _one_above(5, 0.3)

@@ -167,6 +167,7 @@ def likelihood_loss(
     check_reduction(reduction, num_items, logp.dim())
     mask = torch.ones_like(logp) if mask is None else reduce.as_mask("mask", mask, logp, "logp")
     weights = None if weights is None else check_token_weights(weights, logp)
+    _checks.require_log_probabilities("logps", torch.where(mask > 0, logp, 0.0))
 
     per_token = torch.where(mask > 0, entry(**values, **hyper), torch.zeros_like(logp))
     _, loss = _reduce(
