@@ -41,9 +41,10 @@ from lmloss import _checks, registry
 from lmloss.head import Head, policy_and_reference_heads
 from lmloss.objectives.binding import bind
 from lmloss.objectives.preference import options as opt
+from lmloss.objectives.preference import pair_blocks
 from lmloss.objectives.preference.inputs import TOKEN_STATISTICS, Completions, Pairs, kind_of
 from lmloss.output import LossOutput
-from lmloss.stats import STATISTICS, token_stats
+from lmloss.stats import STATISTICS, example_blocks, token_stats
 from lmloss.stats.divergence_api import token_pair_terms
 from lmloss.stats.model_input import ModelInput, PairSettings
 
@@ -284,17 +285,8 @@ def fused_preference_loss(
     engine_stats = {"logp", *(s for s in entry.spec.stats if s in STATISTICS)}
     if options.wpo:
         engine_stats.add(TOKEN_STATISTICS["sum_sq_probs"])
-    policy = _stats_of_groups(
-        groups, lambda g: g.hidden, weight, bias, sorted(engine_stats), engine
-    )
-    computed = {
-        prefix: {
-            "logps": stats["logp"],
-            "mask": group.targets != ignore_index,
-            **{k: stats[stat] for k, stat in TOKEN_STATISTICS.items() if stat in engine_stats},
-        }
-        for (prefix, group), stats in zip(groups.items(), policy)
-    }
+    want = sorted(engine_stats)
+    computed = {prefix: {"mask": group.targets != ignore_index} for prefix, group in groups.items()}
 
     with_ref = {p: g for p, g in groups.items() if g.ref_hidden is not None}
     if with_ref:
@@ -306,6 +298,7 @@ def fused_preference_loss(
         for prefix, stats in zip(with_ref, ref):
             computed[prefix]["ref_logps"] = stats["logp"]
 
+    divergences = False
     for suffix, stat in TOKEN_STATISTICS.items():
         if stat in entry.spec.stats and stat not in STATISTICS:
             heads = (head, ref_head)
@@ -315,7 +308,107 @@ def fused_preference_loss(
                     computed[prefix][suffix] = _two_model_statistic(
                         stat, name, group, heads, engine
                     )
+                    divergences = True
+
+    if not divergences:  # a per-token divergence is differentiable outside the blocks
+        out = _pair_aligned_loss(
+            entry, options, groups, kwargs, computed, (weight, bias), want, engine
+        )
+        if out is not None:
+            return out
+    policy = _stats_of_groups(groups, lambda g: g.hidden, weight, bias, want, engine)
+    for prefix, stats in zip(groups, policy):
+        computed[prefix].update(_fields_of(stats))
     return _evaluate(entry, kwargs, options, computed)
+
+
+def _fields_of(stats: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A group's engine statistics by the field names of its completions."""
+    fields = {k: stats[stat] for k, stat in TOKEN_STATISTICS.items() if stat in stats}
+    return {"logps": stats["logp"], **fields}
+
+
+def _pair_aligned_loss(
+    entry: registry.Entry,
+    options: _Options,
+    groups: dict[str, _Group],
+    kwargs: dict,
+    computed: dict,
+    head: tuple[Tensor, Tensor | None],
+    want: list[str],
+    engine: dict,
+) -> LossOutput | None:
+    """The loss on the one-pass schedule with blocks of whole pairs, or None where that is
+    not exact (see :mod:`lmloss.objectives.preference.pair_blocks`), not needed (no
+    gradient) or does not fit the memory budget: the recompute schedule then runs.
+
+    Each block runs the objective (with its options) on its pairs for the gradients; the
+    returned loss, per-example losses and metrics come from one run on the whole batch of
+    the blocks' detached statistics, so they never depend on the blocks.
+    """
+    weight, bias = head
+    hyper = {k: v for k, v in kwargs.items() if not isinstance(v, Tensor)}
+    trained = [weight, bias, *(g.hidden for g in groups.values())]
+    if not (
+        example_blocks.enabled()
+        and torch.is_grad_enabled()
+        and any(t is not None and t.requires_grad for t in trained)
+        and pair_blocks.separable(entry.spec, hyper)
+    ):
+        return None
+    masks = [fields["mask"] for fields in computed.values()]
+    pairs = masks[0].shape[0]
+    per_pair = pair_blocks.per_pair_inputs(entry.spec, kwargs, pairs)
+    if per_pair is None or any(
+        m.shape[0] != pairs or bool((m.reshape(pairs, -1).sum(1) == 0).any()) for m in masks
+    ):  # the recompute path's checks name what is wrong
+        return None
+
+    sizes = [m.numel() for m in masks]
+
+    def by_group(flat: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+        split = {name: value.split(sizes) for name, value in flat.items()}
+        return {
+            prefix: {name: split[name][i].reshape(m.shape) for name in flat}
+            for i, (prefix, m) in enumerate(zip(groups, masks))
+        }
+
+    def loss_of_pairs(flat: dict[str, Tensor], e0: int, e1: int) -> Tensor:
+        block = {
+            prefix: {k: v[e0:e1] for k, v in (computed[prefix] | _fields_of(stats)).items()}
+            for prefix, stats in by_group(flat).items()
+        }
+        kw = pair_blocks.sub_batch(kwargs, per_pair, e0, e1)
+        loss = _evaluate(entry, kw, options, block).loss
+        return loss * pair_blocks.block_share(e1 - e0, pairs)
+
+    def flat_rows(pick) -> Tensor:
+        rows = [
+            pick(g).reshape(-1, *pick(g).shape[len(m.shape) :])
+            for g, m in zip(groups.values(), masks)
+        ]
+        return rows[0] if len(rows) == 1 else torch.cat(rows)
+
+    done = example_blocks.example_one_pass(
+        flat_rows(lambda g: g.hidden),
+        weight,
+        flat_rows(lambda g: g.targets),
+        bias,
+        example_blocks.ExampleRows.of(masks),
+        loss_of_pairs,
+        want=want,
+        **engine,
+    )
+    if done is None:
+        return None
+    total, flat = done
+    for prefix, stats in by_group(flat).items():
+        computed[prefix].update(_fields_of(stats))
+    with torch.no_grad():
+        whole = _evaluate(entry, kwargs, options, computed)
+    # the value of the whole-batch run, the gradients of the blocks (total − total is 0)
+    loss = whole.loss + (total - total.detach()).to(whole.loss.dtype)
+    return LossOutput(loss=loss, per_example=whole.per_example, metrics=whole.metrics)
 
 
 def _groups(kind: type, kw: dict, *, with_online: bool) -> dict[str, _Group]:

@@ -23,6 +23,9 @@ The scheduler runs a kernel on one of two schedules:
   values: tiles span the vocabulary, so a block's values, its upstream gradient (autograd
   of the block's loss) and the head gradients all come from the same tiles; the
   gradients are finished during the forward and handed out by :class:`WithPrecomputedGrads`.
+  Its blocks are equal row ranges (:func:`token_blocks`, for sums of per-token terms) or
+  ranges the caller aligns to whole examples (:mod:`lmloss.stats.example_blocks`, for a
+  loss whose token gradients need a whole preference pair).
 """
 
 from __future__ import annotations
@@ -75,6 +78,20 @@ class TileKernel(Protocol):
 
 def token_blocks(n: int, plan: ChunkPlan) -> list[tuple[int, int]]:
     return [(t0, min(t0 + plan.tokens, n)) for t0 in range(0, n, plan.tokens)]
+
+
+def check_blocks(blocks: Sequence[tuple[int, int]], n: int, plan: ChunkPlan) -> None:
+    """``blocks`` cover rows ``0..n`` in order, each non-empty and within ``plan.tokens``."""
+    end = 0
+    for t0, t1 in blocks:
+        if t0 != end or not t0 < t1 <= t0 + plan.tokens:
+            raise ValueError(
+                f"row blocks must cover rows 0..{n} in order, each of 1..{plan.tokens} rows; "
+                f"got [{t0}, {t1}) after row {end}"
+            )
+        end = t1
+    if end != n:
+        raise ValueError(f"row blocks must cover rows 0..{n}; they end at row {end}")
 
 
 def vocab_slices(vocab: int, vocab_tile: int) -> Iterator[tuple[int, int]]:
@@ -234,6 +251,7 @@ def one_pass(
     plan: ChunkPlan,
     block_loss: BlockLoss,
     extra: Mapping[str, Tensor] | None = None,
+    blocks: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``Σ_blocks block_loss(values of the block and its rows of each extra, rows)``,
     with every gradient computed in the same pass.
@@ -241,22 +259,26 @@ def one_pass(
     ``block_loss`` receives leaf tensors and must not mix rows of different blocks (a
     batch normalizer is a constant it closes over). ``extra`` holds per-row inputs computed
     elsewhere (e.g. a label log-likelihood); they get their gradient through the total.
-    ``plan`` must span the vocabulary. Returns the total (differentiable w.r.t. ``inputs``
-    and ``extra``) and the detached values of every row.
+    ``plan`` must span the vocabulary. ``blocks``: the ``[t0, t1)`` row ranges, in order and
+    covering every row, each of at most ``plan.tokens`` rows; default
+    :func:`token_blocks`. Returns the total (differentiable w.r.t. ``inputs`` and
+    ``extra``) and the detached values of every row.
     """
     extra = dict(extra or {})
     needs = tuple(t is not None and t.requires_grad for t in inputs)
     sources = build_sources(specs, [None if t is None else t.detach() for t in inputs])
     if plan.vocab < sources[0].vocab:
         raise ValueError("the one-pass schedule needs tiles that span the vocabulary")
+    n = inputs[0].shape[0]
+    if blocks is not None:
+        check_blocks(blocks, n, plan)
     _start_grads(sources, specs, needs)
     need = _needs_per_source(specs, needs)
-    n = inputs[0].shape[0]
     total = inputs[0].new_zeros((), dtype=sources[0].dtype)
     extra_grads = {name: x.new_zeros(x.shape, dtype=total.dtype) for name, x in extra.items()}
     parts: dict[str, list[Tensor]] = {name: [] for name in kernel.names}
     with torch.no_grad():
-        for t0, t1 in token_blocks(n, plan):
+        for t0, t1 in token_blocks(n, plan) if blocks is None else blocks:
             block = kernel.forward_block(sources, t0, t1, plan.vocab, need)
             leaves = {
                 name: v.detach().requires_grad_(kernel.differentiable(name))

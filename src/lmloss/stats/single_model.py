@@ -178,6 +178,7 @@ def eager_token_loss(
     token_loss: TokenLoss,
     plan: ChunkPlan,
     expect: Tensor | None = None,
+    blocks: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``Σ_blocks token_loss(stats of the block, rows of the block)``, gradients in one pass.
 
@@ -185,7 +186,9 @@ def eager_token_loss(
     of those rows, and returns the block's scalar contribution; it must not mix rows of
     different blocks (a batch-level normalizer is a constant it closes over). ``plan``
     must span the whole vocabulary. ``expect`` is the frozen ``[V, D]`` table of the
-    ``expectation`` statistic, when it is among ``names``. Returns the differentiable total
+    ``expectation`` statistic, when it is among ``names``. ``blocks``: the row ranges
+    (see :func:`lmloss.stats.schedule.one_pass`), e.g. aligned to whole preference pairs;
+    a backend that runs all rows as one block needs none. Returns the differentiable total
     and the detached statistics of every row.
     """
     if plan.vocab != weight.shape[0]:
@@ -198,4 +201,5 @@ def eager_token_loss(
     compiled = compile_wanted(hidden.shape[0], weight.shape[0])
     table = None if expect is None else expect.detach()
     kernel = StatsKernel(names, targets, table, compiled)
-    return one_pass(kernel, (HeadSpec(transform),), (hidden, weight, bias), plan, token_loss)
+    head = (hidden, weight, bias)
+    return one_pass(kernel, (HeadSpec(transform),), head, plan, token_loss, blocks=blocks)

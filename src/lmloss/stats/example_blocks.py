@@ -1,0 +1,182 @@
+"""The one-pass schedule for a loss whose token gradients need every row of an example.
+
+A preference pair's loss is a function of the sequence log-probs of both its completions,
+so the upstream gradient of a token is known only once every row of its pair has crossed
+the vocabulary. The recompute schedule (:func:`lmloss.stats.schedule.recompute`) waits for
+the backward and recomputes each tile: 4 matmuls of N·H·V (logits twice, dH, dW). The
+one-pass schedule (:func:`lmloss.stats.schedule.one_pass`) is exact for such a loss when
+every block holds whole examples, and needs 3: each block's tiles give its values, the
+autograd of its examples' loss gives the upstream gradient, and dH, dW follow from the
+same tiles.
+
+Here the trained rows are gathered example-major once (example 0's rows of every group,
+then example 1's, ...: a copy of N·H, small next to N·V) and cut into blocks of whole
+examples (:class:`ExampleRows`). ``LMLOSS_PAIR_ONE_PASS=0`` turns the schedule off (the
+callers then take the recompute schedule; for comparisons), ``auto`` (default) lets the
+callers use it where it is exact and fits.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lmloss.stats.api import check_head, check_targets
+from lmloss.stats.chunking import BUDGET_VARIABLE, LIVE_TILES, ChunkPlan, plan_chunks
+from lmloss.stats.single_model import eager_token_loss
+from lmloss.stats.tiles import compute_dtype
+from lmloss.stats.transform import LogitTransform
+
+Tensor = torch.Tensor
+# (values of every flat row, zero outside the block's examples; first example; end) -> loss
+ExampleLoss = Callable[[dict[str, Tensor], int, int], Tensor]
+
+SWITCH_VARIABLE = "LMLOSS_PAIR_ONE_PASS"
+# Without an explicit memory budget, a block may grow past the default one-pass budget to
+# hold one whole example (Liger's chunked DPO holds a pair's logits the same way), while its
+# live tiles stay within this many bytes; a longer example takes the recompute schedule.
+MAX_DEFAULT_BYTES = 2 * 2**30
+
+
+def enabled() -> bool:
+    """``LMLOSS_PAIR_ONE_PASS``: ``auto`` (default) or ``1`` on, ``0`` off."""
+    mode = os.environ.get(SWITCH_VARIABLE, "auto").strip().lower()
+    if mode not in ("auto", "1", "0"):
+        raise ValueError(f"{SWITCH_VARIABLE} must be auto, 1 or 0, got {mode!r}")
+    return mode != "0"
+
+
+@dataclass(frozen=True)
+class ExampleRows:
+    """The trained rows of every example, example-major.
+
+    Attributes:
+        order: indices into the flat rows (the groups' rows concatenated, each group
+            row-major), the rows of example 0 first (group by group), then example 1's, ...
+        ends: the number of rows in ``order`` up to the end of each example.
+    """
+
+    order: Tensor
+    ends: tuple[int, ...]
+
+    @classmethod
+    def of(cls, trained: Sequence[Tensor]) -> ExampleRows:
+        """From each group's mask of trained rows, ``[E, ...]`` with the examples first."""
+        examples = trained[0].shape[0]
+        flat, owner, offset = [], [], 0
+        for i, mask in enumerate(trained):
+            if mask.dim() < 1 or mask.shape[0] != examples:
+                raise ValueError(
+                    f"group {i} has shape {tuple(mask.shape)}; every group must lead with the "
+                    f"{examples} examples"
+                )
+            per_example = mask.reshape(examples, -1)
+            example, position = per_example.nonzero(as_tuple=True)
+            flat.append(offset + example * per_example.shape[1] + position)
+            owner.append(example)
+            offset += per_example.numel()
+        owners = torch.cat(owner)
+        example_major = torch.sort(owners, stable=True).indices
+        counts = torch.bincount(owners, minlength=examples)
+        return cls(torch.cat(flat)[example_major], tuple(counts.cumsum(0).tolist()))
+
+    @property
+    def largest(self) -> int:
+        """Rows of the largest example."""
+        return max(end - start for start, end in zip((0, *self.ends), self.ends))
+
+    def blocks(self, max_rows: int) -> list[tuple[int, int]]:
+        """``[t0, t1)`` row ranges of whole examples, each filled up to ``max_rows`` rows
+        (an example larger than ``max_rows`` is a block of its own)."""
+        blocks, start, last = [], 0, 0
+        for end in self.ends:
+            if end - start > max_rows and last > start:
+                blocks.append((start, last))
+                start = last
+            last = end
+        if last > start:
+            blocks.append((start, last))
+        return blocks
+
+    def examples_in(self, rows: slice) -> tuple[int, int]:
+        """The examples ``[e0, e1)`` of a block: those whose last row lies in it (an example
+        without rows goes with the block before it, or the first)."""
+        e0 = bisect_right(self.ends, rows.start) if rows.start > 0 else 0
+        return e0, bisect_right(self.ends, rows.stop)
+
+
+def _plan(examples: ExampleRows, vocab: int, itemsize: int, budget: int | None) -> ChunkPlan | None:
+    n = examples.ends[-1]
+    plan = plan_chunks(n, vocab, itemsize, budget, whole_vocab=True)
+    largest = examples.largest
+    if largest <= plan.tokens:
+        return plan
+    explicit = budget is not None or BUDGET_VARIABLE in os.environ
+    if explicit or largest * vocab * itemsize * LIVE_TILES > MAX_DEFAULT_BYTES:
+        return None
+    return ChunkPlan(tokens=largest, vocab=vocab)
+
+
+def example_one_pass(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    bias: Tensor | None,
+    examples: ExampleRows,
+    example_loss: ExampleLoss,
+    *,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    want: Iterable[str] = ("logp",),
+    memory_budget: int | None = None,
+) -> tuple[Tensor, dict[str, Tensor]] | None:
+    """``Σ_blocks example_loss(values, e0, e1)`` over blocks of whole examples, with the
+    head gradients computed in the same pass; None when an example's tiles do not fit.
+
+    ``hidden`` ``[R, H]`` and ``targets`` ``[R]`` are the flat rows of :class:`ExampleRows`
+    (ignored rows included; ``examples.order`` holds the others). ``example_loss`` gets each
+    statistic of ``want`` at every flat row (zero outside the block's examples, which are
+    leaf tensors) and the block's examples ``[e0, e1)``; it must not look at other
+    examples. Head, transform and budget as in :func:`lmloss.token_stats`.
+
+    Returns:
+        The total (differentiable w.r.t. ``hidden``, ``weight``, ``bias``) and the detached
+        statistics of every flat row (zero at ignored rows).
+    """
+    check_head(hidden, weight, bias)
+    targets = check_targets(targets, tuple(hidden.shape[:-1]), weight.shape[0], ignore_index)
+    if not examples.ends or examples.ends[-1] == 0:
+        return None
+    plan = _plan(examples, weight.shape[0], compute_dtype(hidden.dtype).itemsize, memory_budget)
+    if plan is None:
+        return None
+    order, n_flat = examples.order, targets.shape[0]
+
+    def at_flat_rows(values: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
+        return {
+            name: v.new_zeros((n_flat, *v.shape[1:])).index_put((rows,), v)
+            for name, v in values.items()
+        }
+
+    def block_loss(values: dict[str, Tensor], rows: slice) -> Tensor:
+        return example_loss(at_flat_rows(values, order[rows]), *examples.examples_in(rows))
+
+    transform = LogitTransform(logit_scale=logit_scale, softcap=softcap, temperature=temperature)
+    total, values = eager_token_loss(
+        hidden.index_select(0, order),
+        weight,
+        bias,
+        targets[order],
+        transform,
+        tuple(want),
+        block_loss,
+        plan,
+        blocks=examples.blocks(plan.tokens),
+    )
+    return total, at_flat_rows(values, order)
