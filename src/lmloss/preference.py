@@ -266,6 +266,10 @@ def fused_preference_loss(
 
     Returns:
         :class:`LossOutput`, differentiable w.r.t. ``hidden`` and the head's weight and bias.
+        For a per-pair objective whose pairs fit the memory budget, the gradients are
+        computed during this call in blocks of whole pairs (3 vocabulary matmuls instead of
+        4; see ``docs/engine.md``) and only ``loss`` carries them: ``per_example`` is
+        detached.
     """
     head, ref_head = policy_and_reference_heads(FAMILY, (head, ref_head), kwargs)
     weight, bias = head.weight, head.bias
@@ -340,7 +344,8 @@ def _pair_aligned_loss(
 ) -> LossOutput | None:
     """The loss on the one-pass schedule with blocks of whole pairs, or None where that is
     not exact (see :mod:`lmloss.objectives.preference.pair_blocks`), not needed (no
-    gradient) or does not fit the memory budget: the recompute schedule then runs.
+    gradient), not the faster schedule here (``example_blocks.wanted``) or does not fit the
+    memory budget: the recompute schedule then runs.
 
     Each block runs the objective (with its options) on its pairs for the gradients; the
     returned loss, per-example losses and metrics come from one run on the whole batch of
@@ -350,7 +355,7 @@ def _pair_aligned_loss(
     hyper = {k: v for k, v in kwargs.items() if not isinstance(v, Tensor)}
     trained = [weight, bias, *(g.hidden for g in groups.values())]
     if not (
-        example_blocks.enabled()
+        example_blocks.wanted(next(iter(groups.values())).hidden)
         and torch.is_grad_enabled()
         and any(t is not None and t.requires_grad for t in trained)
         and pair_blocks.separable(entry.spec, hyper)
