@@ -365,8 +365,8 @@ def _pair_aligned_loss(
     pairs = masks[0].shape[0]
     per_pair = pair_blocks.per_pair_inputs(entry.spec, kwargs, pairs)
     if per_pair is None or any(
-        m.shape[0] != pairs or bool((m.reshape(pairs, -1).sum(1) == 0).any()) for m in masks
-    ):  # the recompute path's checks name what is wrong
+        m.shape[0] != pairs or bool((m.reshape(-1, m.shape[-1]).sum(-1) == 0).any()) for m in masks
+    ):  # an empty completion or a misshapen group: the recompute path's checks name it
         return None
 
     sizes = [m.numel() for m in masks]

@@ -174,6 +174,7 @@ def example_one_pass(
         return None
     order, n_flat = examples.order, targets.shape[0]
 
+    # Not rows.scatter_rows: that reads "every row" as "in order", and these rows are permuted.
     def at_flat_rows(values: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
         return {
             name: v.new_zeros((n_flat, *v.shape[1:])).index_put((rows,), v)
