@@ -8,10 +8,9 @@ only give log-probs. Methods:
 * naive — materialized logits, log_softmax, gather, for policy and (no_grad) reference,
   then the DPO formula (what a plain PyTorch trainer does);
 * lmloss — ``lmloss.fused_preference_loss("dpo", ...)`` (engine: no [tokens, vocab] logits;
-  per-tile formulas compiled for large calls, warm-up excluded as for Liger), with the
-  schedule ``LMLOSS_PAIR_ONE_PASS=auto`` picks; ``lmloss_one_pass``: ``=1``, the
+  per-tile formulas compiled for large calls, warm-up excluded as for Liger): the
   pair-aligned one-pass schedule (blocks of whole pairs, 3 vocabulary matmuls);
-  ``lmloss_recompute``: ``=0``, the recompute schedule (4 matmuls);
+  ``lmloss_recompute``: ``LMLOSS_PAIR_ONE_PASS=0``, the recompute schedule (4 matmuls);
   ``lmloss_cold``: first call, warm-up included; ``lmloss_eager``: ``LMLOSS_COMPILE=0``;
 * liger — ``LigerFusedLinearDPOLoss`` (Liger-Kernel 0.8; torch.compile, warm-up excluded).
 
@@ -42,7 +41,7 @@ CASES = [{"B": 4, "T": 512, "H": 1024, "V": 32000, "dtype": d} for d in ("fp32",
 CASES += [{"B": 8, "T": 512, "H": 1024, "V": 128256, "dtype": d} for d in ("fp32", "bf16")]
 QUICK_CASES = [{"B": 2, "T": 64, "H": 64, "V": 3000, "dtype": d} for d in ("fp32", "bf16")]
 BASELINE = "naive"
-WARM_UP_IN_CHILD = ("liger", "lmloss", "lmloss_one_pass", "lmloss_recompute")
+WARM_UP_IN_CHILD = ("liger", "lmloss", "lmloss_recompute")
 
 
 def build(case: dict) -> dict:
@@ -110,19 +109,15 @@ def liger(inputs: dict) -> None:
     _backward(inputs, out[0] if isinstance(out, tuple) else out)
 
 
-def _with_schedule(switch: str):
-    def run(inputs: dict) -> None:
-        os.environ["LMLOSS_PAIR_ONE_PASS"] = switch
-        lmloss_fused(inputs)
-
-    return run
+def lmloss_recompute(inputs: dict) -> None:
+    os.environ["LMLOSS_PAIR_ONE_PASS"] = "0"
+    lmloss_fused(inputs)
 
 
 METHODS = {
     "naive": naive,
     **_harness.lmloss_variants(lmloss_fused),
-    "lmloss_one_pass": _with_schedule("1"),
-    "lmloss_recompute": _with_schedule("0"),
+    "lmloss_recompute": lmloss_recompute,
     "liger": liger,
 }
 

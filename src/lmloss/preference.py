@@ -344,8 +344,8 @@ def _pair_aligned_loss(
 ) -> LossOutput | None:
     """The loss on the one-pass schedule with blocks of whole pairs, or None where that is
     not exact (see :mod:`lmloss.objectives.preference.pair_blocks`), not needed (no
-    gradient), not the faster schedule here (``example_blocks.wanted``) or does not fit the
-    memory budget: the recompute schedule then runs.
+    gradient), switched off (``LMLOSS_PAIR_ONE_PASS=0``) or does not fit the memory
+    budget: the recompute schedule then runs.
 
     Each block runs the objective (with its options) on its pairs for the gradients; the
     returned loss, per-example losses and metrics come from one run on the whole batch of
@@ -355,7 +355,7 @@ def _pair_aligned_loss(
     hyper = {k: v for k, v in kwargs.items() if not isinstance(v, Tensor)}
     trained = [weight, bias, *(g.hidden for g in groups.values())]
     if not (
-        example_blocks.wanted(next(iter(groups.values())).hidden)
+        example_blocks.enabled()
         and torch.is_grad_enabled()
         and any(t is not None and t.requires_grad for t in trained)
         and pair_blocks.separable(entry.spec, hyper)

@@ -216,19 +216,7 @@ def test_hypo_online_rows_join_their_pair(blocks_seen, monkeypatch):
     assert_outputs_equal(new, old, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_auto_keeps_bf16_on_recompute_where_bf16_matmuls_are_native(
-    native, blocks_seen, monkeypatch
-):
-    monkeypatch.setattr(example_blocks, "native_bf16_matmul", lambda: native)
-    Batch(pairs=2, seed=10, dtype=torch.bfloat16).fused("dpo")
-    assert bool(blocks_seen) is not native
-    Batch(pairs=2, seed=10).fused("dpo")  # float32: the saved matmul wins everywhere
-    assert len(blocks_seen) == 2 - native
-
-
 def test_bf16_matches_recompute_and_plain(blocks_seen, monkeypatch):
-    monkeypatch.setenv(example_blocks.SWITCH_VARIABLE, "1")
     batch = Batch(pairs=5, seed=11, dtype=torch.bfloat16)
     kw = {"memory_budget": budget_for(2 * T + 3), "beta": 0.5}
     new = with_grads(batch.fused("dpo", **kw), batch.leaves)

@@ -13,14 +13,12 @@ Here the trained rows are gathered example-major once (example 0's rows of every
 then example 1's, ...: a copy of N·H, small next to N·V) and cut into blocks of whole
 examples (:class:`ExampleRows`).
 
-Which schedule is faster depends on what dominates. A whole-vocabulary tile of one pair
-(~900 rows × V in float32) is too large for the caches, so each of its elementwise passes
-costs memory traffic; the recompute schedule's tiles are a few times smaller. Measured
-(``docs/benchmarks.md``): in float32, and wherever matmuls dominate (bf16 on a CPU that
-multiplies bf16 slowly), the saved matmul wins; in bf16 on a CPU with native bf16 matrix
-units (AMX) the matmuls are cheap and the recompute schedule was faster and smaller.
-``LMLOSS_PAIR_ONE_PASS``: ``auto`` (default) takes the one-pass schedule except for bf16
-on such a CPU, ``1`` always where it is exact and fits, ``0`` never (for comparisons).
+Measured side by side (``docs/benchmarks.md``, B=4 pairs × 512 tokens, V=32000) it is
+faster than the recompute schedule and than Liger's chunked DPO in float32 and in bf16;
+it holds one pair's whole-vocabulary tiles, which in bf16 costs more memory than Liger's
+chunk. ``LMLOSS_PAIR_ONE_PASS=0`` makes the callers take the recompute schedule (the
+least memory; also for comparisons); ``1`` (default) takes this one where it is exact
+and fits.
 """
 
 from __future__ import annotations
@@ -49,21 +47,12 @@ SWITCH_VARIABLE = "LMLOSS_PAIR_ONE_PASS"
 MAX_DEFAULT_BYTES = 2 * 2**30
 
 
-def native_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AMX tiles)."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe is not None and probe())
-
-
-def wanted(hidden: Tensor) -> bool:
-    """``LMLOSS_PAIR_ONE_PASS`` for rows like ``hidden``: see the module docstring."""
-    mode = os.environ.get(SWITCH_VARIABLE, "auto").strip().lower()
-    if mode not in ("auto", "1", "0"):
-        raise ValueError(f"{SWITCH_VARIABLE} must be auto, 1 or 0, got {mode!r}")
-    if mode != "auto":
-        return mode == "1"
-    cheap_matmuls = hidden.device.type == "cpu" and hidden.dtype == torch.bfloat16
-    return not (cheap_matmuls and native_bf16_matmul())
+def enabled() -> bool:
+    """``LMLOSS_PAIR_ONE_PASS``: ``1`` (default) or ``0``."""
+    mode = os.environ.get(SWITCH_VARIABLE, "1").strip()
+    if mode not in ("1", "0"):
+        raise ValueError(f"{SWITCH_VARIABLE} must be 1 or 0, got {mode!r}")
+    return mode == "1"
 
 
 @dataclass(frozen=True)
