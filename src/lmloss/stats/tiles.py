@@ -26,6 +26,13 @@ from lmloss.stats.workspace import Workspace
 Tensor = torch.Tensor
 
 
+# The low-precision copy of a tile: the matmul's output on the way in, the logit gradient
+# on the way out; never both at once, so one buffer serves both.
+_LOW = "low"
+# vocabulary rows of the weight gradient added per low-precision product
+_WEIGHT_GRAD_ROWS = 4096
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; everything else accumulates in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -67,7 +74,7 @@ class HeadSource:
         if hidden.dtype == self.dtype:
             torch.mm(hidden, weight.T, out=z)
         else:  # low-precision matmul (fast on CPU and GPU), upcast before any reduction
-            low = self.ws.get("z_low", t1 - t0, v1 - v0, hidden.dtype)
+            low = self.ws.get(_LOW, t1 - t0, v1 - v0, hidden.dtype)
             z.copy_(torch.mm(hidden, weight.T, out=low))
         if self.bias is not None:
             z += self.bias[v0:v1].to(self.dtype)
@@ -94,11 +101,15 @@ class HeadSource:
             if d_weight is not None:
                 d_weight[v0:v1].addmm_(da.T, hidden)
         else:  # low-precision inputs multiply in their own dtype
-            da_low = self.ws.get("da_low", *da.shape, hidden.dtype).copy_(da)
+            da_low = self.ws.get(_LOW, *da.shape, hidden.dtype).copy_(da)
             if d_hidden is not None:
                 d_hidden[t0:t1] += da_low @ weight
             if d_weight is not None:
-                d_weight[v0:v1] += da_low.T @ hidden
+                # in row slices: a [V, H] low-precision product would be a second weight
+                # gradient's worth of memory before it is added to the float32 one
+                for r0 in range(0, v1 - v0, _WEIGHT_GRAD_ROWS):
+                    r1 = min(r0 + _WEIGHT_GRAD_ROWS, v1 - v0)
+                    d_weight[v0 + r0 : v0 + r1] += da_low[:, r0:r1].T @ hidden
         if d_bias is not None:
             d_bias[v0:v1] += da.sum(0)
 
