@@ -14,7 +14,7 @@ import pytest
 from train_testkit import recipe, write_jsonl
 
 from lmloss import registry
-from lmloss.classification import PAIRWISE_SCORE_OBJECTIVES
+from lmloss.classify import PAIRWISE_SCORE_OBJECTIVES
 from lmloss.train.formats import objective_formats
 from lmloss.train.loop import train
 

@@ -334,7 +334,7 @@ def objective_formats(entry, online: bool = False) -> tuple[tuple[str, ...], tup
     if online:
         return FAMILY_FORMATS["policy"], ()
     if entry.family == "classify":  # reward models train on pairs
-        from lmloss.classification import PAIRWISE_SCORE_OBJECTIVES
+        from lmloss.classify import PAIRWISE_SCORE_OBJECTIVES
 
         return (("preference",) if entry.name in PAIRWISE_SCORE_OBJECTIVES else ()), ()
     if entry.family != "preference":

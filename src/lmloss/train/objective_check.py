@@ -177,7 +177,7 @@ def check_ranges(
 
 
 def _pairwise_scores() -> tuple[str, ...]:
-    from lmloss.classification import PAIRWISE_SCORE_OBJECTIVES
+    from lmloss.classify import PAIRWISE_SCORE_OBJECTIVES
 
     return tuple(PAIRWISE_SCORE_OBJECTIVES)
 

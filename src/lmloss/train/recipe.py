@@ -305,7 +305,7 @@ def validate(recipe: Recipe) -> None:
 
 def _check_reward_model(recipe: Recipe) -> None:
     """Classify objectives train as reward models: only the pairwise ones can."""
-    from lmloss.classification import PAIRWISE_SCORE_OBJECTIVES
+    from lmloss.classify import PAIRWISE_SCORE_OBJECTIVES
 
     if recipe.entry.family == "classify" and recipe.objective not in PAIRWISE_SCORE_OBJECTIVES:
         raise ValueError(

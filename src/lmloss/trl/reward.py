@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import trl
 
-from lmloss.classification import reward_model_loss, reward_objective
+from lmloss.classify import reward_model_loss, reward_objective
 from lmloss.trl._common import split_hyper
 
 
@@ -15,7 +15,7 @@ class RewardTrainer(trl.RewardTrainer):
     Args:
         *args, **kwargs: TRL's arguments (model, args, train_dataset, peft_config, ...).
         objective: a pairwise reward-model objective (``bradley_terry``,
-            ``lmloss.classification.PAIRWISE_SCORE_OBJECTIVES``).
+            ``lmloss.classify.PAIRWISE_SCORE_OBJECTIVES``).
         **hyper: its hyper-parameters (keywords that are not TRL's);
             ``RewardConfig.center_rewards_coefficient`` carries over when set.
 

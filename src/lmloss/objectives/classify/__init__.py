@@ -27,5 +27,5 @@ def _read_signature(spec: ObjectiveSpec, fn: Callable, extra: tuple[str, ...]) -
 FAMILY = Family(
     name="classify",
     read_signature=_read_signature,
-    plain="lmloss.classification:classification_loss",
+    plain="lmloss.classify:classification_loss",
 )
