@@ -49,6 +49,7 @@ def selection_size(fraction: float, b: Rollouts) -> int:
     family="policy",
     paper="Cui et al. 2025 (The Entropy Mechanism of RL for Reasoning LMs), arXiv:2505.22617",
     defaults={"aggregation": "token_mean"},
+    batch_coupled=True,  # the tokens it treats apart are chosen by a covariance over the batch
 )
 def clip_cov(
     b: Rollouts,
@@ -104,6 +105,7 @@ def clip_cov(
     family="policy",
     paper="Cui et al. 2025 (The Entropy Mechanism of RL for Reasoning LMs), arXiv:2505.22617",
     defaults={"aggregation": "token_mean"},
+    batch_coupled=True,  # the tokens it treats apart are chosen by a covariance over the batch
 )
 def kl_cov(
     b: Rollouts,
