@@ -405,6 +405,16 @@ class Recipe:
     def entry(self) -> registry.Entry:
         return registry.get(self.objective)
 
+    def filled_hyper(self) -> dict[str, Any]:
+        """Hyper-parameters the trainer sets from ``[policy]`` where ``[objective]`` does not:
+        Dr. GRPO's constant normalizer ``max_tokens`` is the generation budget, and GTPO
+        compares the ``group_size`` samples of a prompt."""
+        if self.entry.family != "policy":
+            return {}
+        defaults = self.entry.spec.hyper_defaults
+        filled = {"max_tokens": self.policy.max_new_tokens, "group_size": self.policy.group_size}
+        return {k: v for k, v in filled.items() if k in defaults and k not in self.hyper}
+
     def as_dict(self) -> dict[str, Any]:
         """The recipe as TOML-ready nested dicts (saved next to each run)."""
         out: dict[str, Any] = {}

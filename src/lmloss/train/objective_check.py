@@ -182,23 +182,11 @@ def _pairwise_scores() -> tuple[str, ...]:
     return tuple(PAIRWISE_SCORE_OBJECTIVES)
 
 
-def trainer_values(recipe) -> dict[str, Any]:
-    """Hyper-parameters the trainer sets from ``[policy]`` when the recipe does not (kept in
-    step with :class:`lmloss.train.modes.policy.PolicyMode`, which sets them at run time)."""
-    defaults = recipe.entry.spec.hyper_defaults
-    values = {}
-    if recipe.entry.family == "policy" and "max_tokens" in defaults:
-        values["max_tokens"] = recipe.policy.max_new_tokens
-    if recipe.entry.family == "policy" and "group_size" in defaults:
-        values["group_size"] = recipe.policy.group_size
-    return values
-
-
 def check_recipe_ranges(recipe) -> str:
     """The recipe's objective and each ``[[objective.add]]`` term, run once on CPU with their
     hyper-parameters; returns the report line."""
     checked, skipped = [], []
-    parts = [(recipe.objective, recipe.hyper, "objective", trainer_values(recipe))]
+    parts = [(recipe.objective, recipe.hyper, "objective", recipe.filled_hyper())]
     parts += [(t.name, t.hyper, f"objective.add[{i}]", {}) for i, t in enumerate(recipe.terms)]
     for name, hyper, where, fixed in parts:
         ran = check_ranges(name, hyper, where, fixed=fixed)

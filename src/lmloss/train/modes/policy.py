@@ -81,12 +81,7 @@ class PolicyMode(Mode):
             raise ValueError(
                 "policy.group_size must be >= 2: advantages compare samples of a prompt"
             )
-        self.hyper = ctx.hyper
-        if "max_tokens" in ctx.entry.hyper and "max_tokens" not in self.hyper:
-            # Dr. GRPO's constant normalizer: the generation budget, the same every step
-            self.hyper["max_tokens"] = policy.max_new_tokens
-        if "group_size" in ctx.entry.hyper and "group_size" not in self.hyper:
-            self.hyper["group_size"] = policy.group_size  # GTPO compares a prompt's samples
+        self.hyper = {**ctx.recipe.filled_hyper(), **ctx.hyper}
         self.wants_proxy = "proxy_logps" in ctx.entry.spec.inputs
         weighted = policy.tis_cap > 0 or policy.top_entropy_quantile < 1
         if weighted and ctx.entry.name in _SEQUENCE_ADVANTAGES:
