@@ -30,6 +30,22 @@ def smollm2_path() -> Path:
     return path
 
 
+def _local(path: Path) -> dict:
+    # local files only, without switching the whole process offline (a Hub teacher or data
+    # set loaded later may still be fetched)
+    return {"gguf_file": path.name, "local_files_only": True}
+
+
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer alone, from the bundled GGUF file (no weights)."""
+    from transformers import AutoTokenizer
+
+    path = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, **_local(path))
+    tokenizer.name_or_path = SMOLLM2_HUB_ID
+    return tokenizer
+
+
 def smollm2(dtype: torch.dtype = torch.float32):
     """SmolLM2-135M-Instruct as a float ``transformers`` model and its tokenizer, offline.
 
@@ -41,18 +57,13 @@ def smollm2(dtype: torch.dtype = torch.float32):
     Returns:
         ``(model, tokenizer)``; the model is in eval mode.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = smollm2_path()
-    # local files only, without switching the whole process offline (a Hub teacher or data
-    # set loaded later may still be fetched)
-    local = {"gguf_file": path.name, "local_files_only": True}
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, **local)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **local)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **_local(path))
     as_plain_model(model, SMOLLM2_HUB_ID)
-    tokenizer.name_or_path = SMOLLM2_HUB_ID
     model.eval()
-    return model, tokenizer
+    return model, smollm2_tokenizer()
 
 
 def as_plain_model(model, hub_id: str):

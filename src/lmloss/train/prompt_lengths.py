@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmloss.models import BUNDLED_MODELS
+from lmloss.models import BUNDLED_MODELS, smollm2_tokenizer
 from lmloss.train.data import Encoder, encode_rows
 from lmloss.train.hub import resolve_model
 
@@ -23,12 +23,7 @@ def offline_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     if name in BUNDLED_MODELS:
-        from lmloss.models import smollm2_path
-
-        gguf = smollm2_path()
-        return AutoTokenizer.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, local_files_only=True
-        )
+        return smollm2_tokenizer()
     found = resolve_model(name)
     source = found if Path(found).is_dir() else name
     return AutoTokenizer.from_pretrained(
