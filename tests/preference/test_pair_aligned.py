@@ -21,6 +21,7 @@ import lmloss
 from lmloss import registry
 from lmloss.objectives.preference import pair_blocks
 from lmloss.stats import example_blocks
+from lmloss.stats.tiles import HeadSource
 
 IGNORE = -100
 H, V, T = 6, 23, 12
@@ -344,3 +345,40 @@ def test_float64_gradcheck(blocks_seen):
                 x.view(-1)[i] += eps
                 numeric.view(-1)[i] = (up - down) / (2 * eps)
             torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("default_budget", [False, True], ids=["explicit", "default"])
+def test_pairs_longer_than_a_tile_are_kept_and_walked(dtype, default_budget, monkeypatch):
+    """Pairs of 24 rows, tiles of 16: a block (one pair, or all three) is multiplied once,
+    kept by the head and walked in tiles twice (values, then gradients); the result is the
+    recompute path's and the plain formula's (float32 1e-5, bf16 2e-2)."""
+    batch = Batch(pairs=3, seed=16, dtype=dtype)
+    batch.mask[:] = True
+    batch.targets = torch.randint(
+        0, V, batch.targets.shape, generator=torch.Generator().manual_seed(17)
+    )
+    kept = []
+    keep_rows = HeadSource.keep_rows
+
+    def spy(self, t0, t1):
+        kept.append((t0, t1))
+        return keep_rows(self, t0, t1)
+
+    monkeypatch.setattr(HeadSource, "keep_rows", spy)
+    kw = {"beta": 0.5}
+    if default_budget:  # tiles of 16 rows, blocks filled up to the default (all 3 pairs)
+        monkeypatch.setattr(example_blocks, "KEPT_TILE_BYTES", budget_for(16, dtype) // 4)
+    else:  # tiles and blocks of 16 rows: each pair is a block of its own, kept
+        kw["memory_budget"] = budget_for(16, dtype)
+    new = with_grads(batch.fused("dpo", **kw), batch.leaves)
+    assert kept == (
+        [(0, 6 * T)] if default_budget else [(0, 2 * T), (2 * T, 4 * T), (4 * T, 6 * T)]
+    )
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    old = with_grads(recompute(batch, "dpo", monkeypatch, **kw), batch.leaves)
+    assert_outputs_equal(new, old, rtol=tol, atol=tol)
+    kw.pop("memory_budget", None)
+    assert_outputs_equal(
+        new, with_grads(batch.plain("dpo", **kw), batch.leaves), rtol=tol, atol=tol
+    )

@@ -13,12 +13,16 @@ Here the trained rows are gathered example-major once (example 0's rows of every
 then example 1's, ...: a copy of N·H, small next to N·V) and cut into blocks of whole
 examples (:class:`ExampleRows`).
 
+A block is filled with whole examples up to the default one-pass tile's rows (so that its
+weight-gradient update stays compute-bound). A block longer than its tiles is multiplied
+once and kept by the head in the inputs' dtype (:meth:`lmloss.stats.tiles.HeadSource.keep_rows`),
+then walked in small float32 tiles: in bf16 the kept product is half the bytes of a
+float32 tile of the same rows, which is what keeps this schedule within Liger's memory.
+
 Measured side by side (``docs/benchmarks.md``, B=4 pairs × 512 tokens, V=32000) it is
-faster than the recompute schedule and than Liger's chunked DPO in float32 and in bf16;
-it holds one pair's whole-vocabulary tiles, which in bf16 costs more memory than Liger's
-chunk. ``LMLOSS_PAIR_ONE_PASS=0`` makes the callers take the recompute schedule (the
-least memory; also for comparisons); ``1`` (default) takes this one where it is exact
-and fits.
+faster than the recompute schedule and than Liger's chunked DPO. ``LMLOSS_PAIR_ONE_PASS=0``
+makes the callers take the recompute schedule (the least memory; also for comparisons);
+``1`` (default) takes this one where it is exact and fits.
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ from dataclasses import dataclass
 import torch
 
 from lmloss.stats.api import check_head, check_targets
-from lmloss.stats.chunking import BUDGET_VARIABLE, LIVE_TILES, ChunkPlan, plan_chunks
+from lmloss.stats.chunking import (
+    BUDGET_VARIABLE,
+    LIVE_TILES,
+    ChunkPlan,
+    default_budget,
+    plan_chunks,
+)
 from lmloss.stats.single_model import eager_token_loss
 from lmloss.stats.tiles import compute_dtype
 from lmloss.stats.transform import LogitTransform
@@ -41,9 +51,14 @@ Tensor = torch.Tensor
 ExampleLoss = Callable[[dict[str, Tensor], int, int], Tensor]
 
 SWITCH_VARIABLE = "LMLOSS_PAIR_ONE_PASS"
-# Without an explicit memory budget, a block may grow past the default one-pass budget to
-# hold one whole example (Liger's chunked DPO holds a pair's logits the same way), while its
-# live tiles stay within this many bytes; a longer example takes the recompute schedule.
+# A block holds whole examples and is filled up to the default one-pass tile's rows, so that
+# its weight-gradient update stays compute-bound; a block longer than its tiles is kept by
+# the head (one product in the inputs' dtype: bf16 holds half a float32 tile) and walked
+# in tiles of at most this many bytes each, so its float32 temporaries stay small. Without
+# an explicit memory budget an example may be as long as its kept product fits in
+# MAX_DEFAULT_BYTES (Liger's chunked DPO holds a pair's logits the same way); a longer one
+# takes the recompute schedule.
+KEPT_TILE_BYTES = 8 * 2**20
 MAX_DEFAULT_BYTES = 2 * 2**30
 
 
@@ -114,16 +129,29 @@ class ExampleRows:
         return e0, bisect_right(self.ends, rows.stop)
 
 
-def _plan(examples: ExampleRows, vocab: int, itemsize: int, budget: int | None) -> ChunkPlan | None:
+@dataclass(frozen=True)
+class _Plan:
+    tiles: ChunkPlan  # the rows of a tile (spanning the vocabulary)
+    fill: int  # the rows a block of several examples fills up to
+
+
+def _plan(
+    examples: ExampleRows, vocab: int, itemsize: int, kept_itemsize: int, budget: int | None
+) -> _Plan | None:
+    """Tiles and blocks within ``budget`` (bytes of live tiles; an example longer than a
+    tile must have its kept product fit in it too), or by default as
+    :data:`KEPT_TILE_BYTES` says; None when the largest example does not fit."""
     n = examples.ends[-1]
-    plan = plan_chunks(n, vocab, itemsize, budget, whole_vocab=True)
-    largest = examples.largest
-    if largest <= plan.tokens:
-        return plan
-    explicit = budget is not None or BUDGET_VARIABLE in os.environ
-    if explicit or largest * vocab * itemsize * LIVE_TILES > MAX_DEFAULT_BYTES:
+    fill = plan_chunks(n, vocab, itemsize, budget, whole_vocab=True)
+    kept = examples.largest * vocab * kept_itemsize
+    if budget is not None or BUDGET_VARIABLE in os.environ:
+        explicit = default_budget() if budget is None else budget
+        fits = examples.largest <= fill.tokens or kept <= explicit
+        return _Plan(fill, fill.tokens) if fits else None
+    if kept > MAX_DEFAULT_BYTES:
         return None
-    return ChunkPlan(tokens=largest, vocab=vocab)
+    tiles = plan_chunks(n, vocab, itemsize, KEPT_TILE_BYTES * LIVE_TILES, whole_vocab=True)
+    return _Plan(tiles, fill.tokens)
 
 
 def example_one_pass(
@@ -158,7 +186,8 @@ def example_one_pass(
     targets = check_targets(targets, tuple(hidden.shape[:-1]), weight.shape[0], ignore_index)
     if not examples.ends or examples.ends[-1] == 0:
         return None
-    plan = _plan(examples, weight.shape[0], compute_dtype(hidden.dtype).itemsize, memory_budget)
+    itemsize = compute_dtype(hidden.dtype).itemsize
+    plan = _plan(examples, weight.shape[0], itemsize, hidden.dtype.itemsize, memory_budget)
     if plan is None:
         return None
     order, n_flat = examples.order, targets.shape[0]
@@ -182,7 +211,7 @@ def example_one_pass(
         transform,
         tuple(want),
         block_loss,
-        plan,
-        blocks=examples.blocks(plan.tokens),
+        plan.tiles,
+        blocks=examples.blocks(plan.fill),
     )
     return total, at_flat_rows(values, order)

@@ -80,13 +80,13 @@ def token_blocks(n: int, plan: ChunkPlan) -> list[tuple[int, int]]:
     return [(t0, min(t0 + plan.tokens, n)) for t0 in range(0, n, plan.tokens)]
 
 
-def check_blocks(blocks: Sequence[tuple[int, int]], n: int, plan: ChunkPlan) -> None:
-    """``blocks`` cover rows ``0..n`` in order, each non-empty and within ``plan.tokens``."""
+def check_blocks(blocks: Sequence[tuple[int, int]], n: int) -> None:
+    """``blocks`` cover rows ``0..n`` in order, each non-empty."""
     end = 0
     for t0, t1 in blocks:
-        if t0 != end or not t0 < t1 <= t0 + plan.tokens:
+        if t0 != end or not t0 < t1:
             raise ValueError(
-                f"row blocks must cover rows 0..{n} in order, each of 1..{plan.tokens} rows; "
+                f"row blocks must cover rows 0..{n} in order, each non-empty; "
                 f"got [{t0}, {t1}) after row {end}"
             )
         end = t1
@@ -224,6 +224,50 @@ def recompute(
     return dict(zip(kernel.names, outputs))
 
 
+@dataclass
+class _WalkedBlock:
+    """A block's values and what its gradients need: the :class:`Block` of its one tile,
+    or, for a block kept by its sources, the rows and per-row state of each of its tiles
+    (not the tiles: they are cut again from the kept product)."""
+
+    values: dict[str, Tensor]
+    whole: Block | None
+    tiles: list[tuple[int, int, Any]]
+
+
+def _walk_block(kernel, sources, t0: int, t1: int, plan: ChunkPlan, need) -> _WalkedBlock:
+    if t1 - t0 <= plan.tokens:
+        block = kernel.forward_block(sources, t0, t1, plan.vocab, need)
+        return _WalkedBlock(block.values, block, [])
+    for source in sources:
+        source.keep_rows(t0, t1)
+    tiles, parts = [], []
+    for s0 in range(t0, t1, plan.tokens):
+        s1 = min(s0 + plan.tokens, t1)
+        part = kernel.forward_block(sources, s0, s1, plan.vocab, need)
+        tiles.append((s0, s1, part.final))
+        parts.append(part.values)
+    values = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+    return _WalkedBlock(values, None, tiles)
+
+
+def _finish_block(kernel, sources, walked: _WalkedBlock, t0: int, t1: int, upstream, need):
+    """Add the block's head gradients, given the upstream gradient of its values."""
+    vocab = sources[0].vocab
+    if upstream and any(need):
+        if walked.whole is not None:
+            b = walked.whole
+            box = (t0, t1, 0, vocab)
+            _add_tile_grads(sources, kernel, b.tiles, b.final, upstream, box, need, b.memo)
+        for s0, s1, final in walked.tiles:
+            rows = {name: g[s0 - t0 : s1 - t0] for name, g in upstream.items()}
+            tiles = [source.tile(s0, s1, 0, vocab) for source in sources]
+            _add_tile_grads(sources, kernel, tiles, final, rows, (s0, s1, 0, vocab), need)
+    if walked.whole is None:
+        for source in sources:
+            source.release_rows()
+
+
 class WithPrecomputedGrads(torch.autograd.Function):
     """Returns ``total``; its backward hands out the gradients of ``inputs`` computed
     during the forward (``grads`` aligned with ``inputs``, None where not needed)."""
@@ -260,9 +304,12 @@ def one_pass(
     batch normalizer is a constant it closes over). ``extra`` holds per-row inputs computed
     elsewhere (e.g. a label log-likelihood); they get their gradient through the total.
     ``plan`` must span the vocabulary. ``blocks``: the ``[t0, t1)`` row ranges, in order and
-    covering every row, each of at most ``plan.tokens`` rows; default
-    :func:`token_blocks`. Returns the total (differentiable w.r.t. ``inputs`` and
-    ``extra``) and the detached values of every row.
+    covering every row; default :func:`token_blocks`. A block of more than ``plan.tokens``
+    rows is kept by each source (:meth:`~lmloss.stats.tiles.HeadSource.keep_rows`: one
+    product in the inputs' dtype) and walked in tiles of ``plan.tokens`` rows, twice: for
+    its values, then, once its loss gives the upstream gradient, for its logit gradients.
+    Returns the total (differentiable w.r.t. ``inputs`` and ``extra``) and the detached
+    values of every row.
     """
     extra = dict(extra or {})
     needs = tuple(t is not None and t.requires_grad for t in inputs)
@@ -271,7 +318,7 @@ def one_pass(
         raise ValueError("the one-pass schedule needs tiles that span the vocabulary")
     n = inputs[0].shape[0]
     if blocks is not None:
-        check_blocks(blocks, n, plan)
+        check_blocks(blocks, n)
     _start_grads(sources, specs, needs)
     need = _needs_per_source(specs, needs)
     total = inputs[0].new_zeros((), dtype=sources[0].dtype)
@@ -279,10 +326,10 @@ def one_pass(
     parts: dict[str, list[Tensor]] = {name: [] for name in kernel.names}
     with torch.no_grad():
         for t0, t1 in token_blocks(n, plan) if blocks is None else blocks:
-            block = kernel.forward_block(sources, t0, t1, plan.vocab, need)
+            walked = _walk_block(kernel, sources, t0, t1, plan, need)
             leaves = {
                 name: v.detach().requires_grad_(kernel.differentiable(name))
-                for name, v in block.values.items()
+                for name, v in walked.values.items()
             }
             leaves.update({k: x[t0:t1].detach().requires_grad_() for k, x in extra.items()})
             wrt = [k for k, leaf in leaves.items() if leaf.requires_grad]
@@ -300,11 +347,7 @@ def one_pass(
                     extra_grads[k][t0:t1] = g
                 else:
                     upstream[k] = g
-            if upstream and any(need):
-                box = (t0, t1, 0, sources[0].vocab)
-                _add_tile_grads(
-                    sources, kernel, block.tiles, block.final, upstream, box, need, block.memo
-                )
+            _finish_block(kernel, sources, walked, t0, t1, upstream, need)
     values = {name: torch.cat(p) for name, p in parts.items()}
     tracked = [*inputs, *extra.values()]
     if any(needs) or any(x.requires_grad for x in extra.values()):
