@@ -175,6 +175,13 @@ def fused_policy_loss(
         want_entropy: also compute the entropy (for the ``entropy`` metric).
         temperature, ignore_index, memory_budget: engine options.
         hyper: the objective's hyper-parameters.
+
+    Returns:
+        ``LossOutput``, differentiable w.r.t. ``hidden`` and the head's weight and bias. For
+        an objective whose loss adds up over sequences (not ``batch_coupled``) and whose
+        sequences fit the memory budget, the gradients are computed during this call in
+        blocks of whole sequences (3 vocabulary matmuls instead of 4; see
+        ``docs/engine.md``) and only ``loss`` carries them: ``per_example`` is detached.
     """
     head, ref_head = policy_and_reference_heads("policy", (head, ref_head), hyper)
     if ref_head is None:  # the policy's own head (detached below)
