@@ -14,14 +14,13 @@ import itertools
 import pytest
 import torch
 from preference_testkit import HYPER, case
-from torch.ops import aten
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import lmloss
 from lmloss import registry
 from lmloss.objectives.preference import pair_blocks
 from lmloss.stats import example_blocks
 from lmloss.stats.tiles import HeadSource
+from matmul_flops import matmul_flops
 
 IGNORE = -100
 H, V, T = 6, 23, 12
@@ -227,26 +226,6 @@ def test_bf16_matches_recompute_and_plain(blocks_seen, monkeypatch):
     kw.pop("memory_budget")
     plain = with_grads(batch.plain("dpo", **kw), batch.leaves)
     assert_outputs_equal(new, plain, rtol=2e-2, atol=2e-2)
-
-
-class MatmulFlops(TorchDispatchMode):
-    """FLOPs of the matrix products (mm, addmm; out= and in place too) run inside."""
-
-    def __init__(self):
-        super().__init__()
-        self.flops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (aten.mm, aten.addmm, aten.addmm_):
-            a, b = args[-2], args[-1]
-            self.flops += 2 * a.shape[0] * a.shape[1] * b.shape[1]
-        return func(*args, **(kwargs or {}))
-
-
-def matmul_flops(run):
-    with MatmulFlops() as counter:
-        run().loss.backward()
-    return counter.flops
 
 
 def test_three_vocabulary_matmuls_instead_of_four(monkeypatch):
