@@ -26,6 +26,7 @@ import torch
 from lmloss import _checks, registry
 from lmloss.head import Head, policy_and_reference_heads
 from lmloss.objectives.binding import bind
+from lmloss.objectives.policy import sequence_blocks
 from lmloss.objectives.policy.advantages import (
     ADVANTAGE_ESTIMATORS,
     dynamic_sampling_mask,
@@ -34,7 +35,7 @@ from lmloss.objectives.policy.advantages import (
 from lmloss.objectives.policy.kl import KL_ESTIMATORS, kl_estimate, kl_in_reward
 from lmloss.objectives.policy.rollouts import rollouts
 from lmloss.output import LossOutput
-from lmloss.stats import token_stats
+from lmloss.stats import example_blocks, token_stats
 
 Tensor = torch.Tensor
 
@@ -174,6 +175,13 @@ def fused_policy_loss(
         want_entropy: also compute the entropy (for the ``entropy`` metric).
         temperature, ignore_index, memory_budget: engine options.
         hyper: the objective's hyper-parameters.
+
+    Returns:
+        ``LossOutput``, differentiable w.r.t. ``hidden`` and the head's weight and bias. For
+        an objective whose loss adds up over sequences (not ``batch_coupled``) and whose
+        sequences fit the memory budget, the gradients are computed during this call in
+        blocks of whole sequences (3 vocabulary matmuls instead of 4; see
+        ``docs/engine.md``) and only ``loss`` carries them: ``per_example`` is detached.
     """
     head, ref_head = policy_and_reference_heads("policy", (head, ref_head), hyper)
     if ref_head is None:  # the policy's own head (detached below)
@@ -191,7 +199,6 @@ def fused_policy_loss(
     want = list(entry.spec.stats)
     if (want_entropy or entropy_coef != 0) and "entropy" not in want:
         want.append("entropy")
-    stats = token_stats(hidden, head.weight, targets, head.bias, want=want, **engine)
 
     if ref_hidden is not None:
         if ref_logps is not None:
@@ -208,13 +215,82 @@ def fused_policy_loss(
             ).logp
 
     inputs = {
-        "logps": stats.logp,
         "mask": mask,
         "advantages": advantages,
         "old_logps": old_logps,
         "ref_logps": ref_logps,
-        "entropy": stats.entropy,
         "token_ids": targets if "token_ids" in entry.spec.takes else None,
         "proxy_logps": proxy_logps,
     }
-    return _run(name, {**inputs, **hyper})
+    out = _sequence_aligned_loss(entry, {**inputs, **hyper}, hidden, targets, head, want, engine)
+    if out is not None:
+        return out
+    stats = token_stats(hidden, head.weight, targets, head.bias, want=want, **engine)
+    return _run(name, {**inputs, "logps": stats.logp, "entropy": stats.entropy, **hyper})
+
+
+def _sequence_aligned_loss(
+    entry: registry.Entry,
+    given: dict,
+    hidden: Tensor,
+    targets: Tensor,
+    head: Head,
+    want: list[str],
+    engine: dict,
+) -> LossOutput | None:
+    """The loss on the one-pass schedule with blocks of whole sequences, or None where that
+    is not exact (see :mod:`lmloss.objectives.policy.sequence_blocks`), not needed (no
+    gradient), switched off (``LMLOSS_PAIR_ONE_PASS=0``) or does not fit the memory budget:
+    the recompute schedule then runs.
+
+    Each block runs the objective on its sequences (with the batch's normalizers, times its
+    share) for the gradients; the returned loss, per-sequence losses and metrics come from
+    one run on the whole batch of the blocks' detached statistics, so they never depend on
+    the blocks. A sequence without unmasked tokens has no rows: it joins a neighbouring
+    block, where its loss is 0 as in the whole batch.
+    """
+    trained = (hidden, head.weight, head.bias)
+    if not (
+        example_blocks.enabled()
+        and torch.is_grad_enabled()
+        and any(isinstance(t, Tensor) and t.requires_grad for t in trained)
+        and sequence_blocks.separable(entry.spec)
+        and isinstance(hidden, Tensor)
+        and hidden.dim() == 3
+        and hidden.shape[:-1] == targets.shape
+    ):  # a misshapen input: the recompute path's checks name it
+        return None
+    per_sequence = sequence_blocks.per_sequence_inputs(entry.spec, given, targets.shape[0])
+    if per_sequence is None:
+        return None
+    mask = given["mask"]
+    shares = sequence_blocks.SequenceShares.of(mask, {**entry.hyper, **given})
+
+    def as_inputs(values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The engine's flat statistics as the objective's ``[B, T]`` keywords."""
+        names = {"logp": "logps", "entropy": "entropy"}
+        return {names[stat]: value.reshape(targets.shape) for stat, value in values.items()}
+
+    def loss_of_sequences(values: dict[str, Tensor], e0: int, e1: int) -> Tensor:
+        block = {k: v[e0:e1] for k, v in {**per_sequence, **as_inputs(values)}.items()}
+        loss = _run(entry.name, {**given, **block, **shares.block_hyper(e0, e1)}).loss
+        return loss * shares.share(e0, e1)
+
+    done = example_blocks.example_one_pass(
+        hidden.reshape(-1, hidden.shape[-1]),
+        head.weight,
+        targets.reshape(-1),
+        head.bias,
+        example_blocks.ExampleRows.of([mask != 0]),
+        loss_of_sequences,
+        want=want,
+        **engine,
+    )
+    if done is None:
+        return None
+    total, values = done
+    with torch.no_grad():
+        whole = _run(entry.name, {**given, **as_inputs(values)})
+    # the value of the whole-batch run, the gradients of the blocks (total − total is 0)
+    loss = whole.loss + (total - total.detach()).to(whole.loss.dtype)
+    return LossOutput(loss=loss, per_example=whole.per_example, metrics=whole.metrics)

@@ -95,16 +95,23 @@ def test_fused_equals_plain(name):
 
 
 def test_fused_computes_entropy_only_when_needed(monkeypatch):
+    """On either schedule: the recompute one (token_stats) or the one pass over sequences."""
     import lmloss.policy as front
+    from lmloss.stats import example_blocks
 
     seen = []
-    original = front.token_stats
 
-    def spy(*args, **kwargs):
-        seen.append(tuple(kwargs["want"]))
-        return original(*args, **kwargs)
+    def spy_on(module, name):
+        original = getattr(module, name)
 
-    monkeypatch.setattr(front, "token_stats", spy)
+        def spy(*args, **kwargs):
+            seen.append(tuple(kwargs["want"]))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+
+    spy_on(front, "token_stats")
+    spy_on(example_blocks, "example_one_pass")
     hidden, weight, _, targets, adv, _ = tiny_head()
     lmloss.fused_policy_loss("grpo", hidden=hidden, weight=weight, targets=targets, advantages=adv)
     lmloss.fused_policy_loss(

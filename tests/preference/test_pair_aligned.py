@@ -14,14 +14,14 @@ import itertools
 import pytest
 import torch
 from preference_testkit import HYPER, case
-from torch.ops import aten
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import lmloss
+import one_pass_testkit
 from lmloss import registry
 from lmloss.objectives.preference import pair_blocks
 from lmloss.stats import example_blocks
 from lmloss.stats.tiles import HeadSource
+from one_pass_testkit import assert_outputs_equal, matmul_flops, spy_on_blocks, with_grads
 
 IGNORE = -100
 H, V, T = 6, 23, 12
@@ -42,8 +42,7 @@ TWO_MODEL = {n for n in PER_PAIR if "forward_kl" in spec_of(n).stats}
 
 
 def budget_for(rows, dtype=torch.float32):
-    """A memory budget whose whole-vocabulary tiles hold ``rows`` rows (4 live tiles)."""
-    return rows * V * torch.finfo(dtype).bits // 8 * 4
+    return one_pass_testkit.budget_for(rows, V, dtype)
 
 
 class Batch:
@@ -117,42 +116,13 @@ class Batch:
 @pytest.fixture
 def blocks_seen(monkeypatch):
     """The row blocks of every pair-aligned call (an empty list: the path was not taken)."""
-    seen = []
-    run = example_blocks.eager_token_loss
-
-    def spy(*args, blocks, **kw):
-        seen.append(list(blocks))
-        return run(*args, blocks=blocks, **kw)
-
-    monkeypatch.setattr(example_blocks, "eager_token_loss", spy)
-    return seen
+    return spy_on_blocks(monkeypatch)
 
 
 def recompute(batch, name, monkeypatch, **kw):
     with monkeypatch.context() as m:
         m.setenv(example_blocks.SWITCH_VARIABLE, "0")
         return batch.fused(name, **kw)
-
-
-def with_grads(out, leaves):
-    """An output with the gradients of its loss w.r.t. ``leaves`` (taken once)."""
-    return out, torch.autograd.grad(out.loss, leaves)
-
-
-def assert_outputs_equal(got, want, rtol, atol):
-    """Loss, per-example losses, metrics and gradients of two ``with_grads`` results."""
-    (got, grads_got), (want, grads_want) = got, want
-
-    def close(a, b):
-        torch.testing.assert_close(a, b.to(a.dtype), rtol=rtol, atol=atol)
-
-    close(got.loss, want.loss)
-    close(got.per_example, want.per_example)
-    assert got.metrics.keys() == want.metrics.keys()
-    for key, value in want.metrics.items():
-        close(got.metrics[key], value)
-    for a, b in zip(grads_got, grads_want):
-        close(a, b)
 
 
 @pytest.mark.parametrize("name", PER_PAIR)
@@ -227,26 +197,6 @@ def test_bf16_matches_recompute_and_plain(blocks_seen, monkeypatch):
     kw.pop("memory_budget")
     plain = with_grads(batch.plain("dpo", **kw), batch.leaves)
     assert_outputs_equal(new, plain, rtol=2e-2, atol=2e-2)
-
-
-class MatmulFlops(TorchDispatchMode):
-    """FLOPs of the matrix products (mm, addmm; out= and in place too) run inside."""
-
-    def __init__(self):
-        super().__init__()
-        self.flops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (aten.mm, aten.addmm, aten.addmm_):
-            a, b = args[-2], args[-1]
-            self.flops += 2 * a.shape[0] * a.shape[1] * b.shape[1]
-        return func(*args, **(kwargs or {}))
-
-
-def matmul_flops(run):
-    with MatmulFlops() as counter:
-        run().loss.backward()
-    return counter.flops
 
 
 def test_three_vocabulary_matmuls_instead_of_four(monkeypatch):

@@ -67,7 +67,8 @@ class ObjectiveSpec:
         reference: ``"required"``, ``"optional"`` or ``"none"`` (of :data:`REFERENCE`);
             declared or the family's default.
         batch_coupled: its per-example terms are not tied to one row (AOT sorts the batch;
-            Clip-Cov and KL-Cov pick tokens by a covariance over the whole batch).
+            Clip-Cov and KL-Cov pick tokens by a covariance over the whole batch, STEER and
+            Lp-Reg by the batch's extremes, GTPO by the other completions of a group).
         optional_inputs: keyword tensors it may take that its signature cannot show (the
             token masks of SparsePO, read from its input kind); completed below.
         samples: it compares each row with answers sampled from the reference policy for

@@ -1,8 +1,9 @@
 """The one-pass schedule for a loss whose token gradients need every row of an example.
 
-A preference pair's loss is a function of the sequence log-probs of both its completions,
-so the upstream gradient of a token is known only once every row of its pair has crossed
-the vocabulary. The recompute schedule (:func:`lmloss.stats.schedule.recompute`) waits for
+An example is a preference pair (its loss is a function of the sequence log-probs of both
+its completions) or a policy sequence (GSPO's ratio is a mean over its tokens), so the
+upstream gradient of a token is known only once every row of its example has crossed the
+vocabulary. The recompute schedule (:func:`lmloss.stats.schedule.recompute`) waits for
 the backward and recomputes each tile: 4 matmuls of N·H·V (logits twice, dH, dW). The
 one-pass schedule (:func:`lmloss.stats.schedule.one_pass`) is exact for such a loss when
 every block holds whole examples, and needs 3: each block's tiles give its values, the
@@ -21,8 +22,9 @@ float32 tile of the same rows, which is what keeps this schedule within Liger's 
 
 Measured side by side (``docs/benchmarks.md``, B=4 pairs × 512 tokens, V=32000) it is
 faster than the recompute schedule and than Liger's chunked DPO. ``LMLOSS_PAIR_ONE_PASS=0``
-makes the callers take the recompute schedule (the least memory; also for comparisons);
-``1`` (default) takes this one where it is exact and fits.
+makes both callers (preference pairs, policy sequences) take the recompute schedule (the
+least memory; also for comparisons); ``1`` (default) takes this one where it is exact and
+fits.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ MAX_DEFAULT_BYTES = 2 * 2**30
 
 
 def enabled() -> bool:
-    """``LMLOSS_PAIR_ONE_PASS``: ``1`` (default) or ``0``."""
+    """``LMLOSS_PAIR_ONE_PASS``: ``1`` (default) or ``0``; it switches the one pass of
+    preference pairs and of policy sequences alike."""
     mode = os.environ.get(SWITCH_VARIABLE, "1").strip()
     if mode not in ("1", "0"):
         raise ValueError(f"{SWITCH_VARIABLE} must be 1 or 0, got {mode!r}")

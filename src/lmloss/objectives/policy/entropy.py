@@ -175,6 +175,7 @@ def steer_weights(b: Rollouts, weight_min: float, weight_max: float, linear: boo
     paper="Hao et al. 2025 (Rethinking Entropy Interventions in RLVR), arXiv:2510.10150",
     stats=("logp", "entropy"),
     defaults={"aggregation": "token_mean"},
+    batch_coupled=True,  # its token weights are scaled by the batch's extremes of |Ω|
 )
 def steer(
     b: Rollouts,
@@ -229,6 +230,7 @@ def lowest_logp_tokens(b: Rollouts, among: Tensor, fraction: float) -> Tensor:
     family="policy",
     paper="Low-probability Regularization (Lp-Reg), arXiv:2510.03222",
     defaults={"aggregation": "token_mean"},
+    batch_coupled=True,  # the tokens it regularizes are the batch's lowest-logp ones
 )
 def lp_reg(
     b: Rollouts,

@@ -50,6 +50,7 @@ def conflict_tokens(
     family="policy",
     paper="Simoni et al. 2025, arXiv:2508.03772",
     stats=("logp", "entropy"),
+    batch_coupled=True,  # a token's conflicts are read from the other completions of its group
 )
 def gtpo(
     b: Rollouts,
