@@ -120,6 +120,17 @@ def lmloss_variants(fn: Callable[[dict], None]) -> dict[str, Callable[[dict], No
     return {"lmloss": fn, "lmloss_cold": cold, "lmloss_eager": eager}
 
 
+def recomputed(fn: Callable[[dict], None]) -> Callable[[dict], None]:
+    """``fn`` on the recompute schedule (``LMLOSS_PAIR_ONE_PASS=0``: 4 vocabulary matmuls
+    where the one pass over whole pairs or sequences does 3)."""
+
+    def recompute(inputs: dict) -> None:
+        os.environ["LMLOSS_PAIR_ONE_PASS"] = "0"
+        fn(inputs)
+
+    return recompute
+
+
 def run_child(script: str, case: dict, method: str) -> dict | str:
     """One measured call of ``method`` in a fresh process: its seconds and peak memory,
     or the reason it produced none (a crash, or the kernel's out-of-memory kill)."""

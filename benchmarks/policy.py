@@ -19,7 +19,6 @@ Run: ``.venv/bin/python benchmarks/policy.py`` (``--quick`` for a smoke run).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -128,16 +127,11 @@ def lmloss_fused(inputs: dict) -> None:
     _backward(inputs, out.loss)
 
 
-def lmloss_recompute(inputs: dict) -> None:
-    os.environ["LMLOSS_PAIR_ONE_PASS"] = "0"
-    lmloss_fused(inputs)
-
-
 METHODS = {
     "naive": naive,
     "liger": liger,
     "lmloss": lmloss_fused,
-    "lmloss_recompute": lmloss_recompute,
+    "lmloss_recompute": _harness.recomputed(lmloss_fused),
 }
 
 

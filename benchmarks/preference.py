@@ -19,7 +19,6 @@ Run: ``.venv/bin/python benchmarks/preference.py`` (``--quick`` for a smoke run)
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -109,15 +108,10 @@ def liger(inputs: dict) -> None:
     _backward(inputs, out[0] if isinstance(out, tuple) else out)
 
 
-def lmloss_recompute(inputs: dict) -> None:
-    os.environ["LMLOSS_PAIR_ONE_PASS"] = "0"
-    lmloss_fused(inputs)
-
-
 METHODS = {
     "naive": naive,
     **_harness.lmloss_variants(lmloss_fused),
-    "lmloss_recompute": lmloss_recompute,
+    "lmloss_recompute": _harness.recomputed(lmloss_fused),
     "liger": liger,
 }
 

@@ -1,8 +1,9 @@
 """What the one-pass tests share (pairs: tests/preference, sequences: tests/policy).
 
 A budget that sets the blocks' rows, a spy on the blocks the schedule ran, outputs with
-their gradients compared field by field, and a count of matmul FLOPs that tells 3
-vocabulary matmuls (logits, then dH and dW) from the recompute schedule's 4.
+their gradients compared field by field, gradients checked against central differences,
+and a count of matmul FLOPs that tells 3 vocabulary matmuls (logits, then dH and dW) from
+the recompute schedule's 4.
 """
 
 from __future__ import annotations
@@ -52,6 +53,23 @@ def assert_outputs_equal(got, want, rtol, atol):
         close(got.metrics[key], value)
     for a, b in zip(grads_got, grads_want):
         close(a, b)
+
+
+def assert_central_differences(loss, inputs, grads, eps=1e-6, rtol=1e-6, atol=1e-8):
+    """``grads`` (of ``loss(*inputs)`` w.r.t. the float64 ``inputs``) against central
+    differences of the loss. ``torch.autograd.gradcheck`` takes the gradient of one output
+    twice; a one-pass loss hands its gradients out once, so the differences are taken here."""
+    with torch.no_grad():
+        for x, grad in zip(inputs, grads):
+            numeric = torch.zeros_like(x)
+            for i in range(x.numel()):
+                x.view(-1)[i] += eps
+                up = loss(*inputs)
+                x.view(-1)[i] -= 2 * eps
+                down = loss(*inputs)
+                x.view(-1)[i] += eps
+                numeric.view(-1)[i] = (up - down) / (2 * eps)
+            torch.testing.assert_close(grad, numeric, rtol=rtol, atol=atol)
 
 
 class MatmulFlops(TorchDispatchMode):

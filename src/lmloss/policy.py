@@ -251,9 +251,7 @@ def _sequence_aligned_loss(
     """
     trained = (hidden, head.weight, head.bias)
     if not (
-        example_blocks.enabled()
-        and torch.is_grad_enabled()
-        and any(isinstance(t, Tensor) and t.requires_grad for t in trained)
+        example_blocks.wanted(trained)
         and sequence_blocks.separable(entry.spec)
         and isinstance(hidden, Tensor)
         and hidden.dim() == 3
@@ -291,6 +289,4 @@ def _sequence_aligned_loss(
     total, values = done
     with torch.no_grad():
         whole = _run(entry.name, {**given, **as_inputs(values)})
-    # the value of the whole-batch run, the gradients of the blocks (total − total is 0)
-    loss = whole.loss + (total - total.detach()).to(whole.loss.dtype)
-    return LossOutput(loss=loss, per_example=whole.per_example, metrics=whole.metrics)
+    return whole.with_gradients_of(total)

@@ -39,6 +39,7 @@ import torch
 
 from lmloss import _checks, registry
 from lmloss.head import Head, policy_and_reference_heads
+from lmloss.objectives import blocks
 from lmloss.objectives.binding import bind
 from lmloss.objectives.preference import options as opt
 from lmloss.objectives.preference import pair_blocks
@@ -354,12 +355,7 @@ def _pair_aligned_loss(
     weight, bias = head
     hyper = {k: v for k, v in kwargs.items() if not isinstance(v, Tensor)}
     trained = [weight, bias, *(g.hidden for g in groups.values())]
-    if not (
-        example_blocks.enabled()
-        and torch.is_grad_enabled()
-        and any(t is not None and t.requires_grad for t in trained)
-        and pair_blocks.separable(entry.spec, hyper)
-    ):
+    if not (example_blocks.wanted(trained) and pair_blocks.separable(entry.spec, hyper)):
         return None
     masks = [fields["mask"] for fields in computed.values()]
     pairs = masks[0].shape[0]
@@ -385,7 +381,7 @@ def _pair_aligned_loss(
         }
         kw = pair_blocks.sub_batch(kwargs, per_pair, e0, e1)
         loss = _evaluate(entry, kw, options, block).loss
-        return loss * pair_blocks.block_share(e1 - e0, pairs)
+        return loss * blocks.block_share(e0, e1, pairs)
 
     def flat_rows(pick) -> Tensor:
         rows = [
@@ -411,9 +407,7 @@ def _pair_aligned_loss(
         computed[prefix].update(_fields_of(stats))
     with torch.no_grad():
         whole = _evaluate(entry, kwargs, options, computed)
-    # the value of the whole-batch run, the gradients of the blocks (total − total is 0)
-    loss = whole.loss + (total - total.detach()).to(whole.loss.dtype)
-    return LossOutput(loss=loss, per_example=whole.per_example, metrics=whole.metrics)
+    return whole.with_gradients_of(total)
 
 
 def _groups(kind: type, kw: dict, *, with_online: bool) -> dict[str, _Group]:

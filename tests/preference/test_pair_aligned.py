@@ -21,7 +21,13 @@ from lmloss import registry
 from lmloss.objectives.preference import pair_blocks
 from lmloss.stats import example_blocks
 from lmloss.stats.tiles import HeadSource
-from one_pass_testkit import assert_outputs_equal, matmul_flops, spy_on_blocks, with_grads
+from one_pass_testkit import (
+    assert_central_differences,
+    assert_outputs_equal,
+    matmul_flops,
+    spy_on_blocks,
+    with_grads,
+)
 
 IGNORE = -100
 H, V, T = 6, 23, 12
@@ -260,11 +266,7 @@ def test_bad_inputs_keep_the_recompute_path_errors():
 
 
 def test_float64_gradcheck(blocks_seen):
-    """Gradients against central differences of the loss (float64, blocks of one pair).
-
-    ``torch.autograd.gradcheck`` takes the gradient of one output twice; a one-pass loss
-    hands its gradients out once, so the differences are taken here.
-    """
+    """Gradients against central differences of the loss (float64, blocks of one pair)."""
     g = torch.Generator().manual_seed(15)
     lengths = torch.tensor([[6], [7], [5], [6]])  # pairs of 11 and 13 rows: one block each
     targets = torch.randint(0, 5, (4, 9), generator=g)
@@ -283,18 +285,7 @@ def test_float64_gradcheck(blocks_seen):
     ]
     grads = torch.autograd.grad(loss(*inputs), inputs)
     assert blocks_seen and len(blocks_seen[0]) == 2
-    eps = 1e-6
-    with torch.no_grad():
-        for x, grad in zip(inputs, grads):
-            numeric = torch.zeros_like(x)
-            for i in range(x.numel()):
-                x.view(-1)[i] += eps
-                up = loss(*inputs)
-                x.view(-1)[i] -= 2 * eps
-                down = loss(*inputs)
-                x.view(-1)[i] += eps
-                numeric.view(-1)[i] = (up - down) / (2 * eps)
-            torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
+    assert_central_differences(loss, inputs, grads)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -109,7 +109,7 @@ def test_explicit_precision_stays(spec):
 
 def test_auto_on_this_machine_matches_its_cpu_flags():
     """The CI and project machines have no GPU; bf16 only where the CPU says it is native
-    (this project's Xeon has AVX-512 but no AVX512-BF16: fp32). The flags come through
+    (a Xeon with AVX-512 but no AVX512-BF16: fp32). The flags come through
     the module's reader, which LMLOSS_TEST_AUTO_PRECISION replaces (tests/conftest.py)."""
     text = compute._read_cpuinfo() or ""
     if torch.cuda.is_available() or not compute.cpu_flags(text):

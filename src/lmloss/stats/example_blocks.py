@@ -73,6 +73,16 @@ def enabled() -> bool:
     return mode == "1"
 
 
+def wanted(trained: Iterable[Tensor | None]) -> bool:
+    """Whether a caller should try the one pass: switched on (:func:`enabled`), and
+    gradients to compute (grad mode on, one of the ``trained`` tensors requiring one)."""
+    return (
+        enabled()
+        and torch.is_grad_enabled()
+        and any(isinstance(t, Tensor) and t.requires_grad for t in trained)
+    )
+
+
 @dataclass(frozen=True)
 class ExampleRows:
     """The trained rows of every example, example-major.

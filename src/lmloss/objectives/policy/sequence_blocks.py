@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lmloss.objectives.blocks import block_share, per_example_inputs
 from lmloss.objectives.policy.aggregate import check_aggregation
 from lmloss.objectives.spec import ObjectiveSpec
 
@@ -42,14 +43,7 @@ def per_sequence_inputs(
     """The tensor keywords to cut with the sequences, or None when one is not per sequence
     (a tensor that is no input of ``spec`` or whose first dimension is not ``sequences``):
     the loss may then couple sequences. ``num_items`` is the batch's normalizer, not cut."""
-    cut = {}
-    for key, value in kwargs.items():
-        if not isinstance(value, Tensor) or value.dim() == 0 or key == "num_items":
-            continue
-        if key not in spec.takes or value.shape[0] != sequences:
-            return None
-        cut[key] = value
-    return cut
+    return per_example_inputs(kwargs, sequences, spec.takes, whole_batch=("num_items",))
 
 
 @dataclass(frozen=True)
@@ -79,7 +73,7 @@ class SequenceShares:
 
     def share(self, e0: int, e1: int) -> float:
         """The weight ``s = b/B`` of the block's loss in the batch loss."""
-        return (e1 - e0) / (len(self.tokens) - 1)
+        return block_share(e0, e1, len(self.tokens) - 1)
 
     def block_hyper(self, e0: int, e1: int) -> dict[str, object]:
         """The normalizers the block runs with (module docstring)."""

@@ -8,7 +8,8 @@ batch splits into blocks of whole pairs whose losses add up to the batch loss
   ``batch_coupled``: AOT sorts the batch);
 * its normalizer is ``"pair"``: the loss is the batch mean of the per-pair losses
   (:func:`.metrics.mean_loss`, and each option of :mod:`.options` reduces the same way), so
-  a block of ``b`` of the ``B`` pairs contributes ``b / B`` times its own loss;
+  a block of ``b`` of the ``B`` pairs contributes ``b / B`` times its own loss
+  (:func:`lmloss.objectives.blocks.block_share`);
 * every tensor keyword is per pair (leading dimension ``B``) and is cut with the block.
 
 The per-pair options (LD-DPO's shared length, WPO's pair weights, LCPO's per-pair label
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 
 import torch
 
+from lmloss.objectives.blocks import per_example_inputs
 from lmloss.objectives.preference.inputs import TOKEN_STATISTICS, Pairs
 from lmloss.objectives.spec import ObjectiveSpec
 
@@ -46,25 +48,13 @@ def separable(spec: ObjectiveSpec, hyper: Mapping[str, object]) -> bool:
     )
 
 
-def block_share(block_pairs: int, pairs: int) -> float:
-    """The weight of a block's loss in the batch loss: its share of the pair mean."""
-    return block_pairs / pairs
-
-
 def per_pair_inputs(
     spec: ObjectiveSpec, kwargs: Mapping[str, object], pairs: int
 ) -> dict[str, Tensor] | None:
     """The tensor keywords to cut with the pairs, or None when one is not per pair (a
     tensor that is no input of ``spec``, of its input kind or of an option, or whose first
     dimension is not ``pairs``): the loss may then couple pairs."""
-    cut = {}
-    for key, value in kwargs.items():
-        if not isinstance(value, Tensor) or value.dim() == 0:
-            continue
-        if key not in (*spec.takes, *GROUP_INPUTS) or value.shape[0] != pairs:
-            return None
-        cut[key] = value
-    return cut
+    return per_example_inputs(kwargs, pairs, (*spec.takes, *GROUP_INPUTS))
 
 
 def sub_batch(
